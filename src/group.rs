@@ -1,0 +1,305 @@
+//! [`TaskGroup`]: a set of tracked tasks under one cancel scope, torn down by
+//! the shutdown ladder (Trio's nursery, anyio's task group).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::ladder::{ShutdownPolicy, ShutdownReport};
+use crate::scope::CancelScope;
+use crate::task::{SpawnError, Stats, TaskBuilder, TaskError, TaskHandle};
+use crate::tracker::{Shared, idle};
+
+/// A group of tracked tasks sharing one cancel scope, as Trio's nursery.
+///
+/// Every task spawned here is tracked until its future is gone, and removes
+/// its own entry the moment it ends, however it ends (completion, panic,
+/// cancellation, abort, runtime shutdown): [`len`](Self::len) is always the
+/// number of live task futures, and nothing of an ended task is kept.
+///
+/// [`shutdown`](Self::shutdown) tears the group down in bounded time by the
+/// ladder of its [`ShutdownPolicy`]: cancel and wake each task once, re-deliver
+/// with timer back-off to tasks that were polled and did not end, escalate at
+/// grace (hook, abort), report what is still alive as stuck. It never
+/// busy-retries and leaves no timer behind once the tasks are gone.
+///
+/// A task that panics cancels the group (unless
+/// [`cancel_on_panic(false)`](TaskGroupBuilder::cancel_on_panic)); its panic is
+/// returned by its handle and by [`join`](Self::join).
+///
+/// Dropping the group cancels its scope and never blocks; inside a runtime the
+/// ladder then finishes in the background and logs what stayed stuck.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use cancel_scope::TaskGroup;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let group = TaskGroup::new();
+/// let answer = group.spawn(async { 6 * 7 });
+/// group.spawn(async { tokio::time::sleep(Duration::from_secs(3600)).await });
+/// assert_eq!(answer.await.unwrap(), 42);
+///
+/// let report = group.shutdown().await; // the sleeper is dropped at its await
+/// assert_eq!(report.cancelled, 1);
+/// assert!(group.is_empty());
+/// # }
+/// ```
+pub struct TaskGroup {
+    shared: Arc<Shared<()>>,
+}
+
+impl TaskGroup {
+    /// A group with its own root scope and the default policy.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A group running in a child of `scope`: cancelling `scope` (or reaching
+    /// its deadline) cancels the group; dropping or shutting down the group
+    /// does not cancel `scope`.
+    #[must_use]
+    pub fn with_scope(scope: CancelScope) -> Self {
+        Self::builder().scope(scope).build()
+    }
+
+    /// Configures a group: policy, enclosing scope, panic behaviour.
+    pub fn builder() -> TaskGroupBuilder {
+        TaskGroupBuilder {
+            policy: ShutdownPolicy::default(),
+            cancel_on_panic: true,
+            parent: None,
+        }
+    }
+
+    /// The group's scope. Cancelling it is [`cancel`](Self::cancel); a child of
+    /// it is cancelled with the group.
+    #[must_use]
+    pub fn scope(&self) -> &CancelScope {
+        &self.shared.scope
+    }
+
+    /// Spawns `fut` as a tracked task. Once the group's scope is cancelled the
+    /// future is dropped at its next await (it is never polled again), and its
+    /// handle resolves to [`TaskError::Cancelled`].
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, with a message naming the fix; use
+    /// [`try_spawn`](Self::try_spawn) to get an error instead.
+    #[track_caller]
+    pub fn spawn<F>(&self, fut: F) -> TaskHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.build_task().spawn(fut)
+    }
+
+    /// As [`spawn`](Self::spawn), returning an error instead of panicking.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::NoRuntime`] outside a tokio runtime; nothing is tracked.
+    pub fn try_spawn<F>(&self, fut: F) -> Result<TaskHandle<F::Output>, SpawnError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.build_task().try_spawn(fut)
+    }
+
+    /// Spawns `f(scope)` where `scope` is a fresh child of the group's scope:
+    /// the task decides how to react to cancellation (finish its current item,
+    /// clean up in a [shielded](CancelScope::shielded_child) scope, ...). The
+    /// ladder still wakes it on cancellation, re-delivers, and escalates if it
+    /// does not end within grace.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, with a message naming the fix.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::TaskGroup;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::new();
+    /// let worker = group.spawn_with_scope(|scope| async move {
+    ///     let mut done = 0;
+    ///     while !scope.is_cancelled() {
+    ///         done += 1; // one unit of work
+    ///         tokio::task::yield_now().await;
+    ///     }
+    ///     done // a clean, cooperative exit
+    /// });
+    /// tokio::task::yield_now().await;
+    /// group.cancel();
+    /// assert!(worker.await.unwrap() >= 1);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn spawn_with_scope<F, Fut>(&self, f: F) -> TaskHandle<Fut::Output>
+    where
+        F: FnOnce(CancelScope) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        self.build_task().spawn_with_scope(f)
+    }
+
+    /// A [`TaskBuilder`] to name the task or give it an escalation hook.
+    pub fn build_task(&self) -> TaskBuilder<'_> {
+        TaskBuilder::new(&self.shared, None)
+    }
+
+    /// Tasks whose futures are still alive (stuck ones included).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// Whether no task is alive.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Cancels the group's scope: every task is woken once and sees it. Does
+    /// not wait; see [`shutdown`](Self::shutdown) for the bounded teardown.
+    pub fn cancel(&self) {
+        self.shared.scope.cancel();
+    }
+
+    /// Waits until every task has ended, without cancelling anything.
+    ///
+    /// # Errors
+    ///
+    /// [`TaskError::Panicked`] with the first panic of a task since the last
+    /// `join` (the record is taken, so a second `join` returns `Ok`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn join(&self) -> Result<(), TaskError> {
+        idle(&self.shared.registry).await;
+        match self.shared.take_panic() {
+            Some(message) => Err(TaskError::Panicked(message)),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the shutdown ladder: marks the tasks closing, cancels the scope
+    /// (one wake per task), re-delivers with back-off to tasks that were polled
+    /// and are still alive, escalates at `grace` (each task's hook once, then
+    /// abort), and after `abort_grace` reports what is still alive as stuck.
+    /// Returns as soon as every task has ended, and within `grace +
+    /// abort_grace` (plus scheduling noise) whatever the tasks do.
+    ///
+    /// Tasks spawned afterwards start cancelled. Stuck tasks stay tracked and
+    /// prune themselves if they ever end.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future stops the ladder where it is (the scope stays
+    /// cancelled); call `shutdown` again to finish it.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        self.shared.shutdown().await
+    }
+
+    /// A snapshot of the group's counters.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+}
+
+impl Default for TaskGroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TaskGroup {
+    fn drop(&mut self) {
+        drop_tracker(&self.shared);
+    }
+}
+
+/// Dropping a group or map: cancel, and finish the ladder in the background
+/// when there is a runtime to do it on.
+pub(crate) fn drop_tracker<K>(shared: &Arc<Shared<K>>)
+where
+    K: Eq + std::hash::Hash + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    let before = shared.stats();
+    shared.scope.cancel();
+    if shared.len() == 0 {
+        return;
+    }
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let shared = shared.clone();
+        rt.spawn(async move {
+            let report = shared.run_ladder(None, before).await;
+            if !report.is_clean() {
+                tracing::warn!(%report, "tasks of a dropped group are stuck");
+            }
+        });
+    }
+}
+
+impl std::fmt::Debug for TaskGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskGroup")
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+// ===== impl TaskGroupBuilder =====
+
+/// Builds a [`TaskGroup`]; from [`TaskGroup::builder`].
+#[derive(Debug)]
+#[must_use = "call .build() to get the group"]
+pub struct TaskGroupBuilder {
+    policy: ShutdownPolicy,
+    cancel_on_panic: bool,
+    parent: Option<CancelScope>,
+}
+
+impl TaskGroupBuilder {
+    /// The shutdown ladder's policy (default: [`ShutdownPolicy::default`]).
+    pub fn policy(mut self, policy: ShutdownPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Whether a panicking task cancels the group (default `true`, as Trio).
+    pub fn cancel_on_panic(mut self, yes: bool) -> Self {
+        self.cancel_on_panic = yes;
+        self
+    }
+
+    /// Runs the group in a child of `scope` (see [`TaskGroup::with_scope`]).
+    pub fn scope(mut self, scope: CancelScope) -> Self {
+        self.parent = Some(scope);
+        self
+    }
+
+    /// The group.
+    #[must_use]
+    pub fn build(self) -> TaskGroup {
+        let scope = match &self.parent {
+            Some(parent) => parent.child(),
+            None => CancelScope::new(),
+        };
+        TaskGroup {
+            shared: Shared::new(scope, self.policy, self.cancel_on_panic),
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The shutdown ladder as pure logic: policy, back-off, the schedule of steps,
+//! and the report. The tokio layer (`group.rs`) only sleeps until the next step
+//! (or until every task has ended, whichever comes first) and performs it.
+//!
+//! ```text
+//!  cancel ──► deliver (one wake per task)
+//!    │
+//!    ├─ t = b, b+2b, b+2b+4b, …  (≤ max_redeliveries, < grace)
+//!    │     re-deliver to tasks polled since their last wake; skip the rest
+//!    │
+//!    ├─ t = grace        escalate: hook once (panics caught), abort
+//!    │
+//!    └─ t = grace + abort_grace   whatever is alive is *stuck*: reported
+//!
+//!  at any point: every task ended ──► return at once, no timer left
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::registry::TaskId;
+
+/// Spacing of re-deliveries: `initial`, then multiplied by `multiplier` each
+/// time, capped at `max`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use cancel_scope::Backoff;
+///
+/// let b = Backoff::default(); // 1 ms doubling to 1 s
+/// assert_eq!(b.delay(0), Duration::from_millis(1));
+/// assert_eq!(b.delay(3), Duration::from_millis(8));
+/// assert_eq!(b.delay(40), Duration::from_secs(1));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay before the first re-delivery, counted from the first delivery.
+    pub initial: Duration,
+    /// The largest delay between two re-deliveries.
+    pub max: Duration,
+    /// Growth factor per re-delivery (1 = constant spacing).
+    pub multiplier: u32,
+}
+
+impl Default for Backoff {
+    /// 1 ms doubling to 1 s.
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_secs(1),
+            multiplier: 2,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before re-delivery number `attempt` (0-based), saturating.
+    #[must_use]
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = self
+            .multiplier
+            .max(1)
+            .checked_pow(attempt)
+            .unwrap_or(u32::MAX);
+        self.initial
+            .checked_mul(factor)
+            .unwrap_or(Duration::MAX)
+            .min(self.max)
+            .max(Duration::from_nanos(1))
+    }
+}
+
+/// How a task group or task map tears its tasks down: the ladder's knobs.
+///
+/// Public fields with a [`Default`], so a policy reads
+/// `ShutdownPolicy { grace: Duration::from_secs(1), ..Default::default() }`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use cancel_scope::{ShutdownPolicy, TaskGroup};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let group = TaskGroup::builder()
+///     .policy(ShutdownPolicy { grace: Duration::from_millis(500), ..Default::default() })
+///     .build();
+/// group.spawn(std::future::pending::<()>());
+/// let report = group.shutdown().await;
+/// assert_eq!(report.cancelled, 1);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownPolicy {
+    /// How long cancelled tasks may take to end on their own before escalation
+    /// (default 5 s).
+    pub grace: Duration,
+    /// Most re-deliveries per task before escalation (default 8). Each task is
+    /// woken at most `1 + max_redeliveries` times by the library.
+    pub max_redeliveries: u32,
+    /// Spacing of re-deliveries (default 1 ms doubling to 1 s).
+    pub backoff: Backoff,
+    /// How long aborted tasks may take to go away before they are reported
+    /// stuck (default 1 s).
+    pub abort_grace: Duration,
+}
+
+impl Default for ShutdownPolicy {
+    fn default() -> Self {
+        ShutdownPolicy {
+            grace: Duration::from_secs(5),
+            max_redeliveries: 8,
+            backoff: Backoff::default(),
+            abort_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One rung of the ladder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Re-deliver to tasks polled since their last wake.
+    Redeliver,
+    /// Run escalation hooks and abort.
+    Escalate,
+    /// Stop waiting: what is alive is stuck.
+    GiveUp,
+}
+
+/// The ladder's timetable: offsets from the first delivery, increasing.
+#[derive(Debug, Clone)]
+pub(crate) struct Schedule {
+    policy: ShutdownPolicy,
+    attempt: u32,
+    at: Duration,
+    done: bool,
+    escalated: bool,
+}
+
+impl Schedule {
+    pub(crate) fn new(policy: ShutdownPolicy) -> Self {
+        Schedule {
+            policy,
+            attempt: 0,
+            at: Duration::ZERO,
+            done: false,
+            escalated: false,
+        }
+    }
+}
+
+impl Iterator for Schedule {
+    type Item = (Duration, Step);
+
+    fn next(&mut self) -> Option<(Duration, Step)> {
+        if self.done {
+            return None;
+        }
+        let p = &self.policy;
+        if !self.escalated {
+            if self.attempt < p.max_redeliveries {
+                let at = self.at.saturating_add(p.backoff.delay(self.attempt));
+                if at < p.grace {
+                    self.attempt += 1;
+                    self.at = at;
+                    return Some((at, Step::Redeliver));
+                }
+            }
+            self.escalated = true;
+            return Some((p.grace, Step::Escalate));
+        }
+        self.done = true;
+        Some((p.grace.saturating_add(p.abort_grace), Step::GiveUp))
+    }
+}
+
+/// A task that outlived escalation and abort grace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StuckTask {
+    /// The task's id.
+    pub id: TaskId,
+    /// Its name, if it was spawned with [`TaskBuilder::name`](crate::TaskBuilder::name).
+    pub name: Option<Arc<str>>,
+    /// Its key's `Debug` form, for a task in a [`TaskMap`](crate::TaskMap).
+    pub key: Option<String>,
+    /// Time since it was spawned, at the moment it was reported.
+    pub age: Duration,
+}
+
+/// What a shutdown did: how each task ended, what is stuck, how long it took.
+///
+/// Counts cover the tasks that ended while the ladder ran. A stuck task is still
+/// tracked (it counts in `len()`) and prunes itself when it finally ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Tasks whose future returned a value.
+    pub completed: u64,
+    /// Tasks whose future was dropped at an await after cancellation.
+    pub cancelled: u64,
+    /// Tasks aborted (by escalation or otherwise).
+    pub aborted: u64,
+    /// Tasks that panicked.
+    pub panicked: u64,
+    /// Tasks still alive at the end of the ladder.
+    pub stuck: Vec<StuckTask>,
+    /// Wall (or paused-clock) time the ladder took.
+    pub elapsed: Duration,
+    /// Wakes made by the first delivery of cancellation.
+    pub deliveries: u64,
+    /// Wakes made by re-delivery.
+    pub redeliveries: u64,
+    /// Escalation hooks run (tasks escalated).
+    pub escalations: u64,
+}
+
+impl ShutdownReport {
+    /// Whether every task ended (nothing is stuck).
+    #[must_use]
+    pub fn is_clean(&self) -> bool {
+        self.stuck.is_empty()
+    }
+}
+
+impl std::fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "completed {}, cancelled {}, aborted {}, panicked {}, stuck {} in {:?} \
+             ({} deliveries, {} re-deliveries, {} escalations)",
+            self.completed,
+            self.cancelled,
+            self.aborted,
+            self.panicked,
+            self.stuck.len(),
+            self.elapsed,
+            self.deliveries,
+            self.redeliveries,
+            self.escalations
+        )?;
+        for s in &self.stuck {
+            write!(
+                f,
+                "\n  stuck {} name={:?} key={:?} age={:?}",
+                s.id, s.name, s.key, s.age
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn default_schedule_doubles_then_escalates_then_gives_up() {
+        let steps: Vec<_> = Schedule::new(ShutdownPolicy::default()).collect();
+        let redeliver: Vec<_> = steps
+            .iter()
+            .filter(|(_, s)| *s == Step::Redeliver)
+            .map(|(t, _)| *t)
+            .collect();
+        // 1, 1+2, 1+2+4, ... eight re-deliveries: 255 ms in.
+        assert_eq!(redeliver.len(), 8);
+        assert_eq!(redeliver[0], ms(1));
+        assert_eq!(redeliver[7], ms(255));
+        assert_eq!(steps[8], (Duration::from_secs(5), Step::Escalate));
+        assert_eq!(steps[9], (Duration::from_secs(6), Step::GiveUp));
+        assert_eq!(steps.len(), 10);
+    }
+
+    #[test]
+    fn redeliveries_stop_at_grace() {
+        let policy = ShutdownPolicy {
+            grace: ms(10),
+            max_redeliveries: 100,
+            ..Default::default()
+        };
+        let steps: Vec<_> = Schedule::new(policy).collect();
+        // 1, 3, 7 fit under 10 ms; 15 does not.
+        assert_eq!(
+            steps.iter().filter(|(_, s)| *s == Step::Redeliver).count(),
+            3
+        );
+        assert!(steps.windows(2).all(|w| w[0].0 <= w[1].0), "{steps:?}");
+    }
+
+    #[test]
+    fn zero_policy_escalates_at_once() {
+        let policy = ShutdownPolicy {
+            grace: Duration::ZERO,
+            abort_grace: Duration::ZERO,
+            ..Default::default()
+        };
+        let steps: Vec<_> = Schedule::new(policy).collect();
+        assert_eq!(
+            steps,
+            vec![
+                (Duration::ZERO, Step::Escalate),
+                (Duration::ZERO, Step::GiveUp)
+            ]
+        );
+    }
+
+    #[test]
+    fn backoff_saturates_instead_of_overflowing() {
+        let b = Backoff {
+            initial: Duration::from_secs(u64::MAX / 2),
+            max: Duration::MAX,
+            multiplier: u32::MAX,
+        };
+        assert_eq!(b.delay(5), Duration::MAX);
+        let zero = Backoff {
+            initial: Duration::ZERO,
+            ..Default::default()
+        };
+        // Never an immediate re-wake: at least a nanosecond of timer.
+        assert!(zero.delay(0) > Duration::ZERO);
+    }
+}

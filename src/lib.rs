@@ -1,0 +1,140 @@
+//! Structured concurrency for tokio: cancel scopes, task groups that prune
+//! themselves, and a shutdown ladder that never busy-retries.
+//!
+//! Servers that spawn fire-and-forget tasks tear down badly: a canceller that
+//! re-tries on every tick while a task ignores it pins a core at 100%, finished
+//! tasks linger in registries, and teardown never ends. This crate makes the
+//! correct teardown the easy one:
+//!
+//! - [`CancelScope`]: a tree of cancellation with deadlines, shields and
+//!   reasons, level-triggered (as Trio's cancel scopes);
+//! - [`TaskGroup`]: tracked tasks that remove themselves the moment they end
+//!   (as Trio's nursery), torn down by [`shutdown`](TaskGroup::shutdown);
+//! - the **shutdown ladder** ([`ShutdownPolicy`]): cancel, bounded re-delivery
+//!   with timer back-off, grace, escalation (hook + abort), then a stuck list,
+//!   in bounded time;
+//! - [`TaskMap`]: one tracked task per key (per-session work).
+//!
+//! # A tour
+//!
+//! A scope cancels its children, not its shielded ones; a deadline is a
+//! cancellation that comes by itself:
+//!
+//! ```
+//! use std::time::Duration;
+//! use cancel_scope::{CancelReason, CancelScope, move_on_after};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let request = CancelScope::new().with_timeout(Duration::from_secs(30));
+//! let db_call = request.child();
+//! assert_eq!(db_call.deadline(), request.deadline()); // inherited
+//!
+//! request.cancel();
+//! assert_eq!(db_call.reason(), Some(CancelReason::Requested));
+//!
+//! // Timeouts are scopes too.
+//! assert_eq!(move_on_after(Duration::from_millis(5), std::future::pending::<()>()).await, None);
+//! # }
+//! ```
+//!
+//! A group tracks its tasks; its ladder ends them in bounded time, escalating
+//! on the ones that ignore cancellation:
+//!
+//! ```
+//! use std::time::Duration;
+//! use cancel_scope::{ShutdownPolicy, TaskGroup};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let group = TaskGroup::builder()
+//!     .policy(ShutdownPolicy { grace: Duration::from_secs(2), ..Default::default() })
+//!     .build();
+//! for _ in 0..100 {
+//!     group.spawn(tokio::time::sleep(Duration::from_secs(3600))); // cancellable
+//! }
+//! // One task ignores its scope; its hook closes what it waits on.
+//! let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+//! let mut tx = Some(tx);
+//! group
+//!     .build_task()
+//!     .name("stubborn")
+//!     .on_escalate(move || drop(tx.take()))
+//!     .spawn_with_scope(|_ignored| async move { let _ = rx.await; });
+//!
+//! let report = group.shutdown().await;
+//! assert_eq!(report.cancelled, 100);
+//! assert_eq!(report.escalations, 1);
+//! assert!(report.is_clean());
+//! assert_eq!(group.len(), 0); // every entry pruned itself
+//! # }
+//! ```
+//!
+//! A map keeps one task per key, and tears one key down alone:
+//!
+//! ```
+//! use cancel_scope::{TaskMap, TaskOutcome};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let sessions = TaskMap::new();
+//! sessions.spawn("alice", std::future::pending::<()>());
+//! sessions.spawn("bob", std::future::pending::<()>());
+//! assert_eq!(sessions.cancel(&"alice").await, Some(TaskOutcome::Cancelled));
+//! assert_eq!(sessions.len(), 1);
+//! # }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **No busy retry**: each task is woken at most `1 + max_redeliveries` times
+//!   by the library, re-deliveries are spaced by timers, a task not polled since
+//!   its last wake is not woken again, and once the last task ends no timer,
+//!   wakeup or task of the library is left.
+//! - **Done-task skipping**: an ended task is never woken nor counted.
+//! - **Prune on completion**: `len()` is the number of live task futures.
+//! - **Bounded teardown**: `shutdown()` returns within `grace + abort_grace`.
+//!
+//! # Cargo features
+//!
+//! None yet: the crate needs tokio's `rt`, `time` and `sync` only.
+
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+#![doc(test(attr(deny(warnings))))]
+#![cfg_attr(loom, allow(dead_code, unreachable_pub))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub(crate) mod sync;
+
+mod ladder;
+mod registry;
+mod scope;
+
+#[cfg(not(loom))]
+mod group;
+#[cfg(not(loom))]
+mod map;
+#[cfg(not(loom))]
+mod task;
+#[cfg(not(loom))]
+mod tracker;
+
+pub use ladder::{Backoff, ShutdownPolicy, ShutdownReport, StuckTask};
+pub use registry::{TaskId, TaskOutcome};
+pub use scope::{
+    CancelReason, CancelScope, Cancelled, DropGuard, Elapsed, Run, WaitCancelled,
+    WaitCancelledOwned, fail_after, fail_at, move_on_after, move_on_at,
+};
+
+#[cfg(not(loom))]
+pub use group::{TaskGroup, TaskGroupBuilder};
+#[cfg(not(loom))]
+pub use map::TaskMap;
+#[cfg(not(loom))]
+pub use task::{SpawnError, Stats, TaskBuilder, TaskError, TaskHandle};

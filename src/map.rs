@@ -1,0 +1,256 @@
+//! [`TaskMap`]: a keyed registry of tracked tasks, one live task per key
+//! (per-session work in a server).
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use crate::group::drop_tracker;
+use crate::ladder::{ShutdownPolicy, ShutdownReport};
+use crate::registry::TaskOutcome;
+use crate::scope::CancelScope;
+use crate::task::{SpawnError, Stats, TaskBuilder, TaskHandle};
+use crate::tracker::Shared;
+
+/// Tracked tasks by key, one live task per key: the session registry of a
+/// server, with the shutdown ladder per key.
+///
+/// Each task runs in its own child of the map's scope, so one key can be
+/// cancelled alone. Spawning on a key that is taken cancels the old task (its
+/// ladder runs in the background) and installs the new one at once. Entries
+/// prune themselves when their task ends, and an old task's end never removes a
+/// newer task under the same key.
+///
+/// # Examples
+///
+/// ```
+/// use cancel_scope::{TaskMap, TaskOutcome};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let sessions: TaskMap<u64> = TaskMap::new();
+/// sessions.spawn(7, std::future::pending::<()>());
+/// assert!(sessions.contains_key(&7));
+///
+/// // The client left: tear its session down, boundedly.
+/// assert_eq!(sessions.cancel(&7).await, Some(TaskOutcome::Cancelled));
+/// assert!(!sessions.contains_key(&7));
+/// assert_eq!(sessions.cancel(&7).await, None); // unknown key
+/// # }
+/// ```
+pub struct TaskMap<K>
+where
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    shared: Arc<Shared<K>>,
+}
+
+impl<K> TaskMap<K>
+where
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    /// An empty map with its own root scope and the default policy.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::with_policy(ShutdownPolicy::default())
+    }
+
+    /// An empty map whose ladders follow `policy`.
+    #[must_use]
+    pub fn with_policy(policy: ShutdownPolicy) -> Self {
+        Self::with_scope_and_policy(CancelScope::new(), policy)
+    }
+
+    /// An empty map running in a child of `scope` (cancelling `scope` cancels
+    /// every task of the map; dropping the map does not cancel `scope`).
+    #[must_use]
+    pub fn with_scope_and_policy(scope: CancelScope, policy: ShutdownPolicy) -> Self {
+        TaskMap {
+            // A panicking session must not cancel the others.
+            shared: Shared::new(scope.child(), policy, false),
+        }
+    }
+
+    /// The map's scope: cancelling it cancels every task.
+    #[must_use]
+    pub fn scope(&self) -> &CancelScope {
+        &self.shared.scope
+    }
+
+    /// Spawns `fut` under `key`; it is dropped at its next await once its
+    /// scope is cancelled. A task already under `key` is cancelled (its ladder
+    /// runs in the background) and no longer reachable by key.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, with a message naming the fix.
+    #[track_caller]
+    pub fn spawn<F>(&self, key: K, fut: F) -> TaskHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.build_task(key).spawn(fut)
+    }
+
+    /// As [`spawn`](Self::spawn), returning an error instead of panicking.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::NoRuntime`] outside a tokio runtime; nothing is tracked
+    /// and the task under `key`, if any, is left alone.
+    pub fn try_spawn<F>(&self, key: K, fut: F) -> Result<TaskHandle<F::Output>, SpawnError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.build_task(key).try_spawn(fut)
+    }
+
+    /// Spawns `f(scope)` under `key`, handing the task its own scope
+    /// (cooperative cancellation, as [`TaskGroup::spawn_with_scope`]).
+    ///
+    /// [`TaskGroup::spawn_with_scope`]: crate::TaskGroup::spawn_with_scope
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, with a message naming the fix.
+    #[track_caller]
+    pub fn spawn_with_scope<F, Fut>(&self, key: K, f: F) -> TaskHandle<Fut::Output>
+    where
+        F: FnOnce(CancelScope) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        self.build_task(key).spawn_with_scope(f)
+    }
+
+    /// A [`TaskBuilder`] for a task under `key` (name, escalation hook).
+    pub fn build_task(&self, key: K) -> TaskBuilder<'_, K> {
+        TaskBuilder::new(&self.shared, Some(key))
+    }
+
+    /// Tears down the task under `key` with the ladder and returns how it
+    /// ended, or `None` if no task is under `key`.
+    ///
+    /// The key is marked [closing](Self::is_closing) before anything is
+    /// delivered, then the task's scope is cancelled and it is woken once;
+    /// re-delivery, escalation (its hook, abort) and the stuck verdict follow
+    /// the map's policy. Returns within `grace + abort_grace`; a task still
+    /// alive then is [`TaskOutcome::Stuck`], stays under its key (see
+    /// [`stuck_keys`](Self::stuck_keys)) and prunes itself when it ends.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the ladder runs on its own tokio task, so dropping this
+    /// future does not stop the teardown.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn cancel(&self, key: &K) -> Option<TaskOutcome> {
+        let cell = self.shared.registry.get(key)?;
+        let ladder = self.shared.retire(cell);
+        // The ladder task is ours and never panics; an aborted runtime is the
+        // only way it cannot answer.
+        ladder.await.unwrap_or(Some(TaskOutcome::Aborted))
+    }
+
+    /// Starts the teardown of the task under `key` in the background and
+    /// returns at once: for `Drop` impls (a response body, a connection) that
+    /// cannot await. Returns whether a task was under `key`.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn begin_cancel(&self, key: &K) -> bool {
+        match self.shared.registry.get(key) {
+            Some(cell) => {
+                drop(self.shared.retire(cell));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the task under `key` is being torn down (marked before the
+    /// first delivery, kept until it ends).
+    #[must_use]
+    pub fn is_closing(&self, key: &K) -> bool {
+        self.shared
+            .registry
+            .get(key)
+            .is_some_and(|c| c.is_closing())
+    }
+
+    /// Whether a live task is under `key` (closing or stuck ones included).
+    #[must_use]
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.shared.registry.get(key).is_some()
+    }
+
+    /// Live tasks, including replaced ones still winding down.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// Whether no task is alive.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keys whose task a ladder reported stuck and that are still alive.
+    #[must_use]
+    pub fn stuck_keys(&self) -> Vec<K> {
+        self.shared.registry.keys_where(|c| c.is_stuck())
+    }
+
+    /// Tears down every task with the ladder (see
+    /// [`TaskGroup::shutdown`](crate::TaskGroup::shutdown)).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future stops the ladder where it is (the map's scope
+    /// stays cancelled).
+    pub async fn shutdown(&self) -> ShutdownReport {
+        self.shared.shutdown().await
+    }
+
+    /// A snapshot of the map's counters.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+}
+
+impl<K> Default for TaskMap<K>
+where
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K> Drop for TaskMap<K>
+where
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        drop_tracker(&self.shared);
+    }
+}
+
+impl<K> Debug for TaskMap<K>
+where
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskMap")
+            .field("shared", &self.shared)
+            .finish()
+    }
+}

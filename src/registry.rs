@@ -1,0 +1,537 @@
+//! Tracked task entries, runtime-free: the registry behind `TaskGroup` and
+//! `TaskMap`, the prune-on-completion guard, and the delivery rule.
+//!
+//! Each tracked task has a [`TaskCell`] shared by three parties: the registry
+//! entry, the task's own wrapper future (through its [`EntryGuard`]), and
+//! cancellers. The guard lives inside the spawned future, so the entry is removed
+//! by the task itself whenever its future goes away (completion, panic, cancel,
+//! abort, runtime shutdown): nothing scans or polls.
+//!
+//! # Delivery
+//!
+//! The cell's `SCHEDULED` bit says "a wake was issued since the task's last poll
+//! began". Every wake, from a canceller or from the task's own I/O, goes through
+//! [`TaskCell::schedule`], which sets the bit and wakes the runtime task only if the
+//! bit was clear. So a task that has not been polled since it was last woken is
+//! never woken again (it is already scheduled: as Trio, one abort attempt per
+//! blocking call), and 10,000 tasks that end on their first delivery cost no
+//! re-delivery however long the scheduler takes to reach them.
+//!
+//! # Invariants
+//!
+//! 1. `ENDED` is set exactly once, by the guard, under the registry lock, in the
+//!    same critical section that removes the entry. A snapshot taken under the
+//!    lock ([`Registry::pending`]) never holds an ended task, and a cell that is
+//!    `ENDED` is never woken by a canceller ([`TaskCell::redeliver`] checks it in
+//!    the same atomic read-modify-write that claims the wake).
+//! 2. `SCHEDULED` is cleared only by the task's own poll ([`TaskCell::begin_poll`])
+//!    and set only by [`TaskCell::schedule`] / [`TaskCell::redeliver`], all
+//!    read-modify-writes of one atomic, so they are totally ordered: a wake
+//!    either precedes the clearing (and the poll that follows sees whatever the
+//!    waker published before it) or follows it (and wakes the task).
+//! 3. The re-delivery count of a cell never exceeds the limit passed to
+//!    [`TaskCell::redeliver`], whatever number of ladders run over the cell.
+//! 4. A key maps to the entry that was inserted last under it; removing an entry
+//!    removes the key only if it still maps to that entry, so an old task's end
+//!    never removes a newer task under the same key.
+//!
+//! # Deadlock safety
+//!
+//! One lock (the registry's); wakers are woken and user values (keys) dropped
+//! after it is released.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::task::{Poll, Waker};
+
+use slab::Slab;
+
+use crate::sync::{Arc, AtomicU32, AtomicU64, AtomicWaker, Mutex, Ordering, lock};
+
+/// A wake was issued since the task's last poll began (invariant 2).
+const SCHEDULED: u32 = 1 << 0;
+/// The task's future is gone and its entry removed (invariant 1).
+const ENDED: u32 = 1 << 1;
+/// A canceller started the ladder for this task (`TaskMap::is_closing`).
+const CLOSING: u32 = 1 << 2;
+/// The escalation hook ran and the task was aborted; set once.
+const ESCALATED: u32 = 1 << 3;
+/// The task outlived escalation and abort grace: it is reported stuck.
+const STUCK: u32 = 1 << 4;
+/// Outcome code, written together with `ENDED` (never without it).
+const OUTCOME_SHIFT: u32 = 8;
+const OUTCOME_MASK: u32 = 0b111 << OUTCOME_SHIFT;
+/// Re-deliveries made so far (invariant 3), in the high half.
+const REDELIVERY_SHIFT: u32 = 16;
+const REDELIVERY_ONE: u32 = 1 << REDELIVERY_SHIFT;
+
+/// How a tracked task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TaskOutcome {
+    /// Its future returned a value.
+    Completed,
+    /// It was cancelled: its future was dropped at an await after its scope was
+    /// cancelled.
+    Cancelled,
+    /// It was aborted (`TaskHandle::abort`, escalation, runtime shutdown) or its
+    /// future was dropped by the runtime without finishing.
+    Aborted,
+    /// Its future panicked.
+    Panicked,
+    /// It outlived escalation and abort grace and is still running; it will
+    /// prune itself when it ends.
+    Stuck,
+}
+
+impl TaskOutcome {
+    fn code(self) -> u32 {
+        (match self {
+            TaskOutcome::Completed => 1,
+            TaskOutcome::Cancelled => 2,
+            TaskOutcome::Aborted => 3,
+            TaskOutcome::Panicked => 4,
+            TaskOutcome::Stuck => 5,
+        }) << OUTCOME_SHIFT
+    }
+
+    fn from_state(state: u32) -> Option<Self> {
+        Some(match (state & OUTCOME_MASK) >> OUTCOME_SHIFT {
+            1 => TaskOutcome::Completed,
+            2 => TaskOutcome::Cancelled,
+            3 => TaskOutcome::Aborted,
+            4 => TaskOutcome::Panicked,
+            _ => return None,
+        })
+    }
+}
+
+/// An opaque, process-unique identifier of a tracked task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub(crate) u64);
+
+impl TaskId {
+    /// The id as a number, for logs and metrics.
+    #[must_use]
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "task#{}", self.0)
+    }
+}
+
+// ===== impl TaskCell =====
+
+/// The shared state of one tracked task; `meta` is the tokio layer's data.
+pub(crate) struct TaskCell<T> {
+    pub(crate) id: TaskId,
+    state: AtomicU32,
+    /// The runtime task's own waker, refreshed at every poll.
+    waker: AtomicWaker,
+    pub(crate) meta: T,
+}
+
+impl<T> TaskCell<T> {
+    /// Start of a poll of the task: store its waker, then clear `SCHEDULED`.
+    /// The order matters: a wake that sees the bit clear must find the waker.
+    pub(crate) fn begin_poll(&self, waker: &Waker) {
+        self.waker.register(waker);
+        // AcqRel, invariant 2: Acquire pairs with the Release half of the wake
+        // that set the bit, so this poll sees what the canceller published
+        // (the cancelled flag) before waking.
+        self.state.fetch_and(!SCHEDULED, Ordering::AcqRel);
+    }
+
+    /// Wakes the task unless it is already scheduled or ended. Returns whether
+    /// a wake was issued.
+    pub(crate) fn schedule(&self) -> bool {
+        // AcqRel: Release publishes the caller's prior writes to the poll that
+        // clears the bit next (invariant 2).
+        let prev = self.state.fetch_or(SCHEDULED, Ordering::AcqRel);
+        if prev & (SCHEDULED | ENDED) == 0 {
+            self.waker.wake();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A counted re-delivery: like [`schedule`](Self::schedule), but at most `limit`
+    /// times over the task's life (invariant 3).
+    pub(crate) fn redeliver(&self, limit: u32) -> bool {
+        let mut cur = self.state.load(Ordering::Acquire);
+        loop {
+            if cur & (SCHEDULED | ENDED) != 0 || cur >> REDELIVERY_SHIFT >= limit {
+                return false;
+            }
+            let next = (cur | SCHEDULED) + REDELIVERY_ONE;
+            match self
+                .state
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    self.waker.wake();
+                    return true;
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    fn set(&self, bit: u32) -> bool {
+        self.state.fetch_or(bit, Ordering::AcqRel) & bit == 0
+    }
+
+    /// Marks the task closing; `true` the first time.
+    pub(crate) fn mark_closing(&self) -> bool {
+        self.set(CLOSING)
+    }
+
+    /// Marks the task escalated; `true` the first time, so the hook runs once.
+    pub(crate) fn mark_escalated(&self) -> bool {
+        self.set(ESCALATED)
+    }
+
+    /// Marks the task stuck; `true` the first time.
+    pub(crate) fn mark_stuck(&self) -> bool {
+        self.set(STUCK)
+    }
+
+    fn has(&self, bit: u32) -> bool {
+        self.state.load(Ordering::Acquire) & bit != 0
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.has(CLOSING)
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
+        self.has(ENDED)
+    }
+
+    pub(crate) fn is_stuck(&self) -> bool {
+        self.has(STUCK) && !self.has(ENDED)
+    }
+
+    pub(crate) fn redeliveries(&self) -> u32 {
+        self.state.load(Ordering::Acquire) >> REDELIVERY_SHIFT
+    }
+
+    /// The outcome once ended; `Stuck` if still alive and declared stuck.
+    pub(crate) fn outcome(&self) -> Option<TaskOutcome> {
+        let s = self.state.load(Ordering::Acquire);
+        if s & ENDED != 0 {
+            TaskOutcome::from_state(s)
+        } else if s & STUCK != 0 {
+            Some(TaskOutcome::Stuck)
+        } else {
+            None
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for TaskCell<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.state.load(Ordering::Acquire);
+        f.debug_struct("TaskCell")
+            .field("id", &self.id)
+            .field("scheduled", &(s & SCHEDULED != 0))
+            .field("ended", &(s & ENDED != 0))
+            .field("closing", &(s & CLOSING != 0))
+            .field("escalated", &(s & ESCALATED != 0))
+            .field("stuck", &(s & STUCK != 0))
+            .field("outcome", &TaskOutcome::from_state(s))
+            .field("redeliveries", &(s >> REDELIVERY_SHIFT))
+            .finish()
+    }
+}
+
+// ===== counters =====
+
+/// Monotonic counters of a registry (all `Relaxed`: they are statistics, read
+/// as a snapshot that synchronizes with nothing).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) spawned: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) aborted: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+    pub(crate) deliveries: AtomicU64,
+    pub(crate) redeliveries: AtomicU64,
+    pub(crate) escalations: AtomicU64,
+    /// Tasks declared stuck that have not ended yet (a gauge).
+    pub(crate) stuck: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+// ===== impl Registry =====
+
+struct Entry<T, K> {
+    cell: Arc<TaskCell<T>>,
+    key: Option<K>,
+}
+
+struct Inner<T, K> {
+    entries: Slab<Entry<T, K>>,
+    /// Key → slot of the newest entry under it (invariant 4).
+    keys: HashMap<K, usize>,
+    /// Woken when `entries` becomes empty.
+    idle: Slab<Waker>,
+    /// Woken when the task with this id ends.
+    ended: Slab<(TaskId, Waker)>,
+}
+
+/// The set of live tracked tasks, optionally keyed.
+pub(crate) struct Registry<T, K = ()> {
+    inner: Mutex<Inner<T, K>>,
+    pub(crate) counters: Counters,
+}
+
+fn next_task_id() -> TaskId {
+    // std atomic on purpose, see `crate::sync`.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    TaskId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+impl<T, K: Eq + Hash + Clone> Registry<T, K> {
+    pub(crate) fn new() -> Self {
+        Registry {
+            inner: Mutex::new(Inner {
+                entries: Slab::new(),
+                keys: HashMap::new(),
+                idle: Slab::new(),
+                ended: Slab::new(),
+            }),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Tracks a new task. With a key, the key now maps to it, and the task that
+    /// held the key before (still alive, still tracked) is returned.
+    pub(crate) fn insert(
+        this: &Arc<Self>,
+        meta: T,
+        key: Option<K>,
+    ) -> (EntryGuard<T, K>, Option<Arc<TaskCell<T>>>) {
+        let cell = Arc::new(TaskCell {
+            id: next_task_id(),
+            // A new task is scheduled: its first poll is on its way.
+            state: AtomicU32::new(SCHEDULED),
+            waker: AtomicWaker::new(),
+            meta,
+        });
+        let mut guard = lock(&this.inner);
+        let inner = &mut *guard;
+        let slot = inner.entries.vacant_entry().key();
+        let replaced = match &key {
+            Some(k) => inner
+                .keys
+                .insert(k.clone(), slot)
+                .map(|old| inner.entries[old].cell.clone()),
+            None => None,
+        };
+        inner.entries.insert(Entry {
+            cell: cell.clone(),
+            key,
+        });
+        drop(guard);
+        Counters::bump(&this.counters.spawned);
+        let guard = EntryGuard {
+            registry: this.clone(),
+            cell,
+            slot,
+            outcome: TaskOutcome::Aborted,
+        };
+        (guard, replaced)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.inner).entries.len()
+    }
+
+    /// The live tasks, as of now (invariant 1: none ended).
+    pub(crate) fn pending(&self) -> Vec<Arc<TaskCell<T>>> {
+        let inner = lock(&self.inner);
+        inner.entries.iter().map(|(_, e)| e.cell.clone()).collect()
+    }
+
+    /// The live tasks with their keys.
+    pub(crate) fn pending_keyed(&self) -> Vec<(Arc<TaskCell<T>>, Option<K>)> {
+        let inner = lock(&self.inner);
+        inner
+            .entries
+            .iter()
+            .map(|(_, e)| (e.cell.clone(), e.key.clone()))
+            .collect()
+    }
+
+    /// The task that `key` maps to.
+    pub(crate) fn get(&self, key: &K) -> Option<Arc<TaskCell<T>>> {
+        let inner = lock(&self.inner);
+        inner
+            .keys
+            .get(key)
+            .map(|&slot| inner.entries[slot].cell.clone())
+    }
+
+    /// The keys whose task satisfies `pred`.
+    pub(crate) fn keys_where(&self, pred: impl Fn(&TaskCell<T>) -> bool) -> Vec<K> {
+        let inner = lock(&self.inner);
+        inner
+            .keys
+            .iter()
+            .filter(|&(_, &slot)| pred(&inner.entries[slot].cell))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Ready once no task is tracked. `slot` keeps the registration across polls
+    /// and must be passed to [`release`](Self::release).
+    pub(crate) fn poll_idle(&self, waker: &Waker, slot: &mut Option<usize>) -> Poll<()> {
+        let mut inner = lock(&self.inner);
+        if inner.entries.is_empty() {
+            if let Some(key) = slot.take() {
+                inner.idle.try_remove(key);
+            }
+            return Poll::Ready(());
+        }
+        match slot {
+            Some(key) if inner.idle.contains(*key) => inner.idle[*key].clone_from(waker),
+            _ => *slot = Some(inner.idle.insert(waker.clone())),
+        }
+        Poll::Pending
+    }
+
+    /// Ready once `cell` has ended.
+    pub(crate) fn poll_ended(
+        &self,
+        cell: &TaskCell<T>,
+        waker: &Waker,
+        slot: &mut Option<usize>,
+    ) -> Poll<()> {
+        let mut inner = lock(&self.inner);
+        if cell.is_ended() {
+            if let Some(key) = slot.take() {
+                inner.ended.try_remove(key);
+            }
+            return Poll::Ready(());
+        }
+        match slot {
+            Some(key) if inner.ended.contains(*key) => inner.ended[*key].1.clone_from(waker),
+            _ => *slot = Some(inner.ended.insert((cell.id, waker.clone()))),
+        }
+        Poll::Pending
+    }
+
+    /// Drops a registration made by `poll_idle` or `poll_ended`.
+    pub(crate) fn release(&self, idle_slot: &mut Option<usize>, ended_slot: &mut Option<usize>) {
+        if idle_slot.is_none() && ended_slot.is_none() {
+            return;
+        }
+        let mut inner = lock(&self.inner);
+        if let Some(key) = idle_slot.take() {
+            inner.idle.try_remove(key);
+        }
+        if let Some(key) = ended_slot.take() {
+            inner.ended.try_remove(key);
+        }
+    }
+
+    fn remove(&self, slot: usize, cell: &TaskCell<T>, outcome: TaskOutcome) {
+        let mut wake = Vec::new();
+        let entry;
+        {
+            let mut inner = lock(&self.inner);
+            entry = inner.entries.remove(slot);
+            if let Some(k) = &entry.key {
+                // Invariant 4.
+                if inner.keys.get(k) == Some(&slot) {
+                    inner.keys.remove(k);
+                }
+            }
+            // Invariant 1: in the same critical section as the removal.
+            let prev = cell
+                .state
+                .fetch_or(ENDED | outcome.code(), Ordering::AcqRel);
+            if prev & STUCK != 0 {
+                self.counters.stuck.fetch_sub(1, Ordering::Relaxed);
+            }
+            if inner.entries.is_empty() {
+                wake.extend(inner.idle.drain());
+            }
+            if !inner.ended.is_empty() {
+                let done: Vec<usize> = inner
+                    .ended
+                    .iter()
+                    .filter(|(_, (id, _))| *id == cell.id)
+                    .map(|(k, _)| k)
+                    .collect();
+                wake.extend(done.into_iter().map(|k| inner.ended.remove(k).1));
+            }
+        }
+        let c = &self.counters;
+        Counters::bump(match outcome {
+            TaskOutcome::Completed => &c.completed,
+            TaskOutcome::Cancelled => &c.cancelled,
+            TaskOutcome::Panicked => &c.panicked,
+            TaskOutcome::Aborted | TaskOutcome::Stuck => &c.aborted,
+        });
+        // The key is user data: dropped outside the lock.
+        drop(entry);
+        for w in wake {
+            w.wake();
+        }
+    }
+}
+
+// ===== impl EntryGuard =====
+
+/// Lives inside the tracked future; its drop prunes the entry, whatever ended
+/// the future (prune on completion).
+pub(crate) struct EntryGuard<T, K: Eq + Hash + Clone = ()> {
+    registry: Arc<Registry<T, K>>,
+    cell: Arc<TaskCell<T>>,
+    slot: usize,
+    /// What the task's wrapper observed; a future dropped without a verdict
+    /// (abort, runtime shutdown) counts as aborted.
+    pub(crate) outcome: TaskOutcome,
+}
+
+impl<T, K: Eq + Hash + Clone> EntryGuard<T, K> {
+    pub(crate) fn cell(&self) -> &Arc<TaskCell<T>> {
+        &self.cell
+    }
+}
+
+impl<T, K: Eq + Hash + Clone> Drop for EntryGuard<T, K> {
+    fn drop(&mut self) {
+        self.registry.remove(self.slot, &self.cell, self.outcome);
+    }
+}
+
+impl<T, K: Eq + Hash + Clone> std::fmt::Debug for EntryGuard<T, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryGuard")
+            .field("cell", &self.cell)
+            .field("slot", &self.slot)
+            .finish()
+    }
+}

@@ -1,0 +1,758 @@
+//! [`CancelScope`]: the handle to a node of the cancellation tree, its futures,
+//! its drop guard, and the timeout helpers built on it.
+//!
+//! The tree itself (state, waiters, shields, deadlines) is runtime-free and
+//! lives in `scope/tree.rs`; this file adds what needs tokio: the clock for
+//! deadlines, and the one timer task per waited-on deadline.
+
+pub(crate) mod tree;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::sync::Arc;
+pub use tree::CancelReason;
+use tree::{NO_DEADLINE, Node, TimerStep};
+
+// ===== clock =====
+
+/// The tree stores deadlines as signed nanoseconds from a process-wide base, so
+/// that `is_cancelled` can compare them with one atomic load.
+fn base() -> std::time::Instant {
+    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+    *BASE.get_or_init(std::time::Instant::now)
+}
+
+fn to_ticks(at: Instant) -> i64 {
+    let at = at.into_std();
+    let base = base();
+    // Saturate one short of `NO_DEADLINE`: a far-future deadline is still one.
+    match at.checked_duration_since(base) {
+        Some(d) => d.as_nanos().min((NO_DEADLINE - 1) as u128) as i64,
+        None => -(base.duration_since(at).as_nanos().min(i64::MAX as u128) as i64),
+    }
+}
+
+fn from_ticks(ticks: i64) -> Instant {
+    let base = base();
+    let at = if ticks >= 0 {
+        base.checked_add(Duration::from_nanos(ticks as u64))
+    } else {
+        base.checked_sub(Duration::from_nanos(ticks.unsigned_abs()))
+    };
+    Instant::from_std(at.unwrap_or(base))
+}
+
+fn now_ticks() -> i64 {
+    to_ticks(Instant::now())
+}
+
+// ===== impl CancelScope =====
+
+/// A node of the cancellation tree: cancelling it cancels every non-shielded
+/// descendant. Cheap to clone; clones are handles to the same scope.
+///
+/// Cancellation is *level-triggered*, as in Trio: once a scope is cancelled it
+/// stays cancelled, [`is_cancelled`](Self::is_cancelled) returns `true` and
+/// every [`cancelled`](Self::cancelled) future resolves at once, forever. A
+/// scope can also be cancelled by its [deadline](Self::with_deadline); its
+/// [`reason`](Self::reason) says which, taken from the scope where the
+/// cancellation started.
+///
+/// A [shielded child](Self::shielded_child) ignores its ancestors, as Trio's
+/// `CancelScope(shield=True)`: use it for bounded cleanup, with its own deadline.
+///
+/// # Examples
+///
+/// ```
+/// use cancel_scope::{CancelReason, CancelScope};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let root = CancelScope::new();
+/// let child = root.child();
+/// let cleanup = root.shielded_child();
+///
+/// root.cancel();
+/// assert!(child.is_cancelled());
+/// assert_eq!(child.reason(), Some(CancelReason::Requested));
+/// assert!(!cleanup.is_cancelled());
+/// child.cancelled().await; // resolves at once, forever
+/// # }
+/// ```
+pub struct CancelScope {
+    node: Arc<Node>,
+}
+
+impl CancelScope {
+    /// A new root scope: not cancelled, no deadline.
+    #[must_use]
+    pub fn new() -> Self {
+        CancelScope {
+            node: tree::new_root(),
+        }
+    }
+
+    /// A child scope, cancelled whenever `self` is (and, if `self` already is,
+    /// born cancelled with the same reason). It inherits `self`'s effective
+    /// deadline and may add an earlier one of its own.
+    #[must_use]
+    pub fn child(&self) -> CancelScope {
+        CancelScope {
+            node: tree::new_child(&self.node),
+        }
+    }
+
+    /// A shielded child: not cancelled by its ancestors, nor bound by their
+    /// deadlines (as Trio's `CancelScope(shield=True)`). It can still be
+    /// cancelled directly or by a deadline of its own, which is how bounded
+    /// cleanup reads:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cancel_scope::CancelScope;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let task = CancelScope::new();
+    /// task.cancel();
+    /// // Cleanup runs despite the cancel, but for 100 ms at most.
+    /// let cleanup = task.shielded_child().with_timeout(Duration::from_millis(100));
+    /// let flushed = cleanup.run(async { /* flush buffers */ 42 }).await;
+    /// assert_eq!(flushed.unwrap(), 42);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn shielded_child(&self) -> CancelScope {
+        CancelScope {
+            node: tree::new_shielded(&self.node),
+        }
+    }
+
+    /// Gives the scope a deadline: from `at` on, it counts as cancelled with
+    /// reason [`CancelReason::Deadline`], and so do its non-shielded descendants.
+    ///
+    /// Deadlines only tighten: if the scope already has an earlier own deadline,
+    /// that one stays (as nested Trio `move_on_at` scopes: the earliest wins).
+    /// A deadline at or before now cancels the scope at once.
+    ///
+    /// No timer exists until somebody waits on the scope (or a descendant);
+    /// then exactly one timer task runs for it, and it ends when the deadline
+    /// fires, the scope is cancelled, or the scope is dropped.
+    ///
+    /// # Panics
+    ///
+    /// Waiting for a deadline needs a tokio runtime with its time driver. If the
+    /// scope is already being waited on and this is called outside such a
+    /// runtime, it panics, naming the fix.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cancel_scope::{CancelReason, CancelScope};
+    /// use tokio::time::Instant;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let scope = CancelScope::new().with_deadline(Instant::now() + Duration::from_secs(1));
+    /// scope.cancelled().await; // the paused clock jumps 1 s
+    /// assert_eq!(scope.reason(), Some(CancelReason::Deadline));
+    /// # }
+    /// ```
+    #[track_caller]
+    #[must_use]
+    pub fn with_deadline(self, at: Instant) -> Self {
+        let ticks = to_ticks(at);
+        let start_timer = tree::tighten_deadline(&self.node, ticks);
+        if ticks <= now_ticks() {
+            tree::cancel(&self.node, CancelReason::Deadline);
+        } else if start_timer {
+            spawn_timer(self.node.clone());
+        }
+        self
+    }
+
+    /// [`with_deadline`](Self::with_deadline)`(Instant::now() + after)`; a zero
+    /// duration cancels at once.
+    ///
+    /// # Panics
+    ///
+    /// As [`with_deadline`](Self::with_deadline).
+    #[track_caller]
+    #[must_use]
+    pub fn with_timeout(self, after: Duration) -> Self {
+        let at = Instant::now().checked_add(after).unwrap_or_else(far_future);
+        self.with_deadline(at)
+    }
+
+    /// The effective deadline: the earliest of this scope's own and its
+    /// non-shielded ancestors'. `None` if there is none.
+    #[must_use]
+    pub fn deadline(&self) -> Option<Instant> {
+        let d = tree::deadline(&self.node);
+        (d != NO_DEADLINE).then(|| from_ticks(d))
+    }
+
+    /// Cancels this scope and every non-shielded descendant, waking whoever
+    /// waits on them, once. Idempotent: a second call (or a later deadline)
+    /// changes nothing, and the first reason stays. O(descendants).
+    pub fn cancel(&self) {
+        tree::cancel(&self.node, CancelReason::Requested);
+    }
+
+    /// Whether the scope is cancelled, by a call or by a passed deadline.
+    ///
+    /// One atomic load (plus a clock read when the scope has a deadline); never
+    /// takes a lock unless it is the call that notices a passed deadline.
+    #[must_use]
+    pub fn is_cancelled(&self) -> bool {
+        is_cancelled(&self.node)
+    }
+
+    /// Why the scope is cancelled, or `None` if it is not: taken from the scope
+    /// where the cancellation started (a child cancelled through its parent's
+    /// deadline says [`CancelReason::Deadline`]).
+    #[must_use]
+    pub fn reason(&self) -> Option<CancelReason> {
+        if is_cancelled(&self.node) {
+            tree::reason(&self.node)
+        } else {
+            None
+        }
+    }
+
+    /// A process-unique id for this scope (shared by all its handles), for logs.
+    #[must_use]
+    pub fn id(&self) -> u64 {
+        self.node.id
+    }
+
+    /// Whether this scope was made with [`shielded_child`](Self::shielded_child).
+    #[must_use]
+    pub fn is_shielded(&self) -> bool {
+        self.node.shielded
+    }
+
+    /// A future that resolves when the scope is cancelled: at once if it already
+    /// is, forever after (level-triggered).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping it only removes its registration.
+    ///
+    /// # Panics
+    ///
+    /// Polling it on a scope with a deadline outside a tokio runtime with a time
+    /// driver panics (the deadline needs a timer), naming the fix.
+    pub fn cancelled(&self) -> WaitCancelled<'_> {
+        WaitCancelled {
+            scope: self,
+            waiter: Waiter::default(),
+        }
+    }
+
+    /// As [`cancelled`](Self::cancelled), but owning a handle, for `'static`
+    /// contexts such as `axum::serve(..).with_graceful_shutdown(..)`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub fn cancelled_owned(self) -> WaitCancelledOwned {
+        WaitCancelledOwned {
+            scope: self,
+            waiter: Waiter::default(),
+        }
+    }
+
+    /// Runs `fut` until it finishes or the scope is cancelled, whichever comes
+    /// first. On cancellation `fut` is dropped at its current await point and
+    /// the result is `Err(Cancelled)` carrying the [reason](CancelReason).
+    /// If the scope is already cancelled, `fut` is never polled.
+    ///
+    /// # Cancel safety
+    ///
+    /// As cancel safe as `fut` itself: dropping the returned future drops `fut`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cancel_scope::{CancelReason, CancelScope};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let scope = CancelScope::new().with_timeout(Duration::from_millis(10));
+    /// let err = scope.run(std::future::pending::<()>()).await.unwrap_err();
+    /// assert_eq!(err.reason(), CancelReason::Deadline);
+    /// # }
+    /// ```
+    pub fn run<F: Future>(&self, fut: F) -> Run<'_, F> {
+        Run {
+            wait: self.cancelled(),
+            fut: Some(fut),
+        }
+    }
+
+    /// A guard that cancels this scope when dropped (unless
+    /// [disarmed](DropGuard::disarm)). Useful to tie a scope to a connection or
+    /// a response body.
+    #[must_use = "dropping the guard at once cancels the scope"]
+    pub fn drop_guard(self) -> DropGuard {
+        DropGuard { scope: Some(self) }
+    }
+
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+}
+
+fn is_cancelled(node: &Arc<Node>) -> bool {
+    if tree::is_cancelled(node) {
+        return true;
+    }
+    let deadline = tree::deadline(node);
+    if deadline == NO_DEADLINE || now_ticks() < deadline {
+        return false;
+    }
+    // The deadline passed and nobody noticed yet: cancel where it came from.
+    if let Some(origin) = tree::deadline_origin(node) {
+        tree::cancel(&origin, CancelReason::Deadline);
+    }
+    true
+}
+
+fn far_future() -> Instant {
+    // About 30 years, as tokio's own far-future sentinel.
+    Instant::now() + Duration::from_secs(86400 * 365 * 30)
+}
+
+impl Default for CancelScope {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clone for CancelScope {
+    fn clone(&self) -> Self {
+        tree::add_handle(&self.node);
+        CancelScope {
+            node: self.node.clone(),
+        }
+    }
+}
+
+impl Drop for CancelScope {
+    fn drop(&mut self) {
+        tree::drop_handle(&self.node);
+    }
+}
+
+impl std::fmt::Debug for CancelScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelScope")
+            .field("id", &self.node.id)
+            .field("parent", &tree::parent_id(&self.node))
+            .field("shielded", &self.node.shielded)
+            .field("reason", &self.reason())
+            .field("deadline", &self.deadline())
+            .finish()
+    }
+}
+
+// ===== deadline timer =====
+
+#[track_caller]
+fn spawn_timer(node: Arc<Node>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(deadline_timer(node));
+        }
+        Err(_) => panic!(
+            "cancel_scope: a CancelScope deadline is being waited on outside a tokio runtime; \
+             deadlines need tokio's time driver: await the scope inside a runtime built with \
+             `enable_time()` (as `#[tokio::main]` does)"
+        ),
+    }
+}
+
+/// The one timer of a scope with a deadline that somebody waits on. Holds the
+/// node (not a handle, so the scope can still detach) and ends on fire, cancel
+/// or detach: after that nothing of the scope is scheduled.
+async fn deadline_timer(node: Arc<Node>) {
+    let mut sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        loop {
+            match tree::timer_poll(&node, cx.waker()) {
+                TimerStep::Stop => return Poll::Ready(()),
+                TimerStep::SleepUntil(ticks) => {
+                    let at = from_ticks(ticks);
+                    let sleep = match &mut sleep {
+                        Some(s) => {
+                            if s.deadline() != at {
+                                s.as_mut().reset(at);
+                            }
+                            s
+                        }
+                        none => none.insert(Box::pin(tokio::time::sleep_until(at))),
+                    };
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // Fired: cancel, then the next `timer_poll` says Stop.
+                    tree::cancel(&node, CancelReason::Deadline);
+                }
+            }
+        }
+    })
+    .await;
+}
+
+// ===== waiting =====
+
+/// One registration in a scope's waiter list, shared by every future that
+/// waits on a scope.
+#[derive(Debug, Default)]
+pub(crate) struct Waiter {
+    slot: Option<usize>,
+    /// The waker stored in the slot, to skip the lock when it is unchanged.
+    registered: Option<Waker>,
+    /// This waiter already made sure the deadline's timer runs.
+    armed: bool,
+}
+
+impl Waiter {
+    pub(crate) fn poll(&mut self, node: &Arc<Node>, waker: &Waker) -> Poll<()> {
+        if is_cancelled(node) {
+            self.release(node);
+            return Poll::Ready(());
+        }
+        if self.slot.is_some() && self.registered.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            return Poll::Pending;
+        }
+        match tree::register(node, waker, &mut self.slot) {
+            Err(()) => {
+                self.registered = None;
+                Poll::Ready(())
+            }
+            Ok(deadline) => {
+                self.registered = Some(waker.clone());
+                if deadline != NO_DEADLINE && !self.armed {
+                    self.armed = true;
+                    if let Some(origin) = tree::deadline_origin(node) {
+                        if tree::claim_timer(&origin) {
+                            spawn_timer(origin);
+                        }
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    pub(crate) fn release(&mut self, node: &Node) {
+        self.registered = None;
+        tree::deregister(node, &mut self.slot);
+    }
+}
+
+/// Future returned by [`CancelScope::cancelled`].
+///
+/// (It pins nothing, so it is `Unpin` and a plain struct.)
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct WaitCancelled<'a> {
+    scope: &'a CancelScope,
+    waiter: Waiter,
+}
+
+impl Future for WaitCancelled<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        this.waiter.poll(&this.scope.node, cx.waker())
+    }
+}
+
+impl Drop for WaitCancelled<'_> {
+    fn drop(&mut self) {
+        self.waiter.release(&self.scope.node);
+    }
+}
+
+/// Future returned by [`CancelScope::cancelled_owned`].
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct WaitCancelledOwned {
+    // Field order: the waiter deregisters from the node in `Drop`, before the
+    // scope handle goes.
+    scope: CancelScope,
+    waiter: Waiter,
+}
+
+impl WaitCancelledOwned {
+    /// The scope this future waits on.
+    #[must_use]
+    pub fn scope(&self) -> &CancelScope {
+        &self.scope
+    }
+}
+
+impl Future for WaitCancelledOwned {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        this.waiter.poll(&this.scope.node, cx.waker())
+    }
+}
+
+impl Drop for WaitCancelledOwned {
+    fn drop(&mut self) {
+        self.waiter.release(&self.scope.node);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Future returned by [`CancelScope::run`].
+    #[must_use = "futures do nothing unless polled"]
+    #[derive(Debug)]
+    pub struct Run<'a, F> {
+        wait: WaitCancelled<'a>,
+        // Set to `None` on cancellation, so the inner future is dropped at once,
+        // not when `Run` itself is.
+        #[pin]
+        fut: Option<F>,
+    }
+}
+
+impl<F: Future> Future for Run<'_, F> {
+    type Output = Result<F::Output, Cancelled>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let scope = this.wait.scope;
+        if let Some(fut) = this.fut.as_mut().as_pin_mut() {
+            // Cancellation first: a cancelled scope never polls `fut` again.
+            if !is_cancelled(&scope.node) {
+                if let Poll::Ready(v) = fut.poll(cx) {
+                    this.fut.set(None);
+                    return Poll::Ready(Ok(v));
+                }
+                if Pin::new(&mut *this.wait).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            this.fut.set(None);
+        }
+        let reason = scope.reason().unwrap_or(CancelReason::Requested);
+        Poll::Ready(Err(Cancelled { reason }))
+    }
+}
+
+// ===== impl DropGuard =====
+
+/// Cancels its scope when dropped; see [`CancelScope::drop_guard`].
+#[derive(Debug)]
+pub struct DropGuard {
+    scope: Option<CancelScope>,
+}
+
+impl DropGuard {
+    /// Gives the scope back without cancelling it.
+    #[must_use]
+    pub fn disarm(mut self) -> CancelScope {
+        self.scope
+            .take()
+            .expect("a DropGuard holds its scope until disarmed or dropped")
+    }
+
+    /// The guarded scope.
+    #[must_use]
+    pub fn scope(&self) -> &CancelScope {
+        self.scope
+            .as_ref()
+            .expect("a DropGuard holds its scope until disarmed or dropped")
+    }
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if let Some(scope) = self.scope.take() {
+            scope.cancel();
+        }
+    }
+}
+
+// ===== errors =====
+
+/// The error of [`CancelScope::run`]: the scope was cancelled first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled {
+    reason: CancelReason,
+}
+
+impl Cancelled {
+    /// Why the scope was cancelled.
+    #[must_use]
+    pub fn reason(&self) -> CancelReason {
+        self.reason
+    }
+}
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.reason {
+            CancelReason::Requested => f.write_str("cancel scope was cancelled"),
+            CancelReason::Deadline => f.write_str("cancel scope deadline passed"),
+        }
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+/// The error of [`fail_after`] / [`fail_at`]: the deadline passed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed(());
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deadline has elapsed")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+// ===== timeouts =====
+
+/// Runs `fut` in a new scope that is cancelled `after` from now: `Some(output)`
+/// if it finished first, `None` if the deadline passed and `fut` was dropped
+/// (as Trio's `move_on_after`). A zero duration never polls `fut`.
+///
+/// # Cancel safety
+///
+/// As cancel safe as `fut`.
+///
+/// # Panics
+///
+/// Outside a tokio runtime with a time driver, as [`CancelScope::with_deadline`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use cancel_scope::move_on_after;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let slow = tokio::time::sleep(Duration::from_secs(10));
+/// assert_eq!(move_on_after(Duration::from_secs(1), slow).await, None);
+/// assert_eq!(move_on_after(Duration::from_secs(1), async { 7 }).await, Some(7));
+/// # }
+/// ```
+pub async fn move_on_after<F: Future>(after: Duration, fut: F) -> Option<F::Output> {
+    let at = Instant::now().checked_add(after).unwrap_or_else(far_future);
+    move_on_at(at, fut).await
+}
+
+/// As [`move_on_after`], with an absolute deadline (as Trio's `move_on_at`).
+///
+/// # Cancel safety
+///
+/// As cancel safe as `fut`.
+pub async fn move_on_at<F: Future>(at: Instant, fut: F) -> Option<F::Output> {
+    let scope = CancelScope::new().with_deadline(at);
+    scope.run(fut).await.ok()
+}
+
+/// Runs `fut` in a new scope that is cancelled `after` from now, and reports a
+/// passed deadline as an error (as Trio's `fail_after`).
+///
+/// # Errors
+///
+/// [`Elapsed`] if the deadline passed before `fut` finished; `fut` was dropped.
+///
+/// # Cancel safety
+///
+/// As cancel safe as `fut`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use cancel_scope::fail_after;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let err = fail_after(Duration::from_millis(5), std::future::pending::<()>()).await;
+/// assert_eq!(err.unwrap_err().to_string(), "deadline has elapsed");
+/// # }
+/// ```
+pub async fn fail_after<F: Future>(after: Duration, fut: F) -> Result<F::Output, Elapsed> {
+    let at = Instant::now().checked_add(after).unwrap_or_else(far_future);
+    fail_at(at, fut).await
+}
+
+/// As [`fail_after`], with an absolute deadline (as Trio's `fail_at`).
+///
+/// # Errors
+///
+/// [`Elapsed`] if the deadline passed before `fut` finished.
+///
+/// # Cancel safety
+///
+/// As cancel safe as `fut`.
+pub async fn fail_at<F: Future>(at: Instant, fut: F) -> Result<F::Output, Elapsed> {
+    move_on_at(at, fut).await.ok_or(Elapsed(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_round_trip_both_sides_of_the_base() {
+        let now = Instant::now();
+        for at in [
+            now,
+            now + Duration::from_secs(3),
+            now - Duration::from_millis(7),
+        ] {
+            assert_eq!(from_ticks(to_ticks(at)), at);
+        }
+        assert!(to_ticks(now + Duration::from_secs(1)) > to_ticks(now));
+    }
+
+    #[test]
+    fn detach_removes_dropped_children() {
+        let root = CancelScope::new();
+        let kids: Vec<_> = (0..100).map(|_| root.child()).collect();
+        assert_eq!(tree::child_count(&root.node), 100);
+        drop(kids);
+        assert_eq!(tree::child_count(&root.node), 0);
+        // A grandchild keeps its parent attached until it goes.
+        let mid = root.child();
+        let leaf = mid.child();
+        drop(mid);
+        assert_eq!(tree::child_count(&root.node), 1);
+        root.cancel();
+        assert!(leaf.is_cancelled());
+        drop(leaf);
+        assert_eq!(tree::child_count(&root.node), 0);
+    }
+
+    #[test]
+    fn detached_node_is_marked() {
+        let root = CancelScope::new();
+        let node = root.child().node.clone();
+        assert!(tree::is_detached(&node));
+        assert_eq!(tree::waiter_count(&node), 0);
+        assert!(!tree::timer_running(&node));
+    }
+}

@@ -1,0 +1,451 @@
+//! The cancel scope tree: runtime-free state, waiters, shields and deadlines.
+//!
+//! A [`Node`] is one cancel scope. `CancelScope` handles (in `scope.rs`) are thin
+//! `Arc<Node>` wrappers; every state change is a `pub(crate)` free function here,
+//! as in tokio-util's `tree_node.rs`.
+//!
+//! # Shape
+//!
+//! A child holds a strong reference to its parent, and an attached child is also
+//! held by its parent's `children` slab, so that a cancel can walk down. The cycle
+//! is broken by counting handles: when a node has no handle left and no attached
+//! child, nobody can observe it any more and it *detaches* from its parent. A
+//! shielded scope is never attached (nothing above it may cancel it), so it is a
+//! root that only remembers its parent's id.
+//!
+//! # Invariants
+//!
+//! 1. `CANCELLED` is set once, under the node's lock, and never cleared; the
+//!    reason bit is written in the same store, so readers that see `CANCELLED`
+//!    see the reason that won.
+//! 2. The waiter slab is drained under the lock in the same critical section that
+//!    sets `CANCELLED`, and no waiter is registered on a cancelled node. A waiter
+//!    that checks `CANCELLED` under the lock therefore either registers before the
+//!    drain (and is woken) or sees the flag (no lost wakeup).
+//! 3. A child created under the lock of a cancelled parent is born cancelled with
+//!    the parent's reason; otherwise it is attached before the lock is released.
+//!    With invariant 1 this means no child of a cancelled node is ever left
+//!    uncancelled.
+//! 4. Once a node is detached (`handles == 0`, no attached children), nothing can
+//!    create a handle to it again: handles are only cloned from handles.
+//! 5. Effective deadlines only move earlier: `own_deadline` is tightened with
+//!    `min`, and `deadline` of every attached descendant is tightened under its
+//!    lock in the same walk, so a waiter that reads `deadline` under its node's
+//!    lock either sees the new value or is seen by the walk.
+//!
+//! # Deadlock safety
+//!
+//! Locks are taken parent before child, and at most two at a time (in `detach`).
+//! `cancel` and `tighten_deadline` hold one node's lock at a time and collect the
+//! children to visit next. Wakers are woken only after every lock is released.
+
+use std::task::Waker;
+
+use slab::Slab;
+
+use crate::sync::{Arc, AtomicI64, AtomicU8, AtomicUsize, Mutex, Ordering, lock};
+
+/// The scope is cancelled (for good: invariant 1).
+const CANCELLED: u8 = 0b01;
+/// Set together with `CANCELLED` when the cancellation came from a deadline;
+/// never set alone.
+const BY_DEADLINE: u8 = 0b10;
+
+/// Deadline value meaning "no deadline".
+pub(crate) const NO_DEADLINE: i64 = i64::MAX;
+
+/// Why a scope was cancelled, taken from the scope where the cancellation started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CancelReason {
+    /// [`cancel`](crate::CancelScope::cancel) was called, on this scope or an ancestor.
+    Requested,
+    /// The deadline of this scope or of an ancestor passed.
+    Deadline,
+}
+
+impl CancelReason {
+    fn bits(self) -> u8 {
+        match self {
+            CancelReason::Requested => CANCELLED,
+            CancelReason::Deadline => CANCELLED | BY_DEADLINE,
+        }
+    }
+
+    fn from_bits(bits: u8) -> Option<Self> {
+        if bits & CANCELLED == 0 {
+            None
+        } else if bits & BY_DEADLINE != 0 {
+            Some(CancelReason::Deadline)
+        } else {
+            Some(CancelReason::Requested)
+        }
+    }
+}
+
+pub(crate) struct Node {
+    pub(crate) id: u64,
+    /// The enclosing scope: for a plain child the node that cancels it, for a
+    /// shielded child only a record (it is not attached there).
+    parent: Option<Arc<Node>>,
+    pub(crate) shielded: bool,
+    /// `CANCELLED | BY_DEADLINE` bits; see invariant 1.
+    state: AtomicU8,
+    /// Effective deadline in ticks (see `crate::clock`), `NO_DEADLINE` if none.
+    deadline: AtomicI64,
+    /// This node's own deadline in ticks; `deadline <= own_deadline` always.
+    own_deadline: AtomicI64,
+    /// Live `CancelScope` handles; see invariant 4.
+    handles: AtomicUsize,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    children: Slab<Arc<Node>>,
+    /// Key of this node in `parent.children` while attached.
+    slot: Option<usize>,
+    waiters: Slab<Waker>,
+    detached: bool,
+    /// A deadline timer task exists for this node (at most one).
+    timer_running: bool,
+    /// Where that timer task parks; woken on cancel, detach and deadline change.
+    timer_waker: Option<Waker>,
+}
+
+fn next_id() -> u64 {
+    // std atomic on purpose, see `crate::sync`.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn node(
+    parent: Option<Arc<Node>>,
+    shielded: bool,
+    state: u8,
+    deadline: i64,
+    slot: Option<usize>,
+) -> Node {
+    Node {
+        id: next_id(),
+        parent,
+        shielded,
+        state: AtomicU8::new(state),
+        deadline: AtomicI64::new(deadline),
+        own_deadline: AtomicI64::new(NO_DEADLINE),
+        handles: AtomicUsize::new(1),
+        inner: Mutex::new(Inner {
+            children: Slab::new(),
+            slot,
+            waiters: Slab::new(),
+            detached: false,
+            timer_running: false,
+            timer_waker: None,
+        }),
+    }
+}
+
+/// A new root scope with one handle.
+pub(crate) fn new_root() -> Arc<Node> {
+    Arc::new(node(None, false, 0, NO_DEADLINE, None))
+}
+
+/// A child of `parent` with one handle, attached unless `parent` is already
+/// cancelled (invariant 3).
+pub(crate) fn new_child(parent: &Arc<Node>) -> Arc<Node> {
+    let mut inner = lock(&parent.inner);
+    let state = parent.state.load(Ordering::Relaxed); // under the lock: invariant 1
+    if state & CANCELLED != 0 {
+        return Arc::new(node(Some(parent.clone()), false, state, NO_DEADLINE, None));
+    }
+    let entry = inner.children.vacant_entry();
+    let deadline = parent.deadline.load(Ordering::Relaxed); // under the lock: invariant 5
+    let child = Arc::new(node(
+        Some(parent.clone()),
+        false,
+        0,
+        deadline,
+        Some(entry.key()),
+    ));
+    entry.insert(child.clone());
+    child
+}
+
+/// A shielded child: a root that remembers `parent` but is never cancelled by it.
+pub(crate) fn new_shielded(parent: &Arc<Node>) -> Arc<Node> {
+    Arc::new(node(Some(parent.clone()), true, 0, NO_DEADLINE, None))
+}
+
+pub(crate) fn parent_id(node: &Node) -> Option<u64> {
+    node.parent.as_ref().map(|p| p.id)
+}
+
+// ===== state =====
+
+/// Lock-free: one atomic load.
+pub(crate) fn reason(node: &Node) -> Option<CancelReason> {
+    // Acquire pairs with the Release store in `cancel`, so that whoever sees the
+    // flag also sees everything the canceller did before cancelling.
+    CancelReason::from_bits(node.state.load(Ordering::Acquire))
+}
+
+pub(crate) fn is_cancelled(node: &Node) -> bool {
+    node.state.load(Ordering::Acquire) & CANCELLED != 0
+}
+
+/// Effective deadline in ticks (`NO_DEADLINE` if none). Lock-free.
+pub(crate) fn deadline(node: &Node) -> i64 {
+    node.deadline.load(Ordering::Acquire)
+}
+
+/// Cancels `node` and, transitively, every attached (that is, non-shielded)
+/// descendant, each with `reason`. O(descendants). Returns whether this call did
+/// it (`false` if the node was already cancelled: the first reason stays).
+pub(crate) fn cancel(node: &Arc<Node>, reason: CancelReason) -> bool {
+    let bits = reason.bits();
+    let mut first = true;
+    let mut did = false;
+    let mut work = vec![node.clone()];
+    let mut wake = Vec::new();
+    while let Some(n) = work.pop() {
+        {
+            let mut inner = lock(&n.inner);
+            if n.state.load(Ordering::Relaxed) & CANCELLED != 0 {
+                // Already cancelled: its subtree was (or is being) handled by
+                // the call that set the flag (invariant 3).
+                first = false;
+                continue;
+            }
+            // Release pairs with the Acquire loads in `reason` / `is_cancelled`.
+            n.state.store(bits, Ordering::Release);
+            if first {
+                did = true;
+                first = false;
+            }
+            // Invariant 2: drain in the same critical section.
+            wake.extend(inner.waiters.drain());
+            wake.extend(inner.timer_waker.take());
+            work.extend(inner.children.iter().map(|(_, c)| c.clone()));
+        }
+        for w in wake.drain(..) {
+            w.wake();
+        }
+    }
+    did
+}
+
+// ===== waiters =====
+
+/// Registers `waker` to be woken when `node` is cancelled, reusing `slot` if
+/// this waiter registered before. Returns `Err(())` if the node is already
+/// cancelled (nothing registered), else the effective deadline read under the
+/// lock (invariant 5).
+pub(crate) fn register(node: &Node, waker: &Waker, slot: &mut Option<usize>) -> Result<i64, ()> {
+    let mut inner = lock(&node.inner);
+    if node.state.load(Ordering::Relaxed) & CANCELLED != 0 {
+        // Invariant 2: the slab was drained, our old key is meaningless.
+        *slot = None;
+        return Err(());
+    }
+    match slot {
+        Some(key) => {
+            let w = &mut inner.waiters[*key];
+            if !w.will_wake(waker) {
+                w.clone_from(waker);
+            }
+        }
+        None => *slot = Some(inner.waiters.insert(waker.clone())),
+    }
+    Ok(node.deadline.load(Ordering::Relaxed))
+}
+
+/// Removes a waiter registered with [`register`].
+pub(crate) fn deregister(node: &Node, slot: &mut Option<usize>) {
+    if let Some(key) = slot.take() {
+        let mut inner = lock(&node.inner);
+        // After a cancel the slab was drained and the key may be reused by
+        // nobody (no registration on a cancelled node, invariant 2).
+        if node.state.load(Ordering::Relaxed) & CANCELLED == 0 {
+            inner.waiters.remove(key);
+        }
+    }
+}
+
+// ===== handles and detaching =====
+
+pub(crate) fn add_handle(node: &Node) {
+    // Relaxed as in `Arc::clone`: a new handle is made from an existing one,
+    // which keeps the count above zero meanwhile.
+    node.handles.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Drops one handle; the last one detaches the node if it has no attached child.
+pub(crate) fn drop_handle(node: &Arc<Node>) {
+    // AcqRel: the thread that reaches zero must see every other handle's work
+    // before it inspects the node in `detach`.
+    if node.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+        detach(node);
+    }
+}
+
+/// Detaches `node`, then each ancestor that this leaves unobservable.
+fn detach(node: &Arc<Node>) {
+    let mut current = node.clone();
+    loop {
+        // A shielded node is never attached, so it has no parent lock to take.
+        let parent = current.parent.clone().filter(|_| !current.shielded);
+        let mut parent_inner = parent.as_ref().map(|p| lock(&p.inner));
+        let mut inner = lock(&current.inner);
+        if inner.detached
+            || !inner.children.is_empty()
+            || current.handles.load(Ordering::Acquire) != 0
+        {
+            return;
+        }
+        inner.detached = true;
+        let timer = inner.timer_waker.take();
+        let slot = inner.slot.take();
+        drop(inner);
+        let mut next = None;
+        if let (Some(key), Some(p), Some(pi)) = (slot, &parent, parent_inner.as_mut()) {
+            // Not the last reference: `current` is held above, so no `Drop` of
+            // a node runs under these locks.
+            drop(pi.children.remove(key));
+            if pi.children.is_empty() && !pi.detached && p.handles.load(Ordering::Acquire) == 0 {
+                next = Some(p.clone());
+            }
+        }
+        drop(parent_inner);
+        if let Some(w) = timer {
+            w.wake();
+        }
+        match next {
+            Some(p) => current = p,
+            None => return,
+        }
+    }
+}
+
+// ===== deadlines =====
+
+/// Tightens `node`'s own deadline to `at` ticks (earliest wins) and propagates it
+/// to attached descendants (invariant 5). Returns `true` when a timer should be
+/// started for `node` now: someone in the subtree waits and no timer runs yet.
+pub(crate) fn tighten_deadline(node: &Arc<Node>, at: i64) -> bool {
+    let mut waited = false;
+    {
+        let mut inner = lock(&node.inner);
+        if at >= node.own_deadline.load(Ordering::Relaxed) || is_cancelled(node) {
+            return false;
+        }
+        node.own_deadline.store(at, Ordering::Release);
+        if let Some(w) = inner.timer_waker.take() {
+            // A running timer re-reads the (earlier) deadline.
+            w.wake();
+        }
+        waited |= inner.timer_running;
+    }
+    let mut work = vec![node.clone()];
+    while let Some(n) = work.pop() {
+        let inner = lock(&n.inner);
+        if at < n.deadline.load(Ordering::Relaxed) {
+            n.deadline.store(at, Ordering::Release);
+            waited |= !inner.waiters.is_empty();
+            work.extend(inner.children.iter().map(|(_, c)| c.clone()));
+        }
+    }
+    waited && claim_timer(node)
+}
+
+/// The node whose own deadline is `node`'s effective one, if any.
+pub(crate) fn deadline_origin(node: &Arc<Node>) -> Option<Arc<Node>> {
+    let eff = node.deadline.load(Ordering::Acquire);
+    if eff == NO_DEADLINE {
+        return None;
+    }
+    let mut n = node.clone();
+    loop {
+        if n.own_deadline.load(Ordering::Acquire) <= eff {
+            return Some(n);
+        }
+        // Effective deadlines only come from non-shielded ancestors.
+        n = match (&n.parent, n.shielded) {
+            (Some(p), false) => p.clone(),
+            _ => return Some(n),
+        };
+    }
+}
+
+/// Claims the right to start `node`'s deadline timer. `true` at most once per
+/// node until the timer ends.
+pub(crate) fn claim_timer(node: &Node) -> bool {
+    let mut inner = lock(&node.inner);
+    if inner.timer_running || inner.detached || is_cancelled(node) {
+        return false;
+    }
+    inner.timer_running = true;
+    true
+}
+
+/// What a deadline timer does next.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TimerStep {
+    /// The node is cancelled or detached: the timer ends.
+    Stop,
+    /// Sleep until this deadline (ticks); the waker is stored.
+    SleepUntil(i64),
+}
+
+/// Called by the timer task on every poll, with its waker.
+pub(crate) fn timer_poll(node: &Node, waker: &Waker) -> TimerStep {
+    let mut inner = lock(&node.inner);
+    if inner.detached || is_cancelled(node) {
+        inner.timer_running = false;
+        inner.timer_waker = None;
+        return TimerStep::Stop;
+    }
+    match &mut inner.timer_waker {
+        Some(w) if w.will_wake(waker) => {}
+        slot => *slot = Some(waker.clone()),
+    }
+    TimerStep::SleepUntil(node.own_deadline.load(Ordering::Relaxed))
+}
+
+// ===== for unit tests =====
+
+#[cfg(test)]
+pub(crate) fn is_detached(node: &Node) -> bool {
+    lock(&node.inner).detached
+}
+
+#[cfg(test)]
+pub(crate) fn child_count(node: &Node) -> usize {
+    lock(&node.inner).children.len()
+}
+
+#[cfg(test)]
+pub(crate) fn waiter_count(node: &Node) -> usize {
+    lock(&node.inner).waiters.len()
+}
+
+#[cfg(test)]
+pub(crate) fn timer_running(node: &Node) -> bool {
+    lock(&node.inner).timer_running
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state.load(Ordering::Acquire);
+        let deadline = self.deadline.load(Ordering::Acquire);
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("parent", &parent_id(self))
+            .field("shielded", &self.shielded)
+            .field("cancelled", &CancelReason::from_bits(state))
+            .field(
+                "deadline_ticks",
+                &(deadline != NO_DEADLINE).then_some(deadline),
+            )
+            .field("handles", &self.handles.load(Ordering::Relaxed))
+            .finish()
+    }
+}

@@ -1,0 +1,515 @@
+//! The tokio side shared by `TaskGroup` and `TaskMap`: spawning a tracked
+//! future, delivering cancellation, and driving the ladder's timetable.
+//!
+//! A tracked task is the user's future inside [`Tracked`], which owns the
+//! registry guard (prune on completion) and polls the user's future with the
+//! cell's own waker, so that every wake of the task, whoever issues it, goes
+//! through the coalescing rule of `registry.rs`. Delivery is one waker on the
+//! tracker's scope ([`Deliverer`]): cancelling the scope, or any ancestor, walks
+//! the registry once and wakes each task that is not already scheduled.
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Context, Poll, Wake, Waker};
+
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::ladder::{Schedule, ShutdownPolicy, ShutdownReport, Step, StuckTask};
+use crate::registry::{Counters, EntryGuard, Registry, TaskCell, TaskOutcome};
+use crate::scope::{CancelScope, Waiter};
+use crate::task::{Hook, SpawnError, Stats, TaskError, TaskHandle};
+
+/// The tokio layer's data in each task cell.
+pub(crate) struct TaskMeta {
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) spawned_at: Instant,
+    abort: OnceLock<AbortHandle>,
+    hook: Mutex<Option<Hook>>,
+    /// The task's own scope when it has one (keyed or cooperative tasks).
+    pub(crate) scope: Option<CancelScope>,
+}
+
+pub(crate) type Cell = TaskCell<TaskMeta>;
+
+impl Wake for Cell {
+    fn wake(self: Arc<Self>) {
+        TaskCell::schedule(&self);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        TaskCell::schedule(self);
+    }
+}
+
+/// How a spawned future reacts to cancellation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Dropped at its next poll once its scope is cancelled.
+    Drop,
+    /// Handed its scope; it decides.
+    Cooperative,
+}
+
+/// What `TaskGroup` and `TaskMap` share with their tasks.
+pub(crate) struct Shared<K: Eq + Hash + Clone> {
+    pub(crate) scope: CancelScope,
+    pub(crate) registry: Arc<Registry<TaskMeta, K>>,
+    pub(crate) policy: ShutdownPolicy,
+    cancel_on_panic: bool,
+    first_panic: Mutex<Option<String>>,
+    /// The deliverer's registration on `scope` (kept so it is re-armed only once).
+    deliverer: Mutex<Waiter>,
+    deliverer_armed: AtomicBool,
+}
+
+/// The one waker a tracker registers on its scope: cancelling the scope wakes
+/// it, and it delivers to every live task.
+struct Deliverer<K: Eq + Hash + Clone> {
+    registry: Weak<Registry<TaskMeta, K>>,
+}
+
+impl<K: Eq + Hash + Clone + Send + Sync + 'static> Wake for Deliverer<K> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(registry) = self.registry.upgrade() {
+            let woken = registry.pending().iter().filter(|c| c.schedule()).count();
+            Counters::add(&registry.counters.deliveries, woken as u64);
+        }
+    }
+}
+
+impl<K> Shared<K>
+where
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    pub(crate) fn new(
+        scope: CancelScope,
+        policy: ShutdownPolicy,
+        cancel_on_panic: bool,
+    ) -> Arc<Self> {
+        let shared = Arc::new(Shared {
+            scope,
+            registry: Arc::new(Registry::new()),
+            policy,
+            cancel_on_panic,
+            first_panic: Mutex::new(None),
+            deliverer: Mutex::new(Waiter::default()),
+            deliverer_armed: AtomicBool::new(false),
+        });
+        shared.register_deliverer();
+        shared
+    }
+
+    /// (Re-)registers the deliverer on the scope. Done at creation and, for a
+    /// scope with a deadline, once more at the first spawn inside a runtime, so
+    /// the deadline's timer can start.
+    fn register_deliverer(&self) {
+        let waker = Waker::from(Arc::new(Deliverer {
+            registry: Arc::downgrade(&self.registry),
+        }));
+        let has_deadline = self.scope.deadline().is_some();
+        let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+        if has_deadline && !in_runtime {
+            // A deadline needs a timer, a timer a runtime: registration waits
+            // for the first spawn.
+            return;
+        }
+        let mut waiter = self.deliverer.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = waiter.poll(self.scope.node(), &waker);
+        // Release pairs with the Acquire in `spawn`: whoever sees `true` sees
+        // the registration.
+        self.deliverer_armed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.registry.len()
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let c = &self.registry.counters;
+        Stats {
+            spawned: Counters::get(&c.spawned),
+            completed: Counters::get(&c.completed),
+            cancelled: Counters::get(&c.cancelled),
+            aborted: Counters::get(&c.aborted),
+            panicked: Counters::get(&c.panicked),
+            stuck: Counters::get(&c.stuck),
+            deliveries: Counters::get(&c.deliveries),
+            redeliveries: Counters::get(&c.redeliveries),
+            escalations: Counters::get(&c.escalations),
+            tracked: self.registry.len() as u64,
+        }
+    }
+
+    /// Spawns `make(task_scope)` as a tracked task.
+    pub(crate) fn spawn<F, Fut>(
+        self: &Arc<Self>,
+        key: Option<K>,
+        name: Option<Arc<str>>,
+        hook: Option<Hook>,
+        mode: Mode,
+        make: F,
+    ) -> Result<TaskHandle<Fut::Output>, SpawnError>
+    where
+        F: FnOnce(Option<CancelScope>) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        // Check the runtime first, so a failed spawn leaves nothing behind.
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
+        if !self.deliverer_armed.load(Ordering::Acquire) {
+            self.register_deliverer();
+        }
+        let own_scope = (mode == Mode::Cooperative || key.is_some()).then(|| self.scope.child());
+        let watch = match mode {
+            Mode::Drop => Some(own_scope.clone().unwrap_or_else(|| self.scope.clone())),
+            Mode::Cooperative => None,
+        };
+        let fut = make(own_scope.clone());
+        let meta = TaskMeta {
+            name,
+            spawned_at: Instant::now(),
+            abort: OnceLock::new(),
+            hook: Mutex::new(hook),
+            scope: if key.is_some() { own_scope } else { None },
+        };
+        let keyed = key.is_some();
+        let (guard, replaced) = Registry::insert(&self.registry, meta, key);
+        let cell = guard.cell().clone();
+        let id = cell.id;
+        let tracked = Tracked {
+            fut,
+            cell_waker: Waker::from(cell.clone()),
+            guard,
+            watch,
+            shared: self.clone(),
+        };
+        let join = rt.spawn(tracked);
+        let _ = cell.meta.abort.set(join.abort_handle());
+        tracing::trace!(task = %id, name = ?cell.meta.name, keyed, "spawned tracked task");
+        if let Some(old) = replaced {
+            tracing::debug!(task = %old.id, replaced_by = %id, "key taken over: cancelling the old task");
+            self.retire(old);
+        }
+        Ok(TaskHandle::new(id, join))
+    }
+
+    fn record_panic(&self, message: &str) {
+        let mut first = self.first_panic.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(message.to_owned());
+        }
+    }
+
+    pub(crate) fn take_panic(&self) -> Option<String> {
+        self.first_panic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Cancels one task's own scope and wakes it once.
+    pub(crate) fn deliver(&self, cell: &Cell) {
+        cell.mark_closing();
+        if let Some(scope) = &cell.meta.scope {
+            scope.cancel();
+        }
+        if cell.schedule() {
+            Counters::bump(&self.registry.counters.deliveries);
+        }
+    }
+
+    /// Cancels a replaced task and runs its ladder in the background.
+    pub(crate) fn retire(
+        self: &Arc<Self>,
+        cell: Arc<Cell>,
+    ) -> tokio::task::JoinHandle<Option<TaskOutcome>> {
+        self.deliver(&cell);
+        let shared = self.clone();
+        tokio::spawn(async move {
+            shared.run_ladder(Some(&cell), Stats::default()).await;
+            cell.outcome()
+        })
+    }
+
+    /// Marks every live task closing, cancels the scope (the deliverer wakes
+    /// each task once) and runs the ladder over all of them.
+    pub(crate) async fn shutdown(&self) -> ShutdownReport {
+        let before = self.stats();
+        for cell in self.registry.pending() {
+            cell.mark_closing();
+        }
+        self.scope.cancel();
+        self.run_ladder(None, before).await
+    }
+
+    /// The ladder after the first delivery: waits for the target (one task, or
+    /// all) to end, re-delivering, escalating and finally reporting what is
+    /// stuck, per the policy's [`Schedule`]. Returns as soon as the target has
+    /// ended; then it holds no timer.
+    pub(crate) async fn run_ladder(
+        &self,
+        one: Option<&Arc<Cell>>,
+        before: Stats,
+    ) -> ShutdownReport {
+        let start = Instant::now();
+        let mut wait = EndWait {
+            registry: &self.registry,
+            one,
+            idle_slot: None,
+            ended_slot: None,
+            sleep: None,
+        };
+        let targets = || match one {
+            Some(c) if !c.is_ended() => vec![c.clone()],
+            Some(_) => Vec::new(),
+            None => self.registry.pending(),
+        };
+        let mut ended = false;
+        for (offset, step) in Schedule::new(self.policy) {
+            if wait.until(start + offset).await {
+                ended = true;
+                break;
+            }
+            match step {
+                Step::Redeliver => {
+                    let n = targets()
+                        .iter()
+                        .filter(|c| c.redeliver(self.policy.max_redeliveries))
+                        .count();
+                    Counters::add(&self.registry.counters.redeliveries, n as u64);
+                }
+                Step::Escalate => {
+                    for cell in targets() {
+                        self.escalate(&cell);
+                    }
+                }
+                Step::GiveUp => {}
+            }
+        }
+        drop(wait);
+        let mut stuck = Vec::new();
+        if !ended {
+            let keyed = self.registry.pending_keyed();
+            for (cell, key) in keyed {
+                if one.is_some_and(|c| c.id != cell.id) || cell.is_ended() {
+                    continue;
+                }
+                if cell.mark_stuck() {
+                    Counters::bump(&self.registry.counters.stuck);
+                }
+                let age = cell.meta.spawned_at.elapsed();
+                tracing::warn!(
+                    task = %cell.id,
+                    name = ?cell.meta.name,
+                    key = ?key,
+                    age_ms = age.as_millis() as u64,
+                    "task is stuck: it outlived cancellation, escalation and abort; it stays \
+                     tracked and prunes itself if it ever ends"
+                );
+                stuck.push(StuckTask {
+                    id: cell.id,
+                    name: cell.meta.name.clone(),
+                    key: key.map(|k| format!("{k:?}")),
+                    age,
+                });
+            }
+        }
+        let after = self.stats();
+        ShutdownReport {
+            completed: after.completed - before.completed,
+            cancelled: after.cancelled - before.cancelled,
+            aborted: after.aborted - before.aborted,
+            panicked: after.panicked - before.panicked,
+            stuck,
+            elapsed: start.elapsed(),
+            deliveries: after.deliveries - before.deliveries,
+            redeliveries: after.redeliveries - before.redeliveries,
+            escalations: after.escalations - before.escalations,
+        }
+    }
+
+    /// Runs the task's escalation hook once (a panic in it is caught and
+    /// logged: the hook runs under no lock, so nothing is left half-updated)
+    /// and aborts the task.
+    fn escalate(&self, cell: &Cell) {
+        if !cell.mark_escalated() {
+            return;
+        }
+        Counters::bump(&self.registry.counters.escalations);
+        let meta = &cell.meta;
+        tracing::warn!(
+            task = %cell.id,
+            name = ?meta.name,
+            age_ms = meta.spawned_at.elapsed().as_millis() as u64,
+            redeliveries = cell.redeliveries(),
+            "task ignored cancellation for the whole grace period: escalating (hook, then abort)"
+        );
+        let hook = meta.hook.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(hook) = hook {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(hook)) {
+                tracing::error!(
+                    task = %cell.id,
+                    panic = panic_message(&*payload),
+                    "escalation hook panicked; aborting the task anyway"
+                );
+            }
+        }
+        if let Some(abort) = meta.abort.get() {
+            abort.abort();
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone> Debug for Shared<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("scope", &self.scope)
+            .field("tracked", &self.registry.len())
+            .field("policy", &self.policy)
+            .field("cancel_on_panic", &self.cancel_on_panic)
+            .finish()
+    }
+}
+
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+// ===== waiting for the end =====
+
+/// Waits until the target has ended or a time, whichever is first. One timer,
+/// reset between rungs; registrations are released on drop.
+struct EndWait<'a, K: Eq + Hash + Clone> {
+    registry: &'a Registry<TaskMeta, K>,
+    one: Option<&'a Arc<Cell>>,
+    idle_slot: Option<usize>,
+    ended_slot: Option<usize>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<K: Eq + Hash + Clone> EndWait<'_, K> {
+    /// `true` if the target ended, `false` if `at` came first.
+    async fn until(&mut self, at: Instant) -> bool {
+        match &mut self.sleep {
+            Some(s) => s.as_mut().reset(at),
+            none => *none = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        std::future::poll_fn(|cx| {
+            let ended = match self.one {
+                Some(cell) => self
+                    .registry
+                    .poll_ended(cell, cx.waker(), &mut self.ended_slot),
+                None => self.registry.poll_idle(cx.waker(), &mut self.idle_slot),
+            };
+            if ended.is_ready() {
+                return Poll::Ready(true);
+            }
+            let sleep = self.sleep.as_mut().expect("set above");
+            sleep.as_mut().poll(cx).map(|()| false)
+        })
+        .await
+    }
+}
+
+impl<K: Eq + Hash + Clone> Drop for EndWait<'_, K> {
+    fn drop(&mut self) {
+        self.registry
+            .release(&mut self.idle_slot, &mut self.ended_slot);
+    }
+}
+
+/// Ready once no task of the registry is alive; for `join`.
+pub(crate) async fn idle<K: Eq + Hash + Clone>(registry: &Registry<TaskMeta, K>) {
+    struct Idle<'a, K: Eq + Hash + Clone> {
+        registry: &'a Registry<TaskMeta, K>,
+        slot: Option<usize>,
+    }
+    impl<K: Eq + Hash + Clone> Drop for Idle<'_, K> {
+        fn drop(&mut self) {
+            self.registry.release(&mut self.slot, &mut None);
+        }
+    }
+    let mut w = Idle {
+        registry,
+        slot: None,
+    };
+    std::future::poll_fn(|cx| w.registry.poll_idle(cx.waker(), &mut w.slot)).await;
+}
+
+// ===== the tracked future =====
+
+pin_project_lite::pin_project! {
+    /// The user's future as spawned: prune guard, coalescing waker, cancel
+    /// check, panic capture.
+    struct Tracked<F, K>
+    where
+        K: Eq,
+        K: Hash,
+        K: Clone,
+    {
+        #[pin]
+        fut: F,
+        cell_waker: Waker,
+        // Dropped with the future, whatever ends it: prune on completion.
+        guard: EntryGuard<TaskMeta, K>,
+        // `Some` for `Mode::Drop`: the scope whose cancellation drops `fut`.
+        watch: Option<CancelScope>,
+        shared: Arc<Shared<K>>,
+    }
+}
+
+impl<F, K> Future for Tracked<F, K>
+where
+    F: Future,
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    type Output = Result<F::Output, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        this.guard.cell().begin_poll(cx.waker());
+        if let Some(scope) = this.watch {
+            if let Some(reason) = scope.reason() {
+                this.guard.outcome = TaskOutcome::Cancelled;
+                return Poll::Ready(Err(TaskError::Cancelled(reason)));
+            }
+        }
+        let mut inner_cx = Context::from_waker(this.cell_waker);
+        let fut = this.fut;
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(&mut inner_cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => {
+                this.guard.outcome = TaskOutcome::Completed;
+                Poll::Ready(Ok(v))
+            }
+            Err(payload) => {
+                this.guard.outcome = TaskOutcome::Panicked;
+                let message = panic_message(&*payload);
+                let id = this.guard.cell().id;
+                tracing::debug!(task = %id, panic = %message, "tracked task panicked");
+                this.shared.record_panic(&message);
+                if this.shared.cancel_on_panic {
+                    this.shared.scope.cancel();
+                }
+                Poll::Ready(Err(TaskError::Panicked(message)))
+            }
+        }
+    }
+}
