@@ -116,6 +116,10 @@ mod ladder;
 mod registry;
 mod scope;
 
+// Loom models of the core (issue 4): `RUSTFLAGS="--cfg loom" cargo test --release --lib`.
+#[cfg(all(test, loom))]
+mod loom_models;
+
 #[cfg(not(loom))]
 mod group;
 #[cfg(not(loom))]

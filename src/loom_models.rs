@@ -1,0 +1,1 @@
+//! Loom models of the runtime-free core: filled by the proofs work (issue 4).
