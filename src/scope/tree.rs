@@ -432,6 +432,21 @@ pub(crate) fn timer_running(node: &Node) -> bool {
     lock(&node.inner).timer_running
 }
 
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Unwind a long parent chain iteratively: dropping the last leaf of a
+        // deep tree would otherwise recurse once per level and could overflow
+        // the stack.
+        let mut parent = self.parent.take();
+        while let Some(p) = parent {
+            match Arc::try_unwrap(p) {
+                Ok(mut n) => parent = n.parent.take(),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = self.state.load(Ordering::Acquire);

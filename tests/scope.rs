@@ -1,0 +1,307 @@
+//! CancelScope behaviour: the tree, shields, reasons, deadlines and their
+//! timers, level-triggering, `run`, guards and the timeout helpers.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cancel_scope::{
+    CancelReason, CancelScope, Elapsed, fail_after, fail_at, move_on_after, move_on_at,
+};
+use common::alive_tasks;
+use tokio::time::Instant;
+
+#[test]
+fn cancel_reaches_descendants_but_not_shields() {
+    let root = CancelScope::new();
+    let child = root.child();
+    let grandchild = child.child();
+    let shield = child.shielded_child();
+    let under_shield = shield.child();
+    root.cancel();
+    assert!(child.is_cancelled() && grandchild.is_cancelled());
+    assert!(!shield.is_cancelled() && !under_shield.is_cancelled());
+    assert!(shield.is_shielded() && !child.is_shielded());
+    shield.cancel();
+    assert!(under_shield.is_cancelled());
+}
+
+#[test]
+fn cancelling_a_child_leaves_the_parent_alone() {
+    let root = CancelScope::new();
+    let child = root.child();
+    child.cancel();
+    assert!(!root.is_cancelled());
+    assert!(child.is_cancelled());
+}
+
+#[test]
+fn first_reason_wins_and_stays() {
+    let root = CancelScope::new();
+    let child = root.child();
+    child.cancel();
+    root.cancel();
+    assert_eq!(child.reason(), Some(CancelReason::Requested));
+    // A child born under a cancelled parent inherits its reason.
+    assert_eq!(root.child().reason(), Some(CancelReason::Requested));
+    // A zero timeout on a cancelled scope does not change the reason.
+    let root = root.with_timeout(Duration::ZERO);
+    assert_eq!(root.reason(), Some(CancelReason::Requested));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reason_comes_from_the_origin_scope() {
+    let parent = CancelScope::new().with_timeout(Duration::from_secs(1));
+    let child = parent.child();
+    child.cancelled().await;
+    assert_eq!(child.reason(), Some(CancelReason::Deadline));
+    assert_eq!(parent.reason(), Some(CancelReason::Deadline));
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_and_past_deadlines_cancel_at_once() {
+    let zero = CancelScope::new().with_timeout(Duration::ZERO);
+    assert_eq!(zero.reason(), Some(CancelReason::Deadline));
+    let past = CancelScope::new().with_deadline(Instant::now() - Duration::from_secs(5));
+    assert_eq!(past.reason(), Some(CancelReason::Deadline));
+    let base = alive_tasks();
+    past.cancelled().await;
+    assert_eq!(
+        alive_tasks(),
+        base,
+        "no timer for a scope already cancelled"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn effective_deadline_is_the_earliest_unshielded_one() {
+    let now = Instant::now();
+    let parent = CancelScope::new().with_deadline(now + Duration::from_secs(10));
+    let later_child = parent.child().with_deadline(now + Duration::from_secs(20));
+    let earlier_child = parent.child().with_deadline(now + Duration::from_secs(5));
+    let shield = parent.shielded_child();
+    assert_eq!(later_child.deadline(), Some(now + Duration::from_secs(10)));
+    assert_eq!(earlier_child.deadline(), Some(now + Duration::from_secs(5)));
+    assert_eq!(shield.deadline(), None);
+    // Deadlines only tighten.
+    let parent = parent.with_deadline(now + Duration::from_secs(30));
+    assert_eq!(parent.deadline(), Some(now + Duration::from_secs(10)));
+    // Tightening an ancestor reaches existing descendants.
+    let parent = parent.with_deadline(now + Duration::from_secs(2));
+    assert_eq!(later_child.deadline(), Some(now + Duration::from_secs(2)));
+    later_child.cancelled().await;
+    assert_eq!(Instant::now() - now, Duration::from_secs(2));
+    assert!(parent.is_cancelled() && earlier_child.is_cancelled());
+    assert!(!shield.is_cancelled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn is_cancelled_notices_a_passed_deadline_without_any_timer() {
+    let base = alive_tasks();
+    let scope = CancelScope::new().with_timeout(Duration::from_millis(10));
+    assert_eq!(alive_tasks(), base, "no timer for a scope nobody waits on");
+    assert!(!scope.is_cancelled());
+    tokio::time::advance(Duration::from_millis(10)).await;
+    assert!(scope.is_cancelled());
+    assert_eq!(scope.reason(), Some(CancelReason::Deadline));
+    assert_eq!(alive_tasks(), base);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_timer_per_deadline_scope_however_many_waiters() {
+    let base = alive_tasks();
+    let scope = CancelScope::new().with_timeout(Duration::from_secs(1));
+    let children: Vec<_> = (0..100).map(|_| scope.child()).collect();
+    let mut waiters = Vec::new();
+    for c in children
+        .iter()
+        .cloned()
+        .chain(std::iter::repeat_n(scope.clone(), 100))
+    {
+        waiters.push(tokio::spawn(async move { c.cancelled().await }));
+    }
+    tokio::task::yield_now().await;
+    // 200 waiter tasks + exactly one timer task.
+    assert_eq!(alive_tasks(), base + 200 + 1);
+    for w in waiters {
+        w.await.unwrap();
+    }
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base, "the timer ended with the deadline");
+}
+
+#[tokio::test(start_paused = true)]
+async fn timer_ends_when_the_scope_is_cancelled_or_dropped() {
+    let base = alive_tasks();
+    let scope = CancelScope::new().with_timeout(Duration::from_secs(3600));
+    let mut wait = tokio_test_poll(scope.cancelled());
+    wait.poll_once();
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base + 1);
+    scope.cancel();
+    assert!(wait.poll_once());
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base, "cancel ends the timer");
+
+    // move_on_after's scope is dropped when the future finishes first.
+    assert_eq!(
+        move_on_after(Duration::from_secs(3600), async { 1 }).await,
+        Some(1)
+    );
+    let done = move_on_after(Duration::from_secs(3600), async {
+        tokio::task::yield_now().await;
+        2
+    });
+    assert_eq!(done.await, Some(2));
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base, "dropping the scope ends the timer");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_is_level_triggered() {
+    let scope = CancelScope::new();
+    scope.cancel();
+    for _ in 0..1000 {
+        scope.cancelled().await;
+    }
+    scope.clone().cancelled_owned().await;
+    scope.child().cancelled().await;
+}
+
+#[test]
+fn no_lost_wakeup_when_waiters_race_cancel() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for _ in 0..500 {
+            let scope = CancelScope::new();
+            let waiters: Vec<_> = (0..4)
+                .map(|_| tokio::spawn(scope.clone().cancelled_owned()))
+                .collect();
+            tokio::task::yield_now().await;
+            scope.cancel();
+            for w in waiters {
+                // A lost wakeup hangs here; the outer timeout turns it into a failure.
+                tokio::time::timeout(Duration::from_secs(10), w)
+                    .await
+                    .expect("a waiter missed the cancel")
+                    .unwrap();
+            }
+        }
+    });
+}
+
+struct DropFlag(Arc<AtomicBool>);
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_drops_the_future_at_its_await_on_cancel() {
+    let scope = CancelScope::new();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = DropFlag(dropped.clone());
+    let canceller = scope.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        canceller.cancel();
+    });
+    let run = scope.run(async move {
+        let _flag = flag;
+        std::future::pending::<()>().await
+    });
+    tokio::pin!(run);
+    let err = (&mut run).await.unwrap_err();
+    assert_eq!(err.reason(), CancelReason::Requested);
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "dropped when `run` resolved"
+    );
+}
+
+#[tokio::test]
+async fn run_never_polls_when_already_cancelled() {
+    let scope = CancelScope::new();
+    scope.cancel();
+    let polled = AtomicUsize::new(0);
+    let res = scope
+        .run(async {
+            polled.fetch_add(1, Ordering::SeqCst);
+        })
+        .await;
+    assert!(res.is_err());
+    assert_eq!(polled.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn drop_guard_cancels_unless_disarmed() {
+    let scope = CancelScope::new();
+    let guard = scope.clone().drop_guard();
+    assert_eq!(guard.scope().id(), scope.id());
+    let kept = guard.disarm();
+    assert!(!kept.is_cancelled());
+    drop(kept.drop_guard());
+    assert!(scope.is_cancelled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_helpers() {
+    let slow = || tokio::time::sleep(Duration::from_secs(1));
+    assert_eq!(move_on_after(Duration::from_millis(10), slow()).await, None);
+    assert_eq!(
+        move_on_at(Instant::now() + Duration::from_secs(2), slow()).await,
+        Some(())
+    );
+    let e: Elapsed = fail_after(Duration::ZERO, async {}).await.unwrap_err();
+    assert_eq!(e.to_string(), "deadline has elapsed");
+    let _: &dyn std::error::Error = &e;
+    assert_eq!(
+        fail_at(Instant::now() + Duration::from_secs(2), slow()).await,
+        Ok(())
+    );
+}
+
+#[test]
+fn a_deep_tree_cancels_and_drops_without_recursion() {
+    let root = CancelScope::new();
+    let mut leaf = root.child();
+    let mut chain = Vec::new();
+    for _ in 0..100_000 {
+        let next = leaf.child();
+        chain.push(std::mem::replace(&mut leaf, next));
+    }
+    drop(chain); // the leaf keeps every ancestor attached
+    root.cancel();
+    assert!(leaf.is_cancelled());
+    drop(root);
+    drop(leaf); // unwinds 100,000 parents
+}
+
+#[test]
+fn debug_shows_state() {
+    let scope = CancelScope::new();
+    scope.cancel();
+    let s = format!("{scope:?}");
+    assert!(s.contains("Requested"), "{s}");
+}
+
+/// Polls a future by hand, from inside a runtime, to observe registration.
+fn tokio_test_poll<F: std::future::Future<Output = ()>>(fut: F) -> ManualPoll<F> {
+    ManualPoll(Box::pin(fut))
+}
+
+struct ManualPoll<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future<Output = ()>> ManualPoll<F> {
+    fn poll_once(&mut self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        self.0.as_mut().poll(&mut cx).is_ready()
+    }
+}
