@@ -535,3 +535,85 @@ impl<T, K: Eq + Hash + Clone> std::fmt::Debug for EntryGuard<T, K> {
             .finish()
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn registry() -> Arc<Registry<(), &'static str>> {
+        Arc::new(Registry::new())
+    }
+
+    #[test]
+    fn a_task_ending_while_delivery_is_in_flight_is_skipped() {
+        let reg = registry();
+        let (guard, _) = Registry::insert(&reg, (), None);
+        let snapshot = reg.pending(); // the canceller's view
+        let cell = guard.cell().clone();
+        cell.begin_poll(std::task::Waker::noop()); // polled: deliverable
+        drop(guard); // ... but it ends before the canceller gets to it
+        assert!(!snapshot[0].schedule(), "an ended task is never woken");
+        assert!(!snapshot[0].redeliver(8));
+        assert_eq!(cell.redeliveries(), 0);
+        assert_eq!(reg.len(), 0);
+        assert_eq!(cell.outcome(), Some(TaskOutcome::Aborted));
+    }
+
+    #[test]
+    fn a_scheduled_task_is_not_woken_again_and_redelivery_is_capped() {
+        let reg = registry();
+        let (guard, _) = Registry::insert(&reg, (), None);
+        let cell = guard.cell().clone();
+        assert!(!cell.schedule(), "never polled: already scheduled");
+        for round in 0..5 {
+            cell.begin_poll(std::task::Waker::noop());
+            assert_eq!(cell.redeliver(3), round < 3, "round {round}");
+        }
+        assert_eq!(cell.redeliveries(), 3);
+    }
+
+    #[test]
+    fn an_old_entry_never_removes_the_newer_one_under_its_key() {
+        let reg = registry();
+        let (old, replaced) = Registry::insert(&reg, (), Some("k"));
+        assert!(replaced.is_none());
+        let (new, replaced) = Registry::insert(&reg, (), Some("k"));
+        assert_eq!(replaced.map(|c| c.id), Some(old.cell().id));
+        drop(old);
+        assert_eq!(reg.get(&"k").map(|c| c.id), Some(new.cell().id));
+        drop(new);
+        assert!(reg.get(&"k").is_none());
+    }
+
+    #[test]
+    fn idle_and_ended_waiters_are_woken_once_by_the_end() {
+        use std::sync::atomic::AtomicUsize as StdAtomic;
+        use std::task::Wake;
+        struct Count(StdAtomic);
+        impl Wake for Count {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let count = std::sync::Arc::new(Count(StdAtomic::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let reg = registry();
+        let (a, _) = Registry::insert(&reg, (), None);
+        let (b, _) = Registry::insert(&reg, (), None);
+        let (mut idle, mut ended) = (None, None);
+        assert!(reg.poll_idle(&waker, &mut idle).is_pending());
+        assert!(reg.poll_ended(a.cell(), &waker, &mut ended).is_pending());
+        let a_cell = a.cell().clone();
+        drop(a);
+        assert_eq!(
+            count.0.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "ended"
+        );
+        assert!(reg.poll_ended(&a_cell, &waker, &mut ended).is_ready());
+        drop(b);
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 2, "idle");
+        assert!(reg.poll_idle(&waker, &mut idle).is_ready());
+        reg.release(&mut idle, &mut ended);
+    }
+}

@@ -103,3 +103,176 @@ async fn panic_surfaces_through_handle_and_join_and_cancels_group() {
     assert_eq!(group.len(), 0);
     assert_eq!(group.stats().panicked, 1);
 }
+
+#[test]
+fn runtime_shutdown_with_tasks_alive_prunes_every_entry() {
+    let group = TaskGroup::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for _ in 0..100 {
+            group.spawn(std::future::pending::<()>());
+        }
+        group.spawn_with_scope(|_s| std::future::pending::<()>());
+        tokio::task::yield_now().await;
+        assert_eq!(group.len(), 101);
+    });
+    drop(rt);
+    assert_eq!(group.len(), 0);
+    assert_eq!(group.stats().aborted, 101);
+}
+
+#[test]
+fn spawning_outside_a_runtime_names_the_fix_and_tracks_nothing() {
+    let group = TaskGroup::new();
+    assert_eq!(
+        group.try_spawn(async {}).unwrap_err(),
+        cancel_scope::SpawnError::NoRuntime
+    );
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = group.spawn(async {});
+    }))
+    .unwrap_err();
+    let message = panic.downcast_ref::<String>().unwrap();
+    assert!(message.contains("inside a runtime"), "{message}");
+    assert_eq!(group.len(), 0);
+    assert_eq!(group.stats().spawned, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_handle_detaches_without_cancelling() {
+    let group = TaskGroup::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    drop(group.spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.send(7).unwrap();
+    }));
+    assert_eq!(group.len(), 1);
+    assert_eq!(rx.await.unwrap(), 7);
+    group.join().await.unwrap();
+    assert_eq!(group.stats().completed, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_hook_is_caught_and_the_task_still_aborted() {
+    let group = TaskGroup::builder()
+        .policy(ShutdownPolicy {
+            grace: Duration::from_millis(10),
+            ..Default::default()
+        })
+        .build();
+    let handle = group
+        .build_task()
+        .on_escalate(|| panic!("hook failed"))
+        .spawn_with_scope(|_s| std::future::pending::<()>());
+    tokio::task::yield_now().await;
+    let report = group.shutdown().await;
+    assert_eq!((report.escalations, report.aborted), (1, 1), "{report}");
+    assert!(report.is_clean());
+    assert_eq!(handle.await.unwrap_err(), TaskError::Aborted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_on_panic_can_be_turned_off() {
+    let group = TaskGroup::builder().cancel_on_panic(false).build();
+    let sibling = group.spawn(async { 1 });
+    let _ = group.spawn(async { panic!("only me") }).await;
+    assert!(!group.scope().is_cancelled());
+    assert_eq!(sibling.await.unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parent_scope_cancels_the_group_but_not_the_other_way() {
+    let parent = cancel_scope::CancelScope::new();
+    let group = TaskGroup::with_scope(parent.clone());
+    let h = group.spawn(std::future::pending::<()>());
+    tokio::task::yield_now().await;
+    parent.cancel();
+    assert!(matches!(h.await, Err(TaskError::Cancelled(_))));
+    assert_eq!(group.stats().deliveries, 1);
+
+    let parent = cancel_scope::CancelScope::new();
+    let group = TaskGroup::with_scope(parent.clone());
+    group.shutdown().await;
+    drop(group);
+    assert!(!parent.is_cancelled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_deadline_cancels_its_tasks() {
+    let scope = cancel_scope::CancelScope::new().with_timeout(Duration::from_secs(2));
+    let group = TaskGroup::with_scope(scope);
+    let start = tokio::time::Instant::now();
+    let h = group.spawn(std::future::pending::<()>());
+    assert_eq!(
+        h.await.unwrap_err(),
+        TaskError::Cancelled(cancel_scope::CancelReason::Deadline)
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn tasks_spawned_after_shutdown_start_cancelled() {
+    let group = TaskGroup::new();
+    group.shutdown().await;
+    let polled = Arc::new(AtomicUsize::new(0));
+    let p = polled.clone();
+    let h = group.spawn(async move {
+        p.fetch_add(1, Ordering::SeqCst);
+    });
+    assert!(matches!(h.await, Err(TaskError::Cancelled(_))));
+    assert_eq!(polled.load(Ordering::SeqCst), 0, "never polled");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_group_cancels_without_blocking() {
+    let base = alive_tasks();
+    let group = TaskGroup::new();
+    let h = group.spawn(std::future::pending::<()>());
+    tokio::task::yield_now().await;
+    drop(group);
+    assert!(matches!(h.await, Err(TaskError::Cancelled(_))));
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base);
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_through_the_handle_prunes_the_entry() {
+    let group = TaskGroup::new();
+    let h = group.spawn(std::future::pending::<()>());
+    tokio::task::yield_now().await;
+    h.abort();
+    assert_eq!(h.await.unwrap_err(), TaskError::Aborted);
+    assert_eq!(group.len(), 0);
+    assert_eq!(group.stats().aborted, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn library_wakeups_of_an_ignoring_task_are_exactly_one_plus_max_redeliveries() {
+    for max in [0u32, 1, 3, 8] {
+        let policy = ShutdownPolicy {
+            max_redeliveries: max,
+            ..Default::default()
+        };
+        let group = TaskGroup::builder().policy(policy).build();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let p = polls.clone();
+        // Ignores its scope and never wakes itself: every poll after the
+        // first is a wake by the library.
+        group.spawn_with_scope(move |_s| PollCounter::new(p, std::future::pending::<()>()));
+        tokio::task::yield_now().await;
+        let report = group.shutdown().await;
+        let wakeups = polls.load(Ordering::SeqCst) - 1;
+        assert_eq!(
+            wakeups,
+            1 + max as usize,
+            "max_redeliveries = {max}: {report}"
+        );
+        assert_eq!(report.redeliveries, u64::from(max));
+        assert_eq!((report.escalations, report.aborted), (1, 1));
+        // Bounded: the ladder took exactly grace, then abort ended the task.
+        assert_eq!(report.elapsed, policy.grace);
+    }
+}
