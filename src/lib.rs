@@ -116,6 +116,10 @@ mod ladder;
 mod registry;
 mod scope;
 
+#[cfg(all(feature = "tokio-util", not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio-util")))]
+mod interop;
+
 // Loom models of the core (issue 4): `RUSTFLAGS="--cfg loom" cargo test --release --lib`.
 #[cfg(all(test, loom))]
 mod loom_models;

@@ -33,6 +33,11 @@
 //!    lock in the same walk, so a waiter that reads `deadline` under its node's
 //!    lock either sees the new value or is seen by the walk.
 //!
+//! 6. Detaching drains the waiter slab and wakes it, as cancelling does, and
+//!    nothing registers on a detached node. The only waiters a detached node
+//!    can have hold no handle (a `CancellationToken` link, a token watcher):
+//!    they learn that the scope is gone and can never be cancelled.
+//!
 //! # Deadlock safety
 //!
 //! Locks are taken parent before child, and at most two at a time (in `detach`).
@@ -235,14 +240,14 @@ pub(crate) fn cancel(node: &Arc<Node>, reason: CancelReason) -> bool {
 
 // ===== waiters =====
 
-/// Registers `waker` to be woken when `node` is cancelled, reusing `slot` if
-/// this waiter registered before. Returns `Err(())` if the node is already
-/// cancelled (nothing registered), else the effective deadline read under the
-/// lock (invariant 5).
+/// Registers `waker` to be woken when `node` is cancelled (or detached, see
+/// invariant 6), reusing `slot` if this waiter registered before. Returns
+/// `Err(())` if the node is already cancelled or detached (nothing
+/// registered), else the effective deadline read under the lock (invariant 5).
 pub(crate) fn register(node: &Node, waker: &Waker, slot: &mut Option<usize>) -> Result<i64, ()> {
     let mut inner = lock(&node.inner);
-    if node.state.load(Ordering::Relaxed) & CANCELLED != 0 {
-        // Invariant 2: the slab was drained, our old key is meaningless.
+    if node.state.load(Ordering::Relaxed) & CANCELLED != 0 || inner.detached {
+        // Invariants 2 and 6: the slab was drained, our old key is meaningless.
         *slot = None;
         return Err(());
     }
@@ -262,9 +267,9 @@ pub(crate) fn register(node: &Node, waker: &Waker, slot: &mut Option<usize>) -> 
 pub(crate) fn deregister(node: &Node, slot: &mut Option<usize>) {
     if let Some(key) = slot.take() {
         let mut inner = lock(&node.inner);
-        // After a cancel the slab was drained and the key may be reused by
-        // nobody (no registration on a cancelled node, invariant 2).
-        if node.state.load(Ordering::Relaxed) & CANCELLED == 0 {
+        // After a cancel or a detach the slab was drained and the key is
+        // reused by nobody (invariants 2 and 6).
+        if node.state.load(Ordering::Relaxed) & CANCELLED == 0 && !inner.detached {
             inner.waiters.remove(key);
         }
     }
@@ -302,7 +307,9 @@ fn detach(node: &Arc<Node>) {
             return;
         }
         inner.detached = true;
-        let timer = inner.timer_waker.take();
+        // Invariant 6: only registrations without a handle can be left here.
+        let mut wake: Vec<Waker> = inner.waiters.drain().collect();
+        wake.extend(inner.timer_waker.take());
         let slot = inner.slot.take();
         drop(inner);
         let mut next = None;
@@ -315,7 +322,7 @@ fn detach(node: &Arc<Node>) {
             }
         }
         drop(parent_inner);
-        if let Some(w) = timer {
+        for w in wake {
             w.wake();
         }
         match next {
