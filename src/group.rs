@@ -4,10 +4,16 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::stream::Stream;
+
 use crate::ladder::{ShutdownPolicy, ShutdownReport};
+use crate::registry::{Registry, TaskId, TaskOutcome};
 use crate::scope::CancelScope;
 use crate::task::{SpawnError, Stats, TaskBuilder, TaskError, TaskHandle};
-use crate::tracker::{Shared, idle};
+use crate::tracker::{Shared, TaskMeta, idle};
 
 /// A group of tracked tasks sharing one cancel scope, as Trio's nursery.
 ///
@@ -71,6 +77,7 @@ impl TaskGroup {
         TaskGroupBuilder {
             policy: ShutdownPolicy::default(),
             cancel_on_panic: true,
+            collect_outcomes: false,
             parent: None,
         }
     }
@@ -194,6 +201,63 @@ impl TaskGroup {
         }
     }
 
+    /// Waits for the next task to end and returns its id and outcome, oldest
+    /// end first; `None` once no task is alive and every end was taken. As
+    /// tokio's `JoinSet::join_next`, but with outcomes instead of outputs (the
+    /// output goes to the task's handle).
+    ///
+    /// # Panics
+    ///
+    /// If the group was not built with
+    /// [`collect_outcomes(true)`](TaskGroupBuilder::collect_outcomes): ends
+    /// before the first call would otherwise be lost, silently.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an end is taken only when this returns it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::{TaskGroup, TaskOutcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::builder().collect_outcomes(true).build();
+    /// let first = group.spawn(async {}).id();
+    /// group.spawn(async { panic!("second") });
+    /// assert_eq!(group.join_next().await, Some((first, TaskOutcome::Completed)));
+    /// assert_eq!(group.join_next().await.unwrap().1, TaskOutcome::Panicked);
+    /// assert_eq!(group.join_next().await, None);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn join_next(&self) -> impl Future<Output = Option<(TaskId, TaskOutcome)>> + '_ {
+        let mut outcomes = self.outcomes();
+        std::future::poll_fn(move |cx| Pin::new(&mut outcomes).poll_next(cx))
+    }
+
+    /// The ends of tasks as they come, as a [`Stream`] of `(TaskId,
+    /// TaskOutcome)`; it finishes once no task is alive and every end was
+    /// taken. Shares one queue with [`join_next`](Self::join_next).
+    ///
+    /// # Panics
+    ///
+    /// As [`join_next`](Self::join_next): the group must collect outcomes.
+    #[track_caller]
+    pub fn outcomes(&self) -> Outcomes<'_> {
+        if !self.shared.registry.records_ends() {
+            panic!(
+                "cancel_scope: TaskGroup::join_next / outcomes need a group that records outcomes: \
+                 build it with TaskGroup::builder().collect_outcomes(true).build()"
+            );
+        }
+        Outcomes {
+            registry: &self.shared.registry,
+            slot: None,
+        }
+    }
+
     /// Runs the shutdown ladder: marks the tasks closing, cancels the scope
     /// (one wake per task), re-delivers with back-off to tasks that were polled
     /// and are still alive, escalates at `grace` (each task's hook once, then
@@ -269,6 +333,7 @@ impl std::fmt::Debug for TaskGroup {
 pub struct TaskGroupBuilder {
     policy: ShutdownPolicy,
     cancel_on_panic: bool,
+    collect_outcomes: bool,
     parent: Option<CancelScope>,
 }
 
@@ -282,6 +347,19 @@ impl TaskGroupBuilder {
     /// Whether a panicking task cancels the group (default `true`, as Trio).
     pub fn cancel_on_panic(mut self, yes: bool) -> Self {
         self.cancel_on_panic = yes;
+        self
+    }
+
+    /// Whether the group records how each task ends, for
+    /// [`TaskGroup::join_next`] and [`TaskGroup::outcomes`] (default `false`).
+    ///
+    /// Each ended task then leaves a `(TaskId, TaskOutcome)` (16 bytes) until
+    /// it is taken; outputs are never kept by the group (they go to the task's
+    /// [`TaskHandle`], or nowhere if the handle was dropped). Unlike
+    /// `JoinSet`, which keeps every output until drained, a group that does
+    /// not collect outcomes keeps nothing of an ended task.
+    pub fn collect_outcomes(mut self, yes: bool) -> Self {
+        self.collect_outcomes = yes;
         self
     }
 
@@ -299,7 +377,44 @@ impl TaskGroupBuilder {
             None => CancelScope::new(),
         };
         TaskGroup {
-            shared: Shared::new(scope, self.policy, self.cancel_on_panic),
+            shared: Shared::new(
+                scope,
+                self.policy,
+                self.cancel_on_panic,
+                self.collect_outcomes,
+            ),
         }
+    }
+}
+
+// ===== impl Outcomes =====
+
+/// The [`Stream`] of task ends of a group; from [`TaskGroup::outcomes`].
+#[must_use = "streams do nothing unless polled"]
+pub struct Outcomes<'a> {
+    registry: &'a Registry<TaskMeta>,
+    slot: Option<usize>,
+}
+
+impl Stream for Outcomes<'_> {
+    type Item = (TaskId, TaskOutcome);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        this.registry
+            .poll_next_end(cx.waker(), &mut this.slot)
+            .expect("checked when the stream was made")
+    }
+}
+
+impl Drop for Outcomes<'_> {
+    fn drop(&mut self) {
+        self.registry.release_next_end(&mut self.slot);
+    }
+}
+
+impl std::fmt::Debug for Outcomes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outcomes").finish_non_exhaustive()
     }
 }

@@ -1,8 +1,8 @@
 //! Interop with tokio-util's [`CancellationToken`] (feature `tokio-util`), both
 //! ways: a token that follows a scope, and a scope that follows a token.
 
-use std::sync::Arc;
 use std::future::Future;
+use std::sync::Arc;
 use std::task::{Poll, Wake, Waker};
 
 use tokio_util::sync::CancellationToken;

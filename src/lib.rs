@@ -141,7 +141,7 @@ pub use scope::{
 };
 
 #[cfg(not(loom))]
-pub use group::{TaskGroup, TaskGroupBuilder};
+pub use group::{Outcomes, TaskGroup, TaskGroupBuilder};
 #[cfg(not(loom))]
 pub use map::TaskMap;
 #[cfg(not(loom))]

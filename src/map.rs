@@ -68,7 +68,7 @@ where
     pub fn with_scope_and_policy(scope: CancelScope, policy: ShutdownPolicy) -> Self {
         TaskMap {
             // A panicking session must not cancel the others.
-            shared: Shared::new(scope.child(), policy, false),
+            shared: Shared::new(scope.child(), policy, false, false),
         }
     }
 

@@ -40,7 +40,7 @@
 //! One lock (the registry's); wakers are woken and user values (keys) dropped
 //! after it is released.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::task::{Poll, Waker};
 
@@ -297,6 +297,10 @@ struct Inner<T, K> {
     idle: Slab<Waker>,
     /// Woken when the task with this id ends.
     ended: Slab<(TaskId, Waker)>,
+    /// Ends not yet taken by `poll_next_end`, when the owner records them.
+    log: Option<VecDeque<(TaskId, TaskOutcome)>>,
+    /// Woken when `log` grows or `entries` becomes empty.
+    log_waiters: Slab<Waker>,
 }
 
 /// The set of live tracked tasks, optionally keyed.
@@ -312,13 +316,17 @@ fn next_task_id() -> TaskId {
 }
 
 impl<T, K: Eq + Hash + Clone> Registry<T, K> {
-    pub(crate) fn new() -> Self {
+    /// An empty registry; with `record_ends`, every end is queued for
+    /// [`poll_next_end`](Self::poll_next_end) until taken.
+    pub(crate) fn new(record_ends: bool) -> Self {
         Registry {
             inner: Mutex::new(Inner {
                 entries: Slab::new(),
                 keys: HashMap::new(),
                 idle: Slab::new(),
                 ended: Slab::new(),
+                log: record_ends.then(VecDeque::new),
+                log_waiters: Slab::new(),
             }),
             counters: Counters::default(),
         }
@@ -441,6 +449,44 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
         Poll::Pending
     }
 
+    /// The next recorded end, oldest first; `Ready(None)` once nothing is
+    /// recorded and no task is alive. `None` if ends are not recorded.
+    pub(crate) fn poll_next_end(
+        &self,
+        waker: &Waker,
+        slot: &mut Option<usize>,
+    ) -> Option<Poll<Option<(TaskId, TaskOutcome)>>> {
+        let mut inner = lock(&self.inner);
+        let inner = &mut *inner;
+        let log = inner.log.as_mut()?;
+        let next = log.pop_front();
+        if next.is_some() || inner.entries.is_empty() {
+            if let Some(key) = slot.take() {
+                inner.log_waiters.try_remove(key);
+            }
+            return Some(Poll::Ready(next));
+        }
+        match slot {
+            Some(key) if inner.log_waiters.contains(*key) => {
+                inner.log_waiters[*key].clone_from(waker);
+            }
+            _ => *slot = Some(inner.log_waiters.insert(waker.clone())),
+        }
+        Some(Poll::Pending)
+    }
+
+    /// Whether ends are recorded for `poll_next_end`.
+    pub(crate) fn records_ends(&self) -> bool {
+        lock(&self.inner).log.is_some()
+    }
+
+    /// Drops a registration made by `poll_next_end`.
+    pub(crate) fn release_next_end(&self, slot: &mut Option<usize>) {
+        if let Some(key) = slot.take() {
+            lock(&self.inner).log_waiters.try_remove(key);
+        }
+    }
+
     /// Drops a registration made by `poll_idle` or `poll_ended`.
     pub(crate) fn release(&self, idle_slot: &mut Option<usize>, ended_slot: &mut Option<usize>) {
         if idle_slot.is_none() && ended_slot.is_none() {
@@ -476,6 +522,10 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
             }
             if inner.entries.is_empty() {
                 wake.extend(inner.idle.drain());
+            }
+            if let Some(log) = &mut inner.log {
+                log.push_back((cell.id, outcome));
+                wake.extend(inner.log_waiters.drain());
             }
             if !inner.ended.is_empty() {
                 let done: Vec<usize> = inner
@@ -541,7 +591,7 @@ mod tests {
     use super::*;
 
     fn registry() -> Arc<Registry<(), &'static str>> {
-        Arc::new(Registry::new())
+        Arc::new(Registry::new(false))
     }
 
     #[test]

@@ -96,10 +96,11 @@ where
         scope: CancelScope,
         policy: ShutdownPolicy,
         cancel_on_panic: bool,
+        record_ends: bool,
     ) -> Arc<Self> {
         let shared = Arc::new(Shared {
             scope,
-            registry: Arc::new(Registry::new()),
+            registry: Arc::new(Registry::new(record_ends)),
             policy,
             cancel_on_panic,
             first_panic: Mutex::new(None),

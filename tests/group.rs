@@ -276,3 +276,63 @@ async fn library_wakeups_of_an_ignoring_task_are_exactly_one_plus_max_redeliveri
         assert_eq!(report.elapsed, policy.grace);
     }
 }
+
+#[test]
+fn join_next_loses_no_end_even_before_the_first_call() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let group = TaskGroup::builder().collect_outcomes(true).build();
+        let mut ids = Vec::new();
+        for i in 0..200u64 {
+            ids.push(group.spawn(async move { i }).id());
+        }
+        // Let most of them finish before anyone asks.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut seen = Vec::new();
+        while let Some((id, outcome)) = group.join_next().await {
+            assert_eq!(outcome, cancel_scope::TaskOutcome::Completed);
+            seen.push(id);
+        }
+        seen.sort();
+        ids.sort();
+        assert_eq!(seen, ids);
+    });
+}
+
+#[tokio::test]
+async fn outcomes_stream_reports_each_end_once() {
+    use futures::StreamExt;
+    let group = TaskGroup::builder().collect_outcomes(true).build();
+    group.spawn(async {});
+    group.spawn(std::future::pending::<()>());
+    let mut ends = group.outcomes();
+    assert_eq!(
+        ends.next().await.unwrap().1,
+        cancel_scope::TaskOutcome::Completed
+    );
+    group.cancel();
+    assert_eq!(
+        ends.next().await.unwrap().1,
+        cancel_scope::TaskOutcome::Cancelled
+    );
+    assert_eq!(ends.next().await, None);
+}
+
+#[test]
+fn join_next_without_collect_outcomes_names_the_fix() {
+    let group = TaskGroup::new();
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(group.join_next());
+    }))
+    .unwrap_err();
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap();
+    assert!(message.contains("collect_outcomes(true)"), "{message}");
+}
