@@ -1,0 +1,189 @@
+//! Issue 5, bench 7: per-key task churn over 100k keys, `TaskMap` against a
+//! hand-rolled `HashMap<u64, JoinHandle<()>>` (abort + remove by hand) and
+//! tokio-util's `JoinMap` (feature `join-map`; no `tokio_unstable` needed as
+//! of tokio-util 0.7.20).
+//!
+//! Three phases, each timed alone (the phases before it run untimed):
+//! - `spawn`: a parked task under each of 100k new keys;
+//! - `replace`: a new task under each existing key (the old one cancelled),
+//!   until every old task's future is gone;
+//! - `cancel`: tear down each key in turn, waiting for its task to end
+//!   (`TaskMap::cancel(&k).await`; `remove` + `abort` + await the handle;
+//!   `JoinMap::abort` + `join_next`).
+//!
+//! Criterion's "time" reads as **ns per key** (see `common::per_item`).
+//! current_thread runtime.
+//!
+//! `cargo bench --bench map_churn`
+
+#[allow(dead_code)] // each bench uses a subset of the helpers
+mod common;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use cancel_scope::TaskMap;
+use common::{Flavor, per_item};
+use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+use tokio_util::task::JoinMap;
+
+const KEYS: u64 = 100_000;
+
+/// Futures of `Parked` dropped so far: how every variant knows its cancelled
+/// tasks are really gone.
+static DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// A session that waits forever; only cancellation ends it.
+struct Parked;
+
+impl Future for Parked {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn until_dropped(target: usize) {
+    while DROPPED.load(Ordering::Relaxed) < target {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Spawn,
+    Replace,
+    Cancel,
+}
+
+/// The operations every contender offers.
+trait Churn {
+    fn new() -> Self;
+    fn spawn(&mut self, key: u64);
+    async fn cancel(&mut self, key: u64);
+}
+
+impl Churn for TaskMap<u64> {
+    fn new() -> Self {
+        TaskMap::new()
+    }
+    fn spawn(&mut self, key: u64) {
+        drop(TaskMap::spawn(self, key, Parked));
+    }
+    async fn cancel(&mut self, key: u64) {
+        TaskMap::cancel(self, &key).await.expect("key present");
+    }
+}
+
+impl Churn for HashMap<u64, JoinHandle<()>> {
+    fn new() -> Self {
+        HashMap::new()
+    }
+    fn spawn(&mut self, key: u64) {
+        if let Some(old) = self.insert(key, tokio::spawn(Parked)) {
+            old.abort();
+        }
+    }
+    async fn cancel(&mut self, key: u64) {
+        let h = self.remove(&key).expect("key present");
+        h.abort();
+        let _ = h.await;
+    }
+}
+
+impl Churn for JoinMap<u64, ()> {
+    fn new() -> Self {
+        JoinMap::new()
+    }
+    fn spawn(&mut self, key: u64) {
+        JoinMap::spawn(self, key, Parked);
+    }
+    async fn cancel(&mut self, key: u64) {
+        assert!(self.abort(&key));
+        // The aborted task is the only one that can finish: reap it.
+        let (k, _) = self.join_next().await.expect("a task");
+        debug_assert_eq!(k, key);
+    }
+}
+
+/// One full spawn / replace / cancel round; returns the time of `phase`.
+fn round<M: Churn>(rt: &Runtime, phase: Phase) -> Duration {
+    rt.block_on(async {
+        let base = DROPPED.load(Ordering::Relaxed);
+        let mut map = M::new();
+        let t = Instant::now();
+        for k in 0..KEYS {
+            map.spawn(k);
+        }
+        let spawn = t.elapsed();
+        // Let every task start (so a replace cancels a polled, parked task).
+        tokio::task::yield_now().await;
+
+        let t = Instant::now();
+        for k in 0..KEYS {
+            map.spawn(k);
+        }
+        until_dropped(base + KEYS as usize).await;
+        let replace = t.elapsed();
+        tokio::task::yield_now().await;
+
+        let t = Instant::now();
+        for k in 0..KEYS {
+            map.cancel(k).await;
+        }
+        let cancel = t.elapsed();
+        assert_eq!(DROPPED.load(Ordering::Relaxed), base + 2 * KEYS as usize);
+        drop(map);
+        match phase {
+            Phase::Spawn => spawn,
+            Phase::Replace => replace,
+            Phase::Cancel => cancel,
+        }
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = Flavor::CurrentThread.runtime();
+    for (phase_name, phase) in [
+        ("spawn", Phase::Spawn),
+        ("replace", Phase::Replace),
+        ("cancel", Phase::Cancel),
+    ] {
+        let mut g = c.benchmark_group(format!("map_churn/current_thread/{phase_name}"));
+        // A round is 300k task operations: few, flat samples.
+        g.sampling_mode(SamplingMode::Flat)
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(100))
+            .measurement_time(Duration::from_secs(1));
+        type Round = fn(&Runtime, Phase) -> Duration;
+        let contenders: [(&str, Round); 3] = [
+            ("TaskMap", round::<TaskMap<u64>>),
+            ("HashMap+JoinHandle", round::<HashMap<u64, JoinHandle<()>>>),
+            ("JoinMap", round::<JoinMap<u64, ()>>),
+        ];
+        for (name, f) in contenders {
+            g.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter_custom(|iters| {
+                    let total: Duration = (0..iters).map(|_| f(&rt, phase)).sum();
+                    per_item(total, KEYS as usize)
+                });
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
