@@ -202,6 +202,12 @@ impl CancelScope {
     /// Cancels this scope and every non-shielded descendant, waking whoever
     /// waits on them, once. Idempotent: a second call (or a later deadline)
     /// changes nothing, and the first reason stays. O(descendants).
+    ///
+    /// Waiters are woken only after the whole subtree is marked, so a woken
+    /// waiter sees every descendant cancelled. The marking itself is not one
+    /// atomic step: while `cancel` runs, another thread that *polls* (without
+    /// having been woken) may see this scope cancelled and a deep descendant
+    /// not yet; once `cancel` returns, the whole subtree is.
     pub fn cancel(&self) {
         tree::cancel(&self.node, CancelReason::Requested);
     }

@@ -185,11 +185,24 @@ where
             scope: if key.is_some() { own_scope } else { None },
         };
         let keyed = key.is_some();
+        // One span per task; its fields are only evaluated when a subscriber
+        // wants the span. The task is polled inside it, so the task's own
+        // events carry scope, task, name and key.
+        let span = tracing::debug_span!(
+            parent: None,
+            "task",
+            task = tracing::field::Empty,
+            scope = self.scope.id(),
+            name = meta.name.as_deref(),
+            key = key.as_ref().map(tracing::field::debug),
+        );
         let (guard, replaced) = Registry::insert(&self.registry, meta, key);
         let cell = guard.cell().clone();
         let id = cell.id;
+        span.record("task", tracing::field::display(id));
         let tracked = Tracked {
             fut,
+            span,
             cell_waker: Waker::from(cell.clone()),
             guard,
             watch,
@@ -467,6 +480,7 @@ pin_project_lite::pin_project! {
     {
         #[pin]
         fut: F,
+        span: tracing::Span,
         cell_waker: Waker,
         // Dropped with the future, whatever ends it: prune on completion.
         guard: EntryGuard<TaskMeta, K>,
@@ -485,6 +499,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let _entered = this.span.enter();
         this.guard.cell().begin_poll(cx.waker());
         if let Some(scope) = this.watch {
             if let Some(reason) = scope.reason() {

@@ -305,3 +305,42 @@ impl<F: std::future::Future<Output = ()>> ManualPoll<F> {
         self.0.as_mut().poll(&mut cx).is_ready()
     }
 }
+
+#[test]
+fn a_woken_waiter_sees_the_whole_subtree_cancelled() {
+    use std::future::Future;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for _ in 0..50 {
+            let root = CancelScope::new();
+            let kids: Vec<_> = (0..2_000).map(|_| root.child()).collect();
+            let last = kids.last().unwrap().child();
+            let (registered, ready) = tokio::sync::oneshot::channel();
+            let watcher = {
+                let root = root.clone();
+                tokio::spawn(async move {
+                    let mut wait = std::pin::pin!(root.cancelled());
+                    // Register first, so the next poll comes from the wake.
+                    std::future::poll_fn(|cx| {
+                        assert!(wait.as_mut().poll(cx).is_pending());
+                        std::task::Poll::Ready(())
+                    })
+                    .await;
+                    registered.send(()).unwrap();
+                    wait.await;
+                    last.is_cancelled()
+                })
+            };
+            ready.await.unwrap();
+            root.cancel();
+            assert!(
+                watcher.await.unwrap(),
+                "woken before its subtree was marked"
+            );
+        }
+    });
+}

@@ -203,7 +203,8 @@ pub(crate) fn deadline(node: &Node) -> i64 {
 }
 
 /// Cancels `node` and, transitively, every attached (that is, non-shielded)
-/// descendant, each with `reason`. O(descendants). Returns whether this call did
+/// descendant, each with `reason`, then wakes their waiters. O(descendants).
+/// Returns whether this call did
 /// it (`false` if the node was already cancelled: the first reason stays).
 pub(crate) fn cancel(node: &Arc<Node>, reason: CancelReason) -> bool {
     let bits = reason.bits();
@@ -231,9 +232,11 @@ pub(crate) fn cancel(node: &Arc<Node>, reason: CancelReason) -> bool {
             wake.extend(inner.timer_waker.take());
             work.extend(inner.children.iter().map(|(_, c)| c.clone()));
         }
-        for w in wake.drain(..) {
-            w.wake();
-        }
+    }
+    // Wake only once the whole subtree is marked: whoever wakes first sees
+    // every descendant cancelled already.
+    for w in wake {
+        w.wake();
     }
     did
 }
