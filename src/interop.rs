@@ -61,6 +61,7 @@ impl CancelScope {
     /// scope.cancel();
     /// assert!(token.is_cancelled() && child.is_cancelled());
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio-util")))]
     #[must_use]
     pub fn token(&self) -> CancellationToken {
         let token = CancellationToken::new();
@@ -104,6 +105,7 @@ impl CancelScope {
     /// scope.cancelled().await;
     /// # }
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio-util")))]
     #[track_caller]
     #[must_use]
     pub fn linked(token: &CancellationToken) -> CancelScope {
