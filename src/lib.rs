@@ -97,7 +97,12 @@
 //!
 //! # Cargo features
 //!
-//! None yet: the crate needs tokio's `rt`, `time` and `sync` only.
+//! By default the crate needs tokio's `rt`, `time` and `sync` only.
+//!
+//! - `process` (unix only; the API does not exist elsewhere): scoped child
+//!   processes, `TaskGroup::spawn_process` and `reap_orphans`: a child's
+//!   whole process group is torn down with its scope, orphans are reaped
+//!   without touching live owners. Adds `rustix` and tokio's `process`.
 
 #![warn(
     missing_docs,
@@ -128,6 +133,8 @@ mod loom_models;
 mod group;
 #[cfg(not(loom))]
 mod map;
+#[cfg(all(unix, feature = "process", not(loom)))]
+mod process;
 #[cfg(not(loom))]
 mod task;
 #[cfg(not(loom))]
@@ -144,5 +151,11 @@ pub use scope::{
 pub use group::{Outcomes, TaskGroup, TaskGroupBuilder};
 #[cfg(not(loom))]
 pub use map::TaskMap;
+#[cfg(all(target_os = "linux", feature = "process", not(loom)))]
+pub use process::become_subreaper;
+#[cfg(all(unix, feature = "process", not(loom)))]
+pub use process::{
+    ProcessPolicy, ProcessStats, ReapReport, ScopedChild, process_stats, reap_orphans,
+};
 #[cfg(not(loom))]
 pub use task::{SpawnError, Stats, TaskBuilder, TaskError, TaskHandle};

@@ -1,0 +1,401 @@
+//! Scoped child processes, with real processes (`sh` and `sleep` only): group
+//! teardown reaches the grandchildren and leaves no zombie, SIGTERM escalates
+//! to SIGKILL, orphans are reaped without touching live sessions.
+//!
+//! State is read from `/proc`, never inferred from timings. `reap_orphans` is
+//! process-wide, so the tests that make orphans hold `ORPHAN_TESTS`.
+#![cfg(all(unix, feature = "process"))]
+
+use std::collections::HashSet;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use cancel_scope::{
+    ProcessPolicy, TaskError, TaskGroup, TaskMap, TaskOutcome, process_stats, reap_orphans,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{ChildStdout, Command};
+use tokio::sync::oneshot;
+
+/// Serializes the tests that make orphans: `reap_orphans` would take another
+/// test's orphan.
+static ORPHAN_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One process as `/proc/<pid>/stat` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proc {
+    pid: u32,
+    state: char,
+    pgrp: u32,
+}
+
+/// Every process (zombies included) whose process group is `pgid`.
+fn members(pgid: u32) -> Vec<Proc> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc is mounted") {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // The process may be gone by now: skip it.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) S ppid pgrp ...": comm may hold spaces, so split after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let state = fields[0].chars().next().unwrap_or('?');
+        let pgrp: u32 = fields[2].parse().unwrap_or(0);
+        if pgrp == pgid {
+            found.push(Proc { pid, state, pgrp });
+        }
+    }
+    found
+}
+
+/// Members of the group that are running (not zombies, not dead).
+fn running(pgid: u32) -> Vec<Proc> {
+    members(pgid)
+        .into_iter()
+        .filter(|p| !matches!(p.state, 'Z' | 'X'))
+        .collect()
+}
+
+/// `sh -c script` with stdout piped (the script says `ready` when set up).
+fn sh(script: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// Waits for the child's `ready` line, so the test starts from a known state
+/// (traps installed, background jobs forked).
+async fn ready(stdout: &mut Option<ChildStdout>) -> BufReader<ChildStdout> {
+    let mut lines = BufReader::new(stdout.take().expect("stdout is piped"));
+    let mut line = String::new();
+    lines.read_line(&mut line).await.expect("read ready");
+    assert_eq!(line.trim(), "ready");
+    lines
+}
+
+/// Grandchildren re-parented on their parent's death must be reaped by us: the
+/// sandbox's PID 1 does not reap.
+fn setup() {
+    cancel_scope::become_subreaper().expect("prctl(PR_SET_CHILD_SUBREAPER)");
+}
+
+#[tokio::test]
+async fn cancelling_the_group_kills_the_whole_process_group() {
+    setup();
+    let group = TaskGroup::new();
+    let mut child = group
+        .spawn_process(sh("sleep 1000 & echo ready; sleep 1000"))
+        .unwrap();
+    let mut stdout = ready(&mut child.stdout).await;
+    let pgid = child.id().expect("not reaped yet");
+    // Leader plus its background sleep (and the foreground one, soon).
+    assert!(running(pgid).len() >= 2, "{:?}", members(pgid));
+
+    let owner = group.spawn(async move { child.wait().await });
+    group.cancel();
+    let report = group.shutdown().await;
+    assert!(report.is_clean(), "{report}");
+    assert!(matches!(owner.await, Err(TaskError::Cancelled(_))));
+
+    // No process of the group remains, zombies included.
+    assert_eq!(members(pgid), Vec::new());
+    // Every copy of the stdout pipe is closed: EOF.
+    let mut rest = Vec::new();
+    assert_eq!(stdout.read_to_end(&mut rest).await.unwrap(), 0);
+    assert!(group.is_empty());
+}
+
+#[tokio::test]
+async fn a_child_that_ignores_sigterm_is_sigkilled_after_term_grace() {
+    setup();
+    let group = TaskGroup::new();
+    let policy = ProcessPolicy {
+        term_grace: Duration::from_millis(200),
+    };
+    // `trap "" TERM` ignores SIGTERM in the shell and, across exec, in sleep.
+    let mut child = group
+        .spawn_process_with(sh("trap '' TERM; sleep 1000 & echo ready; wait"), policy)
+        .unwrap();
+    let _stdout = ready(&mut child.stdout).await;
+    let pgid = child.id().unwrap();
+
+    group.cancel();
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.signal(), Some(9), "{status:?}: SIGTERM was ignored");
+    assert_eq!(members(pgid), Vec::new());
+    assert_eq!(child.id(), None);
+    assert!(group.shutdown().await.is_clean());
+}
+
+#[tokio::test]
+async fn a_cooperative_child_ends_on_sigterm() {
+    setup();
+    let group = TaskGroup::new();
+    let mut child = group.spawn_process(sh("echo ready; sleep 1000")).unwrap();
+    let _stdout = ready(&mut child.stdout).await;
+    let pgid = child.id().unwrap();
+
+    let status = child.shutdown().await.unwrap();
+    assert_eq!(status.signal(), Some(15), "{status:?}");
+    assert_eq!(members(pgid), Vec::new());
+    // The reaper was a tracked task; it is gone.
+    assert!(group.shutdown().await.is_clean());
+    assert!(group.is_empty());
+}
+
+#[tokio::test]
+async fn a_leader_that_exits_takes_its_stragglers_along() {
+    setup();
+    let group = TaskGroup::new();
+    // The leader exits at once, leaving a background sleep in its group.
+    let mut child = group.spawn_process(sh("sleep 1000 & echo ready")).unwrap();
+    let _stdout = ready(&mut child.stdout).await;
+    let pgid = child.id().unwrap();
+
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(members(pgid), Vec::new());
+    assert!(group.shutdown().await.is_clean());
+}
+
+#[tokio::test]
+async fn reap_orphans_kills_the_orphan_only() {
+    setup();
+    let _serial = ORPHAN_TESTS.lock().await;
+    let leftover = reap_orphans().await;
+    assert!(leftover.is_clean(), "{leftover}");
+
+    let sessions: TaskMap<&'static str> = TaskMap::new();
+    let (a_tx, a_rx) = oneshot::channel();
+    let (b_tx, b_rx) = oneshot::channel();
+    // Session "a" ends on its own, leaving its child running.
+    let a = sessions
+        .spawn_with_process(
+            "a",
+            sh("echo ready; sleep 1000"),
+            ProcessPolicy::default(),
+            |_scope, mut child| async move {
+                let _stdout = ready(&mut child.stdout).await;
+                a_tx.send(child.id().unwrap()).unwrap();
+            },
+        )
+        .unwrap();
+    // Session "b" lives on, holding its child.
+    sessions
+        .spawn_with_process(
+            "b",
+            sh("echo ready; sleep 1000"),
+            ProcessPolicy::default(),
+            |scope, mut child| async move {
+                let _stdout = ready(&mut child.stdout).await;
+                b_tx.send(child.id().unwrap()).unwrap();
+                scope.cancelled().await;
+                drop(child);
+            },
+        )
+        .unwrap();
+    let (a_pid, b_pid) = (a_rx.await.unwrap(), b_rx.await.unwrap());
+    a.await.unwrap();
+    assert!(!sessions.contains_key(&"a"));
+
+    // The orphan is alive, found, and is the only orphan.
+    assert!(!running(a_pid).is_empty(), "{:?}", members(a_pid));
+    let before = process_stats();
+    assert_eq!(before.orphans, 1, "{before:?}");
+
+    let report = reap_orphans().await;
+    println!(
+        "orphans before reap: {before:?}; reap: {report}; after: {:?}",
+        process_stats()
+    );
+    assert_eq!(report.reaped, vec![a_pid], "{report}");
+    assert!(
+        report.already_gone.is_empty() && report.is_clean(),
+        "{report}"
+    );
+    assert_eq!(members(a_pid), Vec::new());
+    assert_eq!(process_stats().orphans, 0);
+
+    // The live session's child is untouched.
+    assert!(!running(b_pid).is_empty(), "{:?}", members(b_pid));
+    assert!(sessions.contains_key(&"b"));
+
+    // Cancelling the session tears its child down before `cancel` returns.
+    assert_eq!(sessions.cancel(&"b").await, Some(TaskOutcome::Completed));
+    assert_eq!(members(b_pid), Vec::new());
+    assert!(sessions.shutdown().await.is_clean());
+}
+
+#[tokio::test]
+async fn a_panicking_session_leaves_no_orphan_after_reap_orphans() {
+    setup();
+    let _serial = ORPHAN_TESTS.lock().await;
+    let _ = reap_orphans().await;
+
+    let sessions: TaskMap<u32> = TaskMap::new();
+    let (tx, rx) = oneshot::channel();
+    let session = sessions
+        .spawn_with_process(
+            1,
+            sh("sleep 1000 & echo ready; wait"),
+            ProcessPolicy::default(),
+            |_scope, mut child| async move {
+                let _stdout = ready(&mut child.stdout).await;
+                tx.send(child.id().unwrap()).unwrap();
+                panic!("session bug");
+            },
+        )
+        .unwrap();
+    let pgid = rx.await.unwrap();
+    assert!(matches!(session.await, Err(TaskError::Panicked(m)) if m == "session bug"));
+    assert!(running(pgid).len() >= 2, "{:?}", members(pgid));
+
+    let report = reap_orphans().await;
+    assert_eq!(report.reaped, vec![pgid], "{report}");
+    assert_eq!(members(pgid), Vec::new());
+    assert_eq!(process_stats().orphans, 0);
+    assert!(sessions.shutdown().await.is_clean());
+}
+
+#[tokio::test]
+async fn a_panicking_owner_in_a_group_is_torn_down_by_the_group() {
+    setup();
+    let _serial = ORPHAN_TESTS.lock().await;
+    let _ = reap_orphans().await;
+
+    let group = TaskGroup::builder().cancel_on_panic(false).build();
+    let mut child = group
+        .spawn_process(sh("sleep 1000 & echo ready; wait"))
+        .unwrap();
+    let _stdout = ready(&mut child.stdout).await;
+    let pgid = child.id().unwrap();
+    let owner = group.spawn(async move {
+        let _child = child;
+        panic!("owner bug");
+    });
+    assert!(matches!(owner.await, Err(TaskError::Panicked(_))));
+    // The owner is gone and the group not cancelled: an orphan.
+    assert_eq!(process_stats().orphans, 1);
+    assert!(running(pgid).len() >= 2, "{:?}", members(pgid));
+
+    // Shutdown tears it down through the ladder, no reap_orphans needed.
+    let report = group.shutdown().await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.completed, 1, "the reaper task: {report}");
+    assert_eq!(members(pgid), Vec::new());
+    assert_eq!(process_stats().orphans, 0);
+    let none = reap_orphans().await;
+    assert_eq!(none, Default::default());
+}
+
+#[tokio::test]
+async fn spawning_is_refused_on_a_cancelled_group_and_for_a_missing_program() {
+    let group = TaskGroup::new();
+    let err = group
+        .spawn_process(Command::new("/nonexistent/program"))
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    group.cancel();
+    assert!(group.spawn_process(sh("sleep 1000")).is_err());
+    assert!(group.is_empty());
+}
+
+#[test]
+fn spawning_outside_a_runtime_is_an_error_naming_the_fix() {
+    let group = TaskGroup::new();
+    let err = group.spawn_process(sh("sleep 1000")).unwrap_err();
+    assert!(err.to_string().contains("runtime"), "{err}");
+}
+
+#[tokio::test]
+async fn many_children_leave_no_process_behind() {
+    setup();
+    let group = TaskGroup::new();
+    let mut pgids = HashSet::new();
+    let mut stdouts = Vec::new();
+    for _ in 0..8 {
+        let mut child = group
+            .spawn_process(sh("sleep 1000 & echo ready; sleep 1000"))
+            .unwrap();
+        stdouts.push(ready(&mut child.stdout).await);
+        pgids.insert(child.id().unwrap());
+        group.spawn(async move { child.wait().await });
+    }
+    let report = group.shutdown().await;
+    assert!(report.is_clean(), "{report}");
+    for pgid in pgids {
+        assert_eq!(members(pgid), Vec::new());
+    }
+}
+
+#[tokio::test]
+async fn a_named_task_owning_a_child_shuts_down_with_its_group() {
+    setup();
+    let group = TaskGroup::new();
+    let (tx, rx) = oneshot::channel();
+    group
+        .build_task()
+        .name("tool-server")
+        .spawn_with_process(
+            sh("sleep 1000 & echo ready; wait"),
+            ProcessPolicy::default(),
+            |scope, mut child| async move {
+                let _stdout = ready(&mut child.stdout).await;
+                tx.send(child.id().unwrap()).unwrap();
+                scope.cancelled().await;
+            },
+        )
+        .unwrap();
+    let pgid = rx.await.unwrap();
+    assert!(running(pgid).len() >= 2, "{:?}", members(pgid));
+
+    // The task waits for its child's teardown, so the ladder covers it.
+    let report = group.shutdown().await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(members(pgid), Vec::new());
+}
+
+#[test]
+fn a_runtime_shut_down_under_a_live_child_kills_its_group() {
+    setup();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let group = rt.block_on(async { TaskGroup::new() });
+    let (pgid, mut child) = rt.block_on(async {
+        let mut child = group
+            .spawn_process(sh("sleep 1000 & echo ready; wait"))
+            .unwrap();
+        let _stdout = ready(&mut child.stdout).await;
+        (child.id().unwrap(), child)
+    });
+    assert!(running(pgid).len() >= 2, "{:?}", members(pgid));
+    // The reaper task is dropped with the runtime: its guard kills the group.
+    drop(rt);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !running(pgid).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(running(pgid), Vec::new());
+    // The handle learns that its reaper is gone instead of hanging.
+    let err = child.try_wait().unwrap_err();
+    assert!(err.to_string().contains("reaper"), "{err}");
+    drop(child);
+    drop(group);
+}
