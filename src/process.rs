@@ -591,7 +591,9 @@ impl TaskGroup {
     /// The child is torn down, grandchildren included, when the group is
     /// cancelled or shut down: `SIGTERM` to its process group, up to
     /// `term_grace` for it to exit, `SIGKILL` to the group, then reaped, so no
-    /// zombie remains and every copy of its stdio pipes is closed. A small
+    /// zombie remains and every copy of its stdio pipes is closed. (Killed
+    /// grandchildren are re-parented and reaped by init, or by this process
+    /// after [`become_subreaper`] where init does not reap.) A small
     /// tracked task of the group (named `process <pid>`) does this, so
     /// [`shutdown`](Self::shutdown) waits for it within the ladder (it counts
     /// as one completed task in the report). The child's own exit is reaped
