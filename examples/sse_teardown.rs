@@ -1,0 +1,350 @@
+//! SSE teardown under a connect-and-drop spike: every session torn down,
+//! nothing left tracked, and the process back to idle.
+//!
+//! An axum SSE server on 127.0.0.1 runs one session task per connection in a
+//! [`TaskMap`](cancel_scope::TaskMap). A session forwards a shared backend
+//! feed to its client; the backend is chosen per connection by
+//! `?backend=steady|stubborn|slow-exit`:
+//!
+//! - `steady` observes its cancel scope and ends on the first delivery;
+//! - `stubborn` ignores its scope, like a blocking `pubsub.listen()`: only the
+//!   escalation hook (it closes the backend subscription) and abort end it;
+//! - `slow-exit` observes its scope, then flushes in a shielded child scope
+//!   with its own deadline.
+//!
+//! When a client disconnects, hyper drops the response body, whose guard calls
+//! `TaskMap::begin_cancel`: the ladder (cancel, timer-spaced re-delivery,
+//! escalation at grace, stuck report) runs in the background, and the session's
+//! entry prunes itself when its task ends. The shared backend context is built
+//! once, by whichever first connection gets there, with `tokio::sync::OnceCell`.
+//!
+//! The default mode is a load driver in the same process: waves of real HTTP
+//! clients (hyper, on a second runtime) that each read a few events and drop
+//! their connection, then an idle window measuring the process's CPU time.
+//! A wave passes when nothing is tracked or stuck after the window and idle
+//! CPU is under 2% of one core.
+//!
+//! ```text
+//! cargo run --release --example sse_teardown                 # waves of 500, 1000, 2000 clients
+//! cargo run --release --example sse_teardown -- --compare    # beside the naive anti-pattern
+//! cargo run --release --example sse_teardown -- --naive      # the anti-pattern alone
+//! cargo run --release --example sse_teardown -- --waves 200,400 --stubborn-share 0.5
+//! ```
+//!
+//! `--naive` runs the same server and waves with what gateways often do
+//! instead: plain `tokio::spawn`, a `Mutex<HashMap>` registry nothing prunes,
+//! and a canceller that re-tries every tick until the task is gone (bounded to
+//! 3 s here so the example ends; in production it spins forever).
+//!
+//! To watch it by hand:
+//!
+//! ```text
+//! cargo run --release --example sse_teardown -- --server-only --port 3000
+//! curl -N 'http://127.0.0.1:3000/sse?backend=stubborn'   # Ctrl-C it: a disconnect
+//! curl http://127.0.0.1:3000/stats                       # tracked, closing, stuck, ...
+//! ```
+//!
+//! Ctrl-C (or SIGTERM) on the server stops accepting, tears every session
+//! down (which ends the open streams, `curl -N` ones included), prints the
+//! `ShutdownReport` and exits within `grace + abort_grace` (500 ms here).
+//!
+//! Exit code: 1 if a wave of the crate's server fails (with `--naive`: if a
+//! naive wave fails, which is the expected outcome), 2 on bad arguments.
+
+#[path = "sse_teardown/backend.rs"]
+mod backend;
+#[path = "sse_teardown/driver.rs"]
+mod driver;
+#[path = "sse_teardown/naive.rs"]
+mod naive;
+#[path = "sse_teardown/server.rs"]
+mod server;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use driver::{Harness, WaveRow, WaveSpec};
+use server::{Config, Server};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Waves,
+    Naive,
+    Compare,
+    ServerOnly,
+}
+
+#[derive(Debug, Clone)]
+struct Args {
+    mode: Mode,
+    waves: Vec<usize>,
+    stubborn_share: f64,
+    slow_share: f64,
+    events: usize,
+    port: u16,
+}
+
+const USAGE: &str = "\
+usage: sse_teardown [--compare | --naive | --server-only] [options]
+  --waves LIST|N        wave sizes (default 500,1000,2000), or a number of waves
+  --clients N           clients per wave (keeps the number of waves)
+  --stubborn-share F    share of stubborn sessions (default 0.2)
+  --slow-share F        share of slow-exit sessions (default 0.1)
+  --events N            events each client reads before dropping (default 3)
+  --port P              server port on 127.0.0.1 (default 0: any free port)";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        mode: Mode::Waves,
+        waves: vec![500, 1000, 2000],
+        stubborn_share: 0.2,
+        slow_share: 0.1,
+        events: 3,
+        port: 0,
+    };
+    let mut clients = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match flag.as_str() {
+            "--compare" => args.mode = Mode::Compare,
+            "--naive" => args.mode = Mode::Naive,
+            "--server-only" => args.mode = Mode::ServerOnly,
+            "--waves" => {
+                let v = value("--waves")?;
+                args.waves = if v.contains(',') {
+                    v.split(',').map(parse_num).collect::<Result<_, _>>()?
+                } else {
+                    // A bare number is a count of waves of the first size.
+                    vec![args.waves[0]; parse_num(&v)?]
+                };
+            }
+            "--clients" => clients = Some(parse_num(&value("--clients")?)?),
+            "--stubborn-share" => args.stubborn_share = parse_share(&value("--stubborn-share")?)?,
+            "--slow-share" => args.slow_share = parse_share(&value("--slow-share")?)?,
+            "--events" => args.events = parse_num(&value("--events")?)?.max(1),
+            "--port" => {
+                let v = value("--port")?;
+                args.port = v.parse().map_err(|_| format!("bad port {v:?}"))?;
+            }
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if let Some(n) = clients {
+        args.waves.iter_mut().for_each(|w| *w = n);
+    }
+    if args.waves.is_empty() || args.waves.contains(&0) {
+        return Err("waves need at least one client".to_owned());
+    }
+    if args.stubborn_share + args.slow_share > 1.0 {
+        return Err("--stubborn-share + --slow-share must not exceed 1".to_owned());
+    }
+    Ok(args)
+}
+
+fn parse_num(s: &str) -> Result<usize, String> {
+    s.trim().parse().map_err(|_| format!("not a number: {s:?}"))
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("a share is a number from 0 to 1, not {s:?}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{USAGE}");
+            return if e.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
+        }
+    };
+    let result = match args.mode {
+        Mode::ServerOnly => server_only(&args),
+        Mode::Waves => waves(&args, &["crate"]),
+        Mode::Naive => waves(&args, &["naive"]),
+        Mode::Compare => waves(&args, &["crate", "naive"]),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ===== load driver =====
+
+/// Runs the waves against each mode in turn (one fresh server each, the
+/// crate's first so the naive leftovers cannot disturb its measurements) and
+/// prints the table. Returns whether the first mode passed.
+fn waves(args: &Args, modes: &[&'static str]) -> std::io::Result<bool> {
+    let policy = server::example_policy();
+    println!(
+        "sse_teardown: waves {:?}, {:.0}% stubborn, {:.0}% slow-exit, {} events per client; \
+         ladder: grace {:?}, {} re-deliveries from {:?}, abort grace {:?}",
+        args.waves,
+        args.stubborn_share * 100.0,
+        args.slow_share * 100.0,
+        args.events,
+        policy.grace,
+        policy.max_redeliveries,
+        policy.backoff.initial,
+        policy.abort_grace
+    );
+    let mut results: Vec<Vec<WaveRow>> = Vec::new();
+    for &mode in modes {
+        let config = Config {
+            naive: mode == "naive",
+            ..Config::default()
+        };
+        let harness = Harness::start(mode, args.port, config)?;
+        println!("[{mode}] server on http://{}", harness.server().addr);
+        let mut rows = Vec::new();
+        for (i, &clients) in args.waves.iter().enumerate() {
+            let spec = WaveSpec {
+                clients,
+                stubborn_share: args.stubborn_share,
+                slow_share: args.slow_share,
+                events: args.events,
+                // Past the ladder's bound, whatever is left is a finding.
+                settle: policy.grace + policy.abort_grace + Duration::from_millis(300),
+                idle_window: Some(Duration::from_secs(1)),
+            };
+            let (row, _) = harness.wave(&spec);
+            println!("{}", driver::progress(&row, i, args.waves.len()));
+            rows.push(row);
+        }
+        // The same counters over HTTP, as a dashboard would read them.
+        let stats = harness.client(driver::get_json(harness.server().addr, "/stats"));
+        match stats {
+            Ok(stats) => println!("[{mode}] GET /stats after the last window: {stats}"),
+            Err(e) => println!("[{mode}] GET /stats failed: {e}"),
+        }
+        let teardown = harness.finish().expect("the server runs until here");
+        match &teardown.report {
+            Some(report) => println!(
+                "[{mode}] server shutdown in {:?}: {report}",
+                teardown.elapsed
+            ),
+            None => println!(
+                "[{mode}] server shutdown in {:?}: no ladder; leftover tasks aborted",
+                teardown.elapsed
+            ),
+        }
+        results.push(rows);
+    }
+
+    println!();
+    println!("{}", driver::header());
+    for wave in 0..args.waves.len() {
+        for rows in &results {
+            println!("{}", driver::format_row(&rows[wave]));
+        }
+    }
+    println!();
+    let mut first_passed = true;
+    for (i, rows) in results.iter().enumerate() {
+        let passed = rows.iter().all(WaveRow::pass);
+        let max_cpu = rows
+            .iter()
+            .filter_map(|r| r.idle_cpu_pct)
+            .fold(0.0_f64, f64::max);
+        let last = rows.last().expect("at least one wave");
+        println!(
+            "{:<6} {}: idle CPU up to {:.2}% of a core, {} sessions left tracked, {} stuck, \
+             {} re-deliveries in all",
+            last.mode,
+            if passed { "PASS" } else { "FAIL" },
+            max_cpu,
+            last.tracked,
+            last.stuck,
+            last.after.redeliveries
+        );
+        if i == 0 {
+            first_passed = passed;
+        }
+    }
+    println!(
+        "PASS needs tracked = 0, stuck = 0, no client error and idle CPU < 2% after every wave."
+    );
+    Ok(first_passed)
+}
+
+// ===== --server-only =====
+
+fn server_only(args: &Args) -> std::io::Result<bool> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let clean = rt.block_on(async {
+        let config = Config {
+            verbose: true,
+            // Nobody drains the log in this mode.
+            record_prunes: false,
+            ..Config::default()
+        };
+        let policy = config.policy;
+        let server = Server::start(args.port, config).await?;
+        let addr = server.addr;
+        println!("listening on http://{addr}");
+        println!("  curl -N 'http://{addr}/sse?backend=stubborn'   (or steady, slow-exit)");
+        println!("  curl http://{addr}/stats");
+        println!(
+            "Ctrl-C or SIGTERM stops it within grace + abort_grace = {:?}",
+            policy.grace + policy.abort_grace
+        );
+        shutdown_signal().await;
+        println!(
+            "\nsignal: stop accepting, tear every session down; at shutdown: {}",
+            server.snapshot().to_json()
+        );
+        let teardown = server.shutdown().await;
+        if let Some(report) = &teardown.report {
+            println!("ShutdownReport: {report}");
+        }
+        println!(
+            "stopped in {:?}; connections closed: {}",
+            teardown.elapsed, teardown.connections_closed
+        );
+        Ok::<_, std::io::Error>(teardown.report.is_some_and(|r| r.is_clean()))
+    })?;
+    // Whatever hyper still holds (a socket mid-write) must not delay the exit.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(clean)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,182 @@
+//! The `sse_teardown` example's server and load driver, run small and checked
+//! by counts: every session of a connect-and-drop wave is pruned, only the
+//! stubborn ones escalate, re-deliveries stay bounded, the shared context is
+//! built once, and shutdown ends open streams.
+//!
+//! The example's modules are compiled in here as they are, so the test checks
+//! the code a reader runs. No CPU or wall-time assertion: waits are bounded
+//! safety nets that return as soon as the condition holds.
+
+// Shared with the example, which uses all of it; the test uses a part.
+#[allow(dead_code)]
+#[path = "../examples/sse_teardown/backend.rs"]
+mod backend;
+#[allow(dead_code)]
+#[path = "../examples/sse_teardown/driver.rs"]
+mod driver;
+#[allow(dead_code)]
+#[path = "../examples/sse_teardown/naive.rs"]
+mod naive;
+#[allow(dead_code)]
+#[path = "../examples/sse_teardown/server.rs"]
+mod server;
+
+use std::time::Duration;
+
+use driver::{Harness, WaveSpec};
+use server::{BackendKind, Config, example_policy};
+
+/// Bounds a wait for the teardown; only reached when the test fails.
+const SAFETY_NET: Duration = Duration::from_secs(30);
+
+/// The example's ladder with a longer grace: the test runs a debug build on a
+/// loaded CI machine, and a cooperative session must never be escalated just
+/// because it was not scheduled within 300 ms. The re-delivery schedule (25,
+/// 75, 175 ms) is unchanged.
+fn test_config() -> Config {
+    Config {
+        policy: cancel_scope::ShutdownPolicy {
+            grace: Duration::from_secs(1),
+            ..example_policy()
+        },
+        ..Config::default()
+    }
+}
+
+fn start(config: Config) -> Harness {
+    Harness::start("test", 0, config).expect("bind 127.0.0.1:0")
+}
+
+#[test]
+fn wave_prunes_every_session_and_escalates_only_stubborn_ones() {
+    let config = test_config();
+    let max_redeliveries = u64::from(config.policy.max_redeliveries);
+    let harness = start(config);
+    let spec = WaveSpec {
+        clients: 200,
+        stubborn_share: 1.0 / 3.0,
+        slow_share: 0.1,
+        events: 3,
+        settle: SAFETY_NET,
+        idle_window: None,
+    };
+    let (row, runs) = harness.wave(&spec);
+
+    assert_eq!(row.client_errors, 0, "first error: {:?}", row.first_error);
+    assert!(
+        runs.iter().all(|r| r.events >= 3),
+        "every client read its events"
+    );
+    let stubborn = row.stubborn as u64;
+    assert_eq!(stubborn, 67);
+
+    // Every session pruned: none left in the map, each one's end observed.
+    let state = &harness.server().state;
+    for run in &runs {
+        let id = run.session.expect("every client got a session id");
+        assert!(!state.is_tracked(id), "session {id} still tracked");
+    }
+    assert_eq!(row.pruned, 200);
+    assert_eq!(row.unpruned, 0);
+    assert_eq!(row.tracked, 0);
+    assert_eq!(row.after.closing, 0);
+    assert_eq!(row.stuck, 0);
+
+    // Only the stubborn sessions needed the hook, each exactly once.
+    assert_eq!(row.escalations, stubborn);
+    // Each task is woken at most 1 + max_redeliveries times by the ladder.
+    assert!(
+        row.redeliveries <= (1 + max_redeliveries) * stubborn,
+        "{} re-deliveries for {stubborn} stubborn sessions",
+        row.redeliveries
+    );
+    assert_eq!(row.after.sessions, 200);
+    assert_eq!(row.after.context_inits, 1);
+
+    // `/stats` serves the same counters.
+    let stats = harness
+        .client(driver::get_json(harness.server().addr, "/stats"))
+        .expect("GET /stats");
+    for (key, value) in [
+        ("tracked", 0),
+        ("closing", 0),
+        ("stuck", 0),
+        ("escalations", stubborn),
+        ("redeliveries", row.after.redeliveries),
+    ] {
+        assert_eq!(stats[key].as_u64(), Some(value), "/stats {key} in {stats}");
+    }
+
+    let teardown = harness.finish().expect("server was running");
+    assert!(teardown.report.expect("the crate's ladder").is_clean());
+}
+
+#[test]
+fn fifty_concurrent_first_connections_initialize_the_context_once() {
+    // A slow "connect" keeps the initialization open while all 50 arrive.
+    let harness = start(Config {
+        connect_delay: Duration::from_secs(1),
+        ..test_config()
+    });
+    assert_eq!(harness.server().snapshot().context_inits, 0, "lazy");
+    let kinds = vec![BackendKind::Steady; 50];
+    let runs = harness.client(driver::run_clients(harness.server().addr, &kinds, 1));
+    assert!(
+        runs.iter().all(|r| r.error.is_none() && r.events == 1),
+        "{:?}",
+        runs.iter().find(|r| r.error.is_some())
+    );
+    assert_eq!(
+        harness.server().snapshot().first_connections,
+        50,
+        "all 50 arrived before the context was ready"
+    );
+    assert_eq!(harness.server().snapshot().context_inits, 1);
+    harness.finish();
+}
+
+#[test]
+fn shutdown_ends_open_streams_and_escalates_the_stubborn_session() {
+    let mut harness = start(test_config());
+    let addr = harness.server().addr;
+    // Clients that never stop reading on their own, like `curl -N`.
+    let clients: Vec<_> = [
+        BackendKind::Steady,
+        BackendKind::Stubborn,
+        BackendKind::SlowExit,
+    ]
+    .into_iter()
+    .map(|kind| {
+        harness
+            .client_runtime()
+            .spawn(driver::sse_client(addr, kind, usize::MAX))
+    })
+    .collect();
+    // Wait until all three are streaming.
+    harness.client(async {
+        tokio::time::timeout(SAFETY_NET, async {
+            while harness.server().snapshot().tracked < 3 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("three sessions start");
+    });
+
+    let teardown = harness.shutdown_server().expect("server was running");
+    let report = teardown.report.expect("the crate's ladder");
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.escalations, 1, "{report}");
+    assert_eq!(
+        report.completed + report.cancelled + report.aborted,
+        3,
+        "{report}"
+    );
+    assert!(teardown.connections_closed);
+    // Each stream was ended by the server, not by the client giving up.
+    for client in clients {
+        let run = harness.client(client).expect("client task");
+        assert_eq!(run.error.as_deref(), Some("stream ended early"));
+    }
+    harness.finish();
+}
