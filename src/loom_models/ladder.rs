@@ -1,0 +1,322 @@
+//! Model of the ladder's wait for quiescence (`registry.rs` parking plus
+//! `ladder.rs`'s `Schedule`), and its negative control.
+//!
+//! The tokio driver (`tracker.rs`) is not modelled: it needs tokio's timers.
+//! [`ladder`] is a small in-model driver that follows the same `Schedule` rungs
+//! as `run_ladder`, with the same core calls (`poll_idle` / `poll_ended` parked
+//! through a waker, `TaskCell::redeliver` with the policy's limit,
+//! `mark_escalated`, `release`). Time is replaced by a *step timer* thread that
+//! fires the rungs in order at moments loom chooses, as expired timers would.
+
+use std::sync::Arc as StdArc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use loom::future::block_on;
+use loom::sync::Mutex;
+use loom::sync::atomic::{AtomicBool, AtomicUsize};
+use loom::thread;
+
+use super::{CountingWaker, Seen, check};
+use crate::ladder::{Backoff, Schedule, ShutdownPolicy, Step};
+use crate::registry::{Registry, TaskCell, TaskOutcome};
+use crate::sync::{Arc, Ordering};
+
+/// Kept small: every rung is one more point where loom interleaves.
+const MAX_REDELIVERIES: u32 = 2;
+
+fn policy() -> ShutdownPolicy {
+    ShutdownPolicy {
+        grace: Duration::from_millis(100),
+        max_redeliveries: MAX_REDELIVERIES,
+        backoff: Backoff::default(),
+        abort_grace: Duration::from_millis(100),
+    }
+}
+
+/// How the driver waits between rungs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// As `run_ladder`: park on the registry and the step timer.
+    Parked,
+    /// The bug this crate exists to prevent: re-deliver and re-check at once
+    /// (a `yield_now` loop). Compiled only here, for the negative control.
+    Busy,
+}
+
+/// What the ladder waits for, as `run_ladder`'s `one` argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// `TaskGroup::shutdown`: every task (`poll_idle`).
+    All,
+    /// `TaskMap::cancel`: one task (`poll_ended`).
+    One,
+}
+
+/// A waker slot for the model's own plumbing (step timer, abort).
+#[derive(Default)]
+struct Slot(Mutex<Option<Waker>>);
+
+impl Slot {
+    fn register(&self, waker: &Waker) {
+        *self.0.lock().unwrap() = Some(waker.clone());
+    }
+
+    fn take(&self) -> Option<Waker> {
+        self.0.lock().unwrap().take()
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Fires the schedule's rungs in order: `fired` is how many are due.
+#[derive(Default)]
+struct StepTimer {
+    fired: AtomicUsize,
+    waker: Slot,
+}
+
+/// tokio's `AbortHandle` for the one task.
+#[derive(Default)]
+struct Abort {
+    requested: AtomicBool,
+    waker: Slot,
+}
+
+/// How the ladder ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Ended,
+    Stuck,
+}
+
+/// One run of the model: a task that ignores cancellation (it ends only when
+/// aborted by escalation), the ladder over it, and the step timer.
+fn ladder(variant: Variant, target: Target, seen: &Seen) {
+    seen.iteration();
+    let steps: Vec<Step> = Schedule::new(policy()).map(|(_, s)| s).collect();
+    assert_eq!(steps.len(), MAX_REDELIVERIES as usize + 2, "{steps:?}");
+
+    let registry = Arc::new(Registry::<(), ()>::new(false));
+    let (guard, _) = Registry::insert(&registry, (), None);
+    let cell = guard.cell().clone();
+    let abort = Arc::new(Abort::default());
+    let ended = Arc::new(AtomicBool::new(false));
+
+    let task = {
+        let (abort, ended) = (abort.clone(), ended.clone());
+        thread::spawn(move || {
+            let mut guard = Some(guard);
+            let mut waker: Option<(StdArc<CountingWaker>, Waker)> = None;
+            block_on(std::future::poll_fn(|cx| {
+                let (_, cell_waker) = waker.get_or_insert_with(|| {
+                    let counting = CountingWaker::new(cx.waker());
+                    (counting.clone(), Waker::from(counting))
+                });
+                let g = guard.as_ref().expect("polled after the end");
+                g.cell().begin_poll(cell_waker);
+                // Register before checking, so an abort is never missed.
+                abort.waker.register(cx.waker());
+                if abort.requested.load(Ordering::Acquire) {
+                    let mut g = guard.take().unwrap();
+                    g.outcome = TaskOutcome::Aborted;
+                    drop(g);
+                    // SeqCst pairs with the driver's loads before each claim.
+                    ended.store(true, Ordering::SeqCst);
+                    return Poll::Ready(());
+                }
+                // Ignores cancellation: every wake is answered by parking again.
+                Poll::Pending
+            }));
+            waker.map_or(0, |(counting, _)| counting.wakes())
+        })
+    };
+
+    let timer = Arc::new(StepTimer::default());
+    let ticker = {
+        let timer = timer.clone();
+        let n = steps.len();
+        thread::spawn(move || {
+            for k in 1..=n {
+                // Release pairs with the driver's Acquire load of `fired`.
+                timer.fired.store(k, Ordering::Release);
+                timer.waker.wake();
+            }
+        })
+    };
+
+    // First delivery, as `Shared::shutdown` / `retire`: mark, then one wake.
+    cell.mark_closing();
+    let mut claims = usize::from(cell.schedule());
+
+    let mut next = 0;
+    let mut polls = 0;
+    let (mut idle_slot, mut ended_slot) = (None, None);
+    let mut own: Option<(StdArc<CountingWaker>, Waker)> = None;
+    let verdict = block_on(std::future::poll_fn(|cx| {
+        polls += 1;
+        // Each poll after the first needs a wake: one per rung fired, and one
+        // from the registry when the task ends. More means a re-check loop.
+        assert!(
+            polls <= steps.len() + 2,
+            "the ladder's wait re-checked in a loop ({polls} polls for {} rungs)",
+            steps.len()
+        );
+        let (_, waker) = own.get_or_insert_with(|| {
+            let counting = CountingWaker::new(cx.waker());
+            (counting.clone(), Waker::from(counting))
+        });
+        loop {
+            let done = match target {
+                Target::All => registry.poll_idle(waker, &mut idle_slot),
+                Target::One => registry.poll_ended(&cell, waker, &mut ended_slot),
+            };
+            if done.is_ready() {
+                timer.waker.take();
+                return Poll::Ready(Verdict::Ended);
+            }
+            if variant == Variant::Busy {
+                // Re-deliver right away and come back at once.
+                for c in registry.pending() {
+                    claims += usize::from(c.schedule());
+                }
+                assert!(
+                    claims <= 1 + MAX_REDELIVERIES as usize,
+                    "{claims} wakes claimed for one task"
+                );
+                waker.wake_by_ref();
+                return Poll::Pending;
+            }
+            timer.waker.register(waker);
+            if next >= timer.fired.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
+            let step = steps[next];
+            next += 1;
+            let live: Vec<Arc<TaskCell<()>>> = match target {
+                Target::All => registry.pending(),
+                Target::One if cell.is_ended() => Vec::new(),
+                Target::One => vec![cell.clone()],
+            };
+            match step {
+                Step::Redeliver => {
+                    for c in &live {
+                        let was_ended = ended.load(Ordering::SeqCst);
+                        let woke = c.redeliver(MAX_REDELIVERIES);
+                        assert!(!(was_ended && woke), "re-delivered to an ended task");
+                        claims += usize::from(woke);
+                    }
+                }
+                Step::Escalate => {
+                    for c in &live {
+                        if c.mark_escalated() {
+                            abort.requested.store(true, Ordering::Release);
+                            abort.waker.wake();
+                        }
+                    }
+                }
+                Step::GiveUp => {
+                    registry.release(&mut idle_slot, &mut ended_slot);
+                    timer.waker.take();
+                    return Poll::Ready(Verdict::Stuck);
+                }
+            }
+        }
+    }));
+    seen.hit(match verdict {
+        Verdict::Ended => "ended_before_give_up",
+        Verdict::Stuck => "reported_stuck",
+    });
+
+    let task_wakes = task.join().unwrap();
+    ticker.join().unwrap();
+
+    // Property 1: at most one delivery plus the policy's re-deliveries.
+    assert!(
+        claims <= 1 + MAX_REDELIVERIES as usize,
+        "{claims} wakes claimed"
+    );
+    assert!(cell.redeliveries() <= MAX_REDELIVERIES);
+    // A claim can reach the task twice when it races the task's own
+    // re-registration (the waker slot wakes the newcomer rather than lose it).
+    assert!(
+        task_wakes <= 2 * claims,
+        "{task_wakes} wakes for {claims} claims"
+    );
+    // The stuck task pruned itself when it finally ended.
+    assert_eq!(registry.len(), 0);
+    assert_eq!(cell.outcome(), Some(TaskOutcome::Aborted));
+    // No wakeup of the ladder is left anywhere once it returned: the registry
+    // and the timer dropped every clone of its waker.
+    let (counting, waker) = own.expect("the ladder was polled");
+    drop(waker);
+    assert_eq!(
+        StdArc::strong_count(&counting),
+        1,
+        "a wakeup of the ladder is still registered after it returned"
+    );
+}
+
+/// Proves property 1 for the core's wait for quiescence: with one task that
+/// ignores cancellation, the ladder parks between rungs (it is polled only when
+/// a rung fires or the task ends), claims at most `1 + max_redeliveries` wakes
+/// for the task and none once it ended, and leaves no wakeup registered once it
+/// returns; the task's end wakes a parked ladder (no lost wakeup), for
+/// `poll_idle` (group shutdown) and `poll_ended` (one key) alike.
+#[test]
+fn shutdown_waits_without_spinning() {
+    for (target, name) in [
+        (Target::All, "shutdown_waits_without_spinning(poll_idle)"),
+        (Target::One, "shutdown_waits_without_spinning(poll_ended)"),
+    ] {
+        let seen = Seen::new(&["ended_before_give_up", "reported_stuck"]);
+        let tally = seen.clone();
+        check(name, &seen, move || ladder(Variant::Parked, target, &tally));
+    }
+}
+
+/// The negative control's model: `shutdown_waits_without_spinning` over a
+/// driver that re-delivers and re-checks at once instead of parking. It must
+/// fail; loom aborts the process while unwinding out of a failed model, so
+/// [`busy_redelivery_is_caught`] runs it in a child process.
+#[test]
+#[ignore = "negative control: must fail; run by busy_redelivery_is_caught in a child process"]
+fn busy_redelivery_model() {
+    let seen = Seen::new(&["ended_before_give_up", "reported_stuck"]);
+    let tally = seen.clone();
+    check("busy_redelivery_model", &seen, move || {
+        ladder(Variant::Busy, Target::All, &tally)
+    });
+}
+
+/// Negative control for `shutdown_waits_without_spinning`: the same model over
+/// a busy re-delivery loop fails, so the model does catch the bug it targets.
+#[test]
+fn busy_redelivery_is_caught() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "loom_models::ladder::busy_redelivery_model",
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .output()
+        .expect("run the test binary");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "the model accepted a busy re-delivery loop:\n{text}"
+    );
+    let why = text
+        .lines()
+        .find(|l| l.contains("re-checked in a loop") || l.contains("wakes claimed for one task"))
+        .unwrap_or_else(|| panic!("the busy model failed for another reason:\n{text}"));
+    super::report(&format!(
+        "negative control busy_redelivery_model failed as expected: {why}"
+    ));
+}

@@ -1,0 +1,157 @@
+//! Models of the cancel scope tree (`scope/tree.rs`), through the real
+//! `CancelScope` handles and their `cancelled()` future.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Poll, Waker};
+
+use loom::future::block_on;
+use loom::thread;
+
+use super::{Seen, check};
+use crate::scope::tree;
+use crate::{CancelReason, CancelScope};
+
+/// Polls `scope.cancelled()` until it resolves; returns whether the first poll
+/// already saw the cancel (`true`) or had to register and be woken (`false`).
+/// A lost wakeup leaves the waiter parked forever, which loom reports as a
+/// deadlock.
+fn wait_cancelled(scope: &CancelScope) -> bool {
+    let mut fut = pin!(scope.cancelled());
+    let mut first = None;
+    block_on(std::future::poll_fn(|cx| {
+        let r = fut.as_mut().poll(cx);
+        first.get_or_insert(r.is_ready());
+        r
+    }));
+    first.expect("polled at least once")
+}
+
+/// Level-triggered: a fresh waiter on a cancelled scope resolves on its first
+/// poll (property 5).
+fn assert_resolves_at_once(scope: &CancelScope) {
+    let mut fut = pin!(scope.cancelled());
+    let mut cx = std::task::Context::from_waker(Waker::noop());
+    assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(()));
+}
+
+/// Proves property 4 (no lost wakeup): waiters on a scope and on its child,
+/// registering concurrently at any moment relative to the parent's `cancel()`,
+/// both observe the cancel.
+#[test]
+fn cancel_races_waiter_registration() {
+    let seen = Seen::new(&["registered_then_woken", "saw_cancel_at_first_poll"]);
+    let tally = seen.clone();
+    check("cancel_races_waiter_registration", &seen, move || {
+        tally.iteration();
+        let root = CancelScope::new();
+        let child = root.child();
+        let canceller = {
+            let root = root.clone();
+            thread::spawn(move || root.cancel())
+        };
+        let other_waiter = {
+            let root = root.clone();
+            thread::spawn(move || wait_cancelled(&root))
+        };
+        let saw_first = wait_cancelled(&child);
+        tally.hit(if saw_first {
+            "saw_cancel_at_first_poll"
+        } else {
+            "registered_then_woken"
+        });
+        canceller.join().unwrap();
+        other_waiter.join().unwrap();
+        assert_eq!(child.reason(), Some(CancelReason::Requested));
+        assert_eq!(tree::waiter_count(root.node()), 0);
+        // The cancel drained the waiter list (tree invariant 2).
+        assert_eq!(tree::waiter_count(child.node()), 0);
+        assert_resolves_at_once(&child);
+    });
+}
+
+/// Proves that a shielded scope, made at any moment relative to its parent's
+/// cancel, is never cancelled by it (nor is its own child), while a plain
+/// child made at the same moment always is (tree invariant 3).
+#[test]
+fn shield_races_parent_cancel() {
+    let seen = Seen::new(&["child_made_before_cancel", "child_made_after_cancel"]);
+    let tally = seen.clone();
+    check("shield_races_parent_cancel", &seen, move || {
+        tally.iteration();
+        let root = CancelScope::new();
+        let canceller = {
+            let root = root.clone();
+            thread::spawn(move || root.cancel())
+        };
+        let shield = root.shielded_child();
+        let inner = shield.child();
+        let plain = root.child();
+        tally.hit(if plain.is_cancelled() {
+            "child_made_after_cancel"
+        } else {
+            "child_made_before_cancel"
+        });
+        // Born cancelled or cancelled by the walk: either way it resolves.
+        wait_cancelled(&plain);
+        canceller.join().unwrap();
+        assert_eq!(plain.reason(), Some(CancelReason::Requested));
+        assert!(
+            !shield.is_cancelled(),
+            "a shield was cancelled by its parent"
+        );
+        assert!(
+            !inner.is_cancelled(),
+            "a shield's child was cancelled from above"
+        );
+        // The shield still works as a scope of its own.
+        shield.cancel();
+        assert_eq!(inner.reason(), Some(CancelReason::Requested));
+        assert_resolves_at_once(&inner);
+    });
+}
+
+/// Proves the first reason wins and stays: a deadline that passes (the
+/// `with_deadline(now)` path, as the deadline timer's own cancel) racing an
+/// explicit cancel of the same scope leaves one reason, seen by both racers,
+/// by every later read, and by the child the cancel walks down to.
+#[test]
+fn deadline_races_cancel() {
+    let seen = Seen::new(&["deadline_first", "cancel_first"]);
+    let tally = seen.clone();
+    check("deadline_races_cancel", &seen, move || {
+        tally.iteration();
+        let root = CancelScope::new();
+        let child = root.child();
+        let timer = {
+            let root = root.clone();
+            thread::spawn(move || {
+                let root = root.with_deadline(tokio::time::Instant::now());
+                root.reason()
+            })
+        };
+        let did = tree::cancel(root.node(), CancelReason::Requested);
+        let seen_here = root.reason();
+        let seen_there = timer.join().unwrap();
+        let winner = root.reason().expect("cancelled");
+        tally.hit(match winner {
+            CancelReason::Deadline => "deadline_first",
+            _ => "cancel_first",
+        });
+        assert_eq!(did, winner == CancelReason::Requested);
+        assert_eq!(
+            seen_here,
+            Some(winner),
+            "the reason changed after the first cancel"
+        );
+        assert_eq!(
+            seen_there,
+            Some(winner),
+            "the reason changed after the first cancel"
+        );
+        assert_eq!(child.reason(), Some(winner), "the child got another reason");
+        // Later cancels change nothing.
+        assert!(!tree::cancel(root.node(), CancelReason::Deadline));
+        assert_eq!(root.reason(), Some(winner));
+    });
+}
