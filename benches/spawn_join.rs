@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use cancel_scope::TaskGroup;
 use common::{Flavor, per_item};
-use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group};
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
@@ -111,4 +111,32 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// `SPAWN_JOIN_PROFILE=<variant> [SPAWN_JOIN_N=n]` runs one variant once on a
+/// current_thread runtime, without criterion, so that
+/// `valgrind --tool=callgrind` sees only the library's work (issue 5 asks for
+/// a profile of every missed target).
+fn profile(variant: &str) {
+    let n = std::env::var("SPAWN_JOIN_N").map_or(10_000, |v| v.parse().expect("SPAWN_JOIN_N"));
+    let (_, f) = VARIANTS
+        .into_iter()
+        .find(|(name, _)| *name == variant)
+        .unwrap_or_else(|| panic!("unknown variant {variant}"));
+    let rt = Flavor::CurrentThread.runtime();
+    // Once to warm lazily built state (slab capacity, runtime queues), once measured.
+    f(&rt, n);
+    let took = f(&rt, n);
+    println!("{variant}: {n} tasks, {:?} per task", per_item(took, n));
+}
+
+fn main() {
+    match std::env::var("SPAWN_JOIN_PROFILE") {
+        Ok(variant) => profile(&variant),
+        Err(_) => {
+            benches();
+            criterion::Criterion::default()
+                .configure_from_args()
+                .final_summary();
+        }
+    }
+}
