@@ -146,24 +146,22 @@ where
     /// Cancel safe: the ladder runs on its own tokio task, so dropping this
     /// future does not stop the teardown.
     ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime.
     pub async fn cancel(&self, key: &K) -> Option<TaskOutcome> {
         let cell = self.shared.registry.get(key)?;
-        let ladder = self.shared.retire(cell);
-        // The ladder task is ours and never panics; an aborted runtime is the
-        // only way it cannot answer.
-        ladder.await.unwrap_or(Some(TaskOutcome::Aborted))
+        match self.shared.retire(cell.clone()) {
+            // The ladder task is ours and never panics; a runtime shutting
+            // down is the only way it cannot answer.
+            Some(ladder) => ladder.await.unwrap_or_else(|_| cell.outcome()),
+            None => cell.outcome(),
+        }
     }
 
     /// Starts the teardown of the task under `key` in the background and
     /// returns at once: for `Drop` impls (a response body, a connection) that
     /// cannot await. Returns whether a task was under `key`.
     ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime.
+    /// Works outside a runtime too: the ladder then runs on the runtime the
+    /// map's tasks were spawned on.
     pub fn begin_cancel(&self, key: &K) -> bool {
         match self.shared.registry.get(key) {
             Some(cell) => {

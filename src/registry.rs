@@ -186,19 +186,9 @@ impl<T> TaskCell<T> {
         self.state.fetch_or(bit, Ordering::AcqRel) & bit == 0
     }
 
-    /// Marks the task closing; `true` the first time.
-    pub(crate) fn mark_closing(&self) -> bool {
-        self.set(CLOSING)
-    }
-
     /// Marks the task escalated; `true` the first time, so the hook runs once.
     pub(crate) fn mark_escalated(&self) -> bool {
         self.set(ESCALATED)
-    }
-
-    /// Marks the task stuck; `true` the first time.
-    pub(crate) fn mark_stuck(&self) -> bool {
-        self.set(STUCK)
     }
 
     fn has(&self, bit: u32) -> bool {
@@ -264,8 +254,11 @@ pub(crate) struct Counters {
     pub(crate) deliveries: AtomicU64,
     pub(crate) redeliveries: AtomicU64,
     pub(crate) escalations: AtomicU64,
-    /// Tasks declared stuck that have not ended yet (a gauge).
+    /// Tasks declared stuck that have not ended yet (a gauge, changed only
+    /// under the registry lock together with the cell's `STUCK` bit).
     pub(crate) stuck: AtomicU64,
+    /// Tasks marked closing that have not ended yet (a gauge, as `stuck`).
+    pub(crate) closing: AtomicU64,
 }
 
 impl Counters {
@@ -475,6 +468,28 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
         Some(Poll::Pending)
     }
 
+    /// Marks a live task closing; `true` the first time. Under the lock, so
+    /// the gauge and the bit change together and `remove` undoes both.
+    pub(crate) fn mark_closing(&self, cell: &TaskCell<T>) -> bool {
+        self.mark(cell, CLOSING, &self.counters.closing)
+    }
+
+    /// Marks a live task stuck; `true` the first time (see `mark_closing`).
+    pub(crate) fn mark_stuck(&self, cell: &TaskCell<T>) -> bool {
+        self.mark(cell, STUCK, &self.counters.stuck)
+    }
+
+    fn mark(&self, cell: &TaskCell<T>, bit: u32, gauge: &AtomicU64) -> bool {
+        let _inner = lock(&self.inner);
+        // Invariant 1: `ENDED` is only set under this lock, so it cannot
+        // appear between this check and the `set`.
+        if cell.is_ended() || !cell.set(bit) {
+            return false;
+        }
+        Counters::bump(gauge);
+        true
+    }
+
     /// Whether ends are recorded for `poll_next_end`.
     pub(crate) fn records_ends(&self) -> bool {
         lock(&self.inner).log.is_some()
@@ -517,8 +532,12 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
             let prev = cell
                 .state
                 .fetch_or(ENDED | outcome.code(), Ordering::AcqRel);
+            // Gauges: the bits were set under this lock (`mark`).
             if prev & STUCK != 0 {
                 self.counters.stuck.fetch_sub(1, Ordering::Relaxed);
+            }
+            if prev & CLOSING != 0 {
+                self.counters.closing.fetch_sub(1, Ordering::Relaxed);
             }
             if inner.entries.is_empty() {
                 wake.extend(inner.idle.drain());

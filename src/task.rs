@@ -155,6 +155,9 @@ pub struct Stats {
     pub panicked: u64,
     /// Tasks now alive that a ladder reported stuck.
     pub stuck: u64,
+    /// Tasks now alive that are being torn down (marked closing by a
+    /// shutdown, a per-key cancel or a key replacement).
+    pub closing: u64,
     /// Wakes made by first deliveries of cancellation.
     pub deliveries: u64,
     /// Wakes made by re-deliveries (at most `max_redeliveries` per task).

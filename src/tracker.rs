@@ -67,6 +67,8 @@ pub(crate) struct Shared<K: Eq + Hash + Clone> {
     /// The deliverer's registration on `scope` (kept so it is re-armed only once).
     deliverer: Mutex<Waiter>,
     deliverer_armed: AtomicBool,
+    /// The runtime of the first spawn, for ladders started outside one.
+    runtime: OnceLock<tokio::runtime::Handle>,
 }
 
 /// The one waker a tracker registers on its scope: cancelling the scope wakes
@@ -106,6 +108,7 @@ where
             first_panic: Mutex::new(None),
             deliverer: Mutex::new(Waiter::default()),
             deliverer_armed: AtomicBool::new(false),
+            runtime: OnceLock::new(),
         });
         shared.register_deliverer();
         shared
@@ -145,6 +148,7 @@ where
             aborted: Counters::get(&c.aborted),
             panicked: Counters::get(&c.panicked),
             stuck: Counters::get(&c.stuck),
+            closing: Counters::get(&c.closing),
             deliveries: Counters::get(&c.deliveries),
             redeliveries: Counters::get(&c.redeliveries),
             escalations: Counters::get(&c.escalations),
@@ -168,6 +172,9 @@ where
     {
         // Check the runtime first, so a failed spawn leaves nothing behind.
         let rt = tokio::runtime::Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
+        if self.runtime.get().is_none() {
+            let _ = self.runtime.set(rt.clone());
+        }
         if !self.deliverer_armed.load(Ordering::Acquire) {
             self.register_deliverer();
         }
@@ -234,7 +241,7 @@ where
 
     /// Cancels one task's own scope and wakes it once.
     pub(crate) fn deliver(&self, cell: &Cell) {
-        cell.mark_closing();
+        self.registry.mark_closing(cell);
         if let Some(scope) = &cell.meta.scope {
             scope.cancel();
         }
@@ -243,17 +250,23 @@ where
         }
     }
 
-    /// Cancels a replaced task and runs its ladder in the background.
+    /// Cancels a task and runs its ladder in the background, on the current
+    /// runtime or else on the one the tracker's tasks run on (so this works
+    /// from a `Drop` outside any runtime). `None` if there is no runtime to
+    /// run it on: the task is still cancelled and woken.
     pub(crate) fn retire(
         self: &Arc<Self>,
         cell: Arc<Cell>,
-    ) -> tokio::task::JoinHandle<Option<TaskOutcome>> {
+    ) -> Option<tokio::task::JoinHandle<Option<TaskOutcome>>> {
         self.deliver(&cell);
+        let rt = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime.get().cloned())?;
         let shared = self.clone();
-        tokio::spawn(async move {
+        Some(rt.spawn(async move {
             shared.run_ladder(Some(&cell), Stats::default()).await;
             cell.outcome()
-        })
+        }))
     }
 
     /// Marks every live task closing, cancels the scope (the deliverer wakes
@@ -261,7 +274,7 @@ where
     pub(crate) async fn shutdown(&self) -> ShutdownReport {
         let before = self.stats();
         for cell in self.registry.pending() {
-            cell.mark_closing();
+            self.registry.mark_closing(&cell);
         }
         self.scope.cancel();
         self.run_ladder(None, before).await
@@ -319,9 +332,7 @@ where
                 if one.is_some_and(|c| c.id != cell.id) || cell.is_ended() {
                     continue;
                 }
-                if cell.mark_stuck() {
-                    Counters::bump(&self.registry.counters.stuck);
-                }
+                self.registry.mark_stuck(&cell);
                 let age = cell.meta.spawned_at.elapsed();
                 tracing::warn!(
                     task = %cell.id,

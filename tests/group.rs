@@ -132,7 +132,7 @@ fn spawning_outside_a_runtime_names_the_fix_and_tracks_nothing() {
         cancel_scope::SpawnError::NoRuntime
     );
     let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let _ = group.spawn(async {});
+        drop(group.spawn(async {}));
     }))
     .unwrap_err();
     let message = panic.downcast_ref::<String>().unwrap();

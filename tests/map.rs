@@ -183,3 +183,28 @@ async fn dropping_the_map_tears_down_in_the_background() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(alive_tasks(), base, "nothing of the map is left running");
 }
+
+#[test]
+fn begin_cancel_works_outside_a_runtime() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let map = TaskMap::with_policy(short());
+    rt.block_on(async {
+        map.spawn(1u64, std::future::pending::<()>());
+        map.spawn_with_scope(2u64, |_s| std::future::pending::<()>());
+        tokio::task::yield_now().await;
+    });
+    // As from a response body's Drop, on a thread with no runtime.
+    assert!(map.begin_cancel(&1));
+    assert!(map.begin_cancel(&2));
+    assert_eq!(map.stats().closing, 2);
+    rt.block_on(async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    assert!(map.is_empty());
+    let stats = map.stats();
+    assert_eq!((stats.closing, stats.cancelled, stats.aborted), (0, 1, 1));
+}
