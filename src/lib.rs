@@ -99,10 +99,21 @@
 //!
 //! By default the crate needs tokio's `rt`, `time` and `sync` only.
 //!
+//! - `tokio-util`: `CancelScope::token()` (a `CancellationToken` that follows
+//!   the scope; no task) and `CancelScope::linked(&token)` (a scope that
+//!   follows a token). Adds `tokio-util`.
 //! - `process` (unix only; the API does not exist elsewhere): scoped child
 //!   processes, `TaskGroup::spawn_process` and `reap_orphans`: a child's
 //!   whole process group is torn down with its scope, orphans are reaped
 //!   without touching live owners. Adds `rustix` and tokio's `process`.
+//!
+//! # Where the semantics come from
+//!
+//! Cancel scopes, shields and deadlines are Trio's (`CancelScope`,
+//! `shield=True`, `move_on_after` / `fail_after`); task groups are Trio's
+//! nurseries and anyio's task groups; handles, `join_next`, `abort` and the
+//! runtime are tokio's. The ladder (bounded re-delivery, grace, escalation,
+//! stuck list) is this crate's answer to cancellation delivered on every tick.
 
 #![warn(
     missing_docs,
