@@ -216,6 +216,9 @@ pub struct ShutdownReport {
     pub redeliveries: u64,
     /// Escalation hooks run (tasks escalated).
     pub escalations: u64,
+    /// Scoped child processes (feature `process`) reaped during the ladder;
+    /// their reaper tasks also count as completed tasks.
+    pub processes: u64,
 }
 
 impl ShutdownReport {
@@ -231,7 +234,7 @@ impl std::fmt::Display for ShutdownReport {
         write!(
             f,
             "completed {}, cancelled {}, aborted {}, panicked {}, stuck {} in {:?} \
-             ({} deliveries, {} re-deliveries, {} escalations)",
+             ({} deliveries, {} re-deliveries, {} escalations, {} processes)",
             self.completed,
             self.cancelled,
             self.aborted,
@@ -240,7 +243,8 @@ impl std::fmt::Display for ShutdownReport {
             self.elapsed,
             self.deliveries,
             self.redeliveries,
-            self.escalations
+            self.escalations,
+            self.processes
         )?;
         for s in &self.stuck {
             write!(

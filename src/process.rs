@@ -595,8 +595,8 @@ impl TaskGroup {
     /// grandchildren are re-parented and reaped by init, or by this process
     /// after [`become_subreaper`] where init does not reap.) A small
     /// tracked task of the group (named `process <pid>`) does this, so
-    /// [`shutdown`](Self::shutdown) waits for it within the ladder (it counts
-    /// as one completed task in the report). The child's own exit is reaped
+    /// [`shutdown`](Self::shutdown) waits for it within the ladder (the report
+    /// counts it in `processes`, and as one completed task). The child's own exit is reaped
     /// the same way, and what is left of its group is killed.
     ///
     /// The returned [`ScopedChild`] is the owner: if it is dropped while the
@@ -660,6 +660,7 @@ impl TaskGroup {
         let spawned = self
             .build_task()
             .name(format!("process {pid}"))
+            .owns_process()
             // Past the ladder's grace the reaper is aborted: kill the group
             // first, so the abort cannot leave it running.
             .on_escalate(move || hook.kill_now("ladder escalated on the reaper"))
@@ -773,7 +774,8 @@ where
         // `spawn_with_scope` calls this at once, with the task's own scope:
         // the only place that scope is handed out. `start` found a runtime,
         // so it does not panic.
-        let handle = self.spawn_with_scope(move |scope| {
+        // The session task waits for the teardown, so its end counts the child.
+        let handle = self.owns_process().spawn_with_scope(move |scope| {
             let (child, inner, reaper) = started.attach(scope.clone(), policy);
             tokio::spawn(reaper);
             let session = f(scope.clone(), child);

@@ -259,6 +259,8 @@ pub(crate) struct Counters {
     pub(crate) stuck: AtomicU64,
     /// Tasks marked closing that have not ended yet (a gauge, as `stuck`).
     pub(crate) closing: AtomicU64,
+    /// Tasks that reaped a scoped child process and completed.
+    pub(crate) processes: AtomicU64,
 }
 
 impl Counters {

@@ -164,6 +164,9 @@ pub struct Stats {
     pub redeliveries: u64,
     /// Tasks escalated (hook run, abort requested).
     pub escalations: u64,
+    /// Scoped child processes whose teardown (or exit) was reaped by their
+    /// group (feature `process`).
+    pub processes: u64,
     /// Tasks whose future is alive now (`len()`).
     pub tracked: u64,
 }
@@ -206,9 +209,16 @@ pub struct Stats {
 #[must_use = "a TaskBuilder does nothing until spawned"]
 pub struct TaskBuilder<'a, K: Eq + Hash + Clone = ()> {
     shared: &'a Arc<Shared<K>>,
-    key: Option<K>,
-    name: Option<Arc<str>>,
-    hook: Option<Hook>,
+    opts: TaskOptions<K>,
+}
+
+/// What a spawn needs besides the future.
+pub(crate) struct TaskOptions<K> {
+    pub(crate) key: Option<K>,
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) hook: Option<Hook>,
+    /// The task reaps a scoped child process (counted in reports).
+    pub(crate) owns_process: bool,
 }
 
 impl<'a, K> TaskBuilder<'a, K>
@@ -218,15 +228,26 @@ where
     pub(crate) fn new(shared: &'a Arc<Shared<K>>, key: Option<K>) -> Self {
         TaskBuilder {
             shared,
-            key,
-            name: None,
-            hook: None,
+            opts: TaskOptions {
+                key,
+                name: None,
+                hook: None,
+                owns_process: false,
+            },
         }
+    }
+
+    /// Marks the task as the one that reaps a scoped child process, so
+    /// reports count the child (see `ShutdownReport::processes`).
+    #[cfg_attr(not(all(unix, feature = "process")), allow(dead_code))]
+    pub(crate) fn owns_process(mut self) -> Self {
+        self.opts.owns_process = true;
+        self
     }
 
     /// Names the task, for logs and [`StuckTask`](crate::StuckTask) reports.
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
-        self.name = Some(name.into());
+        self.opts.name = Some(name.into());
         self
     }
 
@@ -235,7 +256,7 @@ where
     /// here (drop a subscription, shut a socket) so a task blocked on it ends.
     /// A panic in the hook is caught and logged; the abort still happens.
     pub fn on_escalate(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
-        self.hook = Some(Box::new(hook));
+        self.opts.hook = Some(Box::new(hook));
         self
     }
 
@@ -268,8 +289,7 @@ where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.shared
-            .spawn(self.key, self.name, self.hook, Mode::Drop, |_| fut)
+        self.shared.spawn(self.opts, Mode::Drop, |_| fut)
     }
 
     /// Spawns `f(scope)`: the task gets its own child scope and decides how to
@@ -304,19 +324,18 @@ where
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        self.shared
-            .spawn(self.key, self.name, self.hook, Mode::Cooperative, |scope| {
-                f(scope.expect("cooperative tasks get their own scope"))
-            })
+        self.shared.spawn(self.opts, Mode::Cooperative, |scope| {
+            f(scope.expect("cooperative tasks get their own scope"))
+        })
     }
 }
 
 impl<K: Eq + Hash + Clone + Debug> Debug for TaskBuilder<'_, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskBuilder")
-            .field("key", &self.key)
-            .field("name", &self.name)
-            .field("on_escalate", &self.hook.is_some())
+            .field("key", &self.opts.key)
+            .field("name", &self.opts.name)
+            .field("on_escalate", &self.opts.hook.is_some())
             .finish()
     }
 }

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::ladder::{Schedule, ShutdownPolicy, ShutdownReport, Step, StuckTask};
 use crate::registry::{Counters, EntryGuard, Registry, TaskCell, TaskOutcome};
 use crate::scope::{CancelScope, Waiter};
-use crate::task::{Hook, SpawnError, Stats, TaskError, TaskHandle};
+use crate::task::{Hook, SpawnError, Stats, TaskError, TaskHandle, TaskOptions};
 
 /// The tokio layer's data in each task cell.
 pub(crate) struct TaskMeta {
@@ -34,6 +34,8 @@ pub(crate) struct TaskMeta {
     hook: Mutex<Option<Hook>>,
     /// The task's own scope when it has one (keyed or cooperative tasks).
     pub(crate) scope: Option<CancelScope>,
+    /// The task reaps a scoped child process; its completion counts one.
+    owns_process: bool,
 }
 
 pub(crate) type Cell = TaskCell<TaskMeta>;
@@ -152,6 +154,7 @@ where
             deliveries: Counters::get(&c.deliveries),
             redeliveries: Counters::get(&c.redeliveries),
             escalations: Counters::get(&c.escalations),
+            processes: Counters::get(&c.processes),
             tracked: self.registry.len() as u64,
         }
     }
@@ -159,9 +162,7 @@ where
     /// Spawns `make(task_scope)` as a tracked task.
     pub(crate) fn spawn<F, Fut>(
         self: &Arc<Self>,
-        key: Option<K>,
-        name: Option<Arc<str>>,
-        hook: Option<Hook>,
+        opts: TaskOptions<K>,
         mode: Mode,
         make: F,
     ) -> Result<TaskHandle<Fut::Output>, SpawnError>
@@ -178,6 +179,12 @@ where
         if !self.deliverer_armed.load(Ordering::Acquire) {
             self.register_deliverer();
         }
+        let TaskOptions {
+            key,
+            name,
+            hook,
+            owns_process,
+        } = opts;
         let own_scope = (mode == Mode::Cooperative || key.is_some()).then(|| self.scope.child());
         let watch = match mode {
             Mode::Drop => Some(own_scope.clone().unwrap_or_else(|| self.scope.clone())),
@@ -190,6 +197,7 @@ where
             abort: OnceLock::new(),
             hook: Mutex::new(hook),
             scope: if key.is_some() { own_scope } else { None },
+            owns_process,
         };
         let keyed = key.is_some();
         // One span per task; its fields are only evaluated when a subscriber
@@ -361,6 +369,7 @@ where
             deliveries: after.deliveries - before.deliveries,
             redeliveries: after.redeliveries - before.redeliveries,
             escalations: after.escalations - before.escalations,
+            processes: after.processes - before.processes,
         }
     }
 
@@ -524,6 +533,10 @@ where
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => {
                 this.guard.outcome = TaskOutcome::Completed;
+                let cell = this.guard.cell();
+                if cell.meta.owns_process {
+                    Counters::bump(&this.shared.registry.counters.processes);
+                }
                 Poll::Ready(Ok(v))
             }
             Err(payload) => {

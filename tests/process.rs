@@ -110,6 +110,8 @@ async fn cancelling_the_group_kills_the_whole_process_group() {
     group.cancel();
     let report = group.shutdown().await;
     assert!(report.is_clean(), "{report}");
+    assert_eq!(report.processes, 1, "the ladder reaped the child: {report}");
+    assert_eq!(group.stats().processes, 1);
     assert!(matches!(owner.await, Err(TaskError::Cancelled(_))));
 
     // No process of the group remains, zombies included.
