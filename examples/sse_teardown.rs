@@ -10,7 +10,12 @@
 //! - `stubborn` ignores its scope, like a blocking `pubsub.listen()`: only the
 //!   escalation hook (it closes the backend subscription) and abort end it;
 //! - `slow-exit` observes its scope, then flushes in a shielded child scope
-//!   with its own deadline.
+//!   with its own deadline;
+//! - `process` (only with `--features process`, unix) forwards the feed
+//!   through a child process used as a stdio server (`sh -c 'cat | cat'`),
+//!   started with the map's per-key process API so that the child belongs to
+//!   the session's own scope: the session's teardown sends SIGTERM to the
+//!   child's process group, waits `term_grace`, sends SIGKILL, and reaps it.
 //!
 //! When a client disconnects, hyper drops the response body, whose guard calls
 //! `TaskMap::begin_cancel`: the ladder (cancel, timer-spaced re-delivery,
@@ -22,7 +27,11 @@
 //! clients (hyper, on a second runtime) that each read a few events and drop
 //! their connection, then an idle window measuring the process's CPU time.
 //! A wave passes when nothing is tracked or stuck after the window and idle
-//! CPU is under 2% of one core. (Under a heavy spike a few cooperative
+//! CPU is under 2% of one core. With `--features process` a share of each
+//! wave (`--process-share`, default 0.1) runs `process` sessions; after the
+//! window the driver calls `reap_orphans()` and reads `process_stats()`, and
+//! the wave also needs 0 children alive and nothing left of their process
+//! groups in `/proc`. (Under a heavy spike a few cooperative
 //! sessions may escalate too: grace counts from the delivery, and a session
 //! the overloaded runtime did not poll within it is escalated like a stubborn
 //! one. The hook and abort end it all the same.)
@@ -32,6 +41,7 @@
 //! cargo run --release --example sse_teardown -- --compare    # beside the naive anti-pattern
 //! cargo run --release --example sse_teardown -- --naive      # the anti-pattern alone
 //! cargo run --release --example sse_teardown -- --waves 200,400 --stubborn-share 0.5
+//! cargo run --release --features process --example sse_teardown -- --process-share 0.3
 //! ```
 //!
 //! `--naive` runs the same server and waves with what gateways often do
@@ -83,9 +93,13 @@ struct Args {
     waves: Vec<usize>,
     stubborn_share: f64,
     slow_share: f64,
+    process_share: f64,
     events: usize,
     port: u16,
 }
+
+/// Whether the `process` backend is compiled in.
+const PROCESS: bool = cfg!(all(unix, feature = "process"));
 
 const USAGE: &str = "\
 usage: sse_teardown [--compare | --naive | --server-only] [options]
@@ -93,6 +107,8 @@ usage: sse_teardown [--compare | --naive | --server-only] [options]
   --clients N           clients per wave (keeps the number of waves)
   --stubborn-share F    share of stubborn sessions (default 0.2)
   --slow-share F        share of slow-exit sessions (default 0.1)
+  --process-share F     share of process sessions (default 0.1 with --features process,
+                        which it needs; 0 without)
   --events N            events each client reads before dropping (default 3)
   --port P              server port on 127.0.0.1 (default 0: any free port)";
 
@@ -102,6 +118,7 @@ fn parse_args() -> Result<Args, String> {
         waves: vec![500, 1000, 2000],
         stubborn_share: 0.2,
         slow_share: 0.1,
+        process_share: if PROCESS { 0.1 } else { 0.0 },
         events: 3,
         port: 0,
     };
@@ -125,6 +142,12 @@ fn parse_args() -> Result<Args, String> {
             "--clients" => clients = Some(parse_num(&value("--clients")?)?),
             "--stubborn-share" => args.stubborn_share = parse_share(&value("--stubborn-share")?)?,
             "--slow-share" => args.slow_share = parse_share(&value("--slow-share")?)?,
+            "--process-share" => {
+                args.process_share = parse_share(&value("--process-share")?)?;
+                if !PROCESS && args.process_share > 0.0 {
+                    return Err("--process-share needs --features process (unix)".to_owned());
+                }
+            }
             "--events" => args.events = parse_num(&value("--events")?)?.max(1),
             "--port" => {
                 let v = value("--port")?;
@@ -140,8 +163,10 @@ fn parse_args() -> Result<Args, String> {
     if args.waves.is_empty() || args.waves.contains(&0) {
         return Err("waves need at least one client".to_owned());
     }
-    if args.stubborn_share + args.slow_share > 1.0 {
-        return Err("--stubborn-share + --slow-share must not exceed 1".to_owned());
+    if args.stubborn_share + args.slow_share + args.process_share > 1.0 {
+        return Err(
+            "--stubborn-share + --slow-share + --process-share must not exceed 1".to_owned(),
+        );
     }
     Ok(args)
 }
@@ -172,6 +197,15 @@ fn main() -> ExitCode {
             };
         }
     };
+    // PID 1 in a minimal container (this sandbox's included) may not reap:
+    // when a `process` session's shell dies before its `cat`s, they are
+    // re-parented to PID 1 and would stay zombies there. As the subreaper of
+    // our descendants we get them instead, and the child's teardown reaps
+    // every member of its group that became ours, so nothing is left.
+    #[cfg(all(target_os = "linux", feature = "process"))]
+    if let Err(e) = cancel_scope::become_subreaper() {
+        eprintln!("warning: could not become a subreaper ({e}): grandchildren may stay zombies");
+    }
     let result = match args.mode {
         Mode::ServerOnly => server_only(&args),
         Mode::Waves => waves(&args, &["crate"]),
@@ -196,11 +230,12 @@ fn main() -> ExitCode {
 fn waves(args: &Args, modes: &[&'static str]) -> std::io::Result<bool> {
     let policy = server::example_policy();
     println!(
-        "sse_teardown: waves {:?}, {:.0}% stubborn, {:.0}% slow-exit, {} events per client; \
-         ladder: grace {:?}, {} re-deliveries from {:?}, abort grace {:?}",
+        "sse_teardown: waves {:?}, {:.0}% stubborn, {:.0}% slow-exit, {:.0}% process, \
+         {} events per client; ladder: grace {:?}, {} re-deliveries from {:?}, abort grace {:?}",
         args.waves,
         args.stubborn_share * 100.0,
         args.slow_share * 100.0,
+        args.process_share * 100.0,
         args.events,
         policy.grace,
         policy.max_redeliveries,
@@ -215,12 +250,19 @@ fn waves(args: &Args, modes: &[&'static str]) -> std::io::Result<bool> {
         };
         let harness = Harness::start(mode, args.port, config)?;
         println!("[{mode}] server on http://{}", harness.server().addr);
+        // The anti-pattern has no process backend: its share runs steady.
+        let process_share = if mode == "naive" {
+            0.0
+        } else {
+            args.process_share
+        };
         let mut rows = Vec::new();
         for (i, &clients) in args.waves.iter().enumerate() {
             let spec = WaveSpec {
                 clients,
                 stubborn_share: args.stubborn_share,
                 slow_share: args.slow_share,
+                process_share,
                 events: args.events,
                 // Past the ladder's bound, whatever is left is a finding.
                 settle: policy.grace + policy.abort_grace + Duration::from_millis(300),
@@ -271,9 +313,20 @@ fn waves(args: &Args, modes: &[&'static str]) -> std::io::Result<bool> {
             .filter_map(|r| r.idle_cpu_pct)
             .fold(0.0_f64, f64::max);
         let last = rows.last().expect("at least one wave");
+        let children: usize = rows.iter().map(|r| r.children.len()).sum();
+        let processes = if children > 0 {
+            format!(
+                ", {children} children started, {} alive after the last window, {} orphans \
+                 reaped in all",
+                last.children_alive,
+                rows.iter().map(|r| r.orphans_reaped).sum::<usize>()
+            )
+        } else {
+            String::new()
+        };
         println!(
             "{:<6} {}: idle CPU up to {:.2}% of a core, {} sessions left tracked, {} stuck, \
-             {} re-deliveries in all",
+             {} re-deliveries in all{processes}",
             last.mode,
             if passed { "PASS" } else { "FAIL" },
             max_cpu,
@@ -286,7 +339,14 @@ fn waves(args: &Args, modes: &[&'static str]) -> std::io::Result<bool> {
         }
     }
     println!(
-        "PASS needs tracked = 0, stuck = 0, no client error and idle CPU < 2% after every wave."
+        "PASS needs tracked = 0, stuck = 0, no client error and idle CPU < 2% after every wave{}.",
+        if PROCESS {
+            "; with process sessions also 0 children alive after reap_orphans() and no \
+             process left in their groups (procs: process sessions, alive: \
+             process_stats().alive, orphans: reaped by reap_orphans(), grp left: from /proc)"
+        } else {
+            ""
+        }
     );
     Ok(first_passed)
 }
@@ -309,7 +369,10 @@ fn server_only(args: &Args) -> std::io::Result<bool> {
         let server = Server::start(args.port, config).await?;
         let addr = server.addr;
         println!("listening on http://{addr}");
-        println!("  curl -N 'http://{addr}/sse?backend=stubborn'   (or steady, slow-exit)");
+        println!(
+            "  curl -N 'http://{addr}/sse?backend=stubborn'   (or steady, slow-exit{})",
+            if PROCESS { ", process" } else { "" }
+        );
         println!("  curl http://{addr}/stats");
         println!(
             "Ctrl-C or SIGTERM stops it within grace + abort_grace = {:?}",

@@ -1,7 +1,8 @@
 //! The `sse_teardown` example's server and load driver, run small and checked
 //! by counts: every session of a connect-and-drop wave is pruned, only the
 //! stubborn ones escalate, re-deliveries stay bounded, the shared context is
-//! built once, and shutdown ends open streams.
+//! built once, and shutdown ends open streams. With `--features process`
+//! (unix), a wave with `process` sessions leaves no child process behind.
 //!
 //! The example's modules are compiled in here as they are, so the test checks
 //! the code a reader runs. No CPU or wall-time assertion: waits are bounded
@@ -59,6 +60,7 @@ fn wave_prunes_every_session_and_escalates_only_stubborn_ones() {
         clients: 200,
         stubborn_share: 1.0 / 3.0,
         slow_share: 0.1,
+        process_share: 0.0,
         events: 3,
         settle: SAFETY_NET,
         idle_window: None,
@@ -182,4 +184,80 @@ fn shutdown_ends_open_streams_and_escalates_the_stubborn_session() {
         assert_eq!(run.error.as_deref(), Some("stream ended early"));
     }
     harness.finish();
+}
+
+/// A wave in which a third of the sessions run a child process group (`sh -c
+/// 'cat | cat'`): every session is pruned, each child was reaped by its
+/// session's teardown (none is alive, none needed `reap_orphans`), and
+/// nothing of their process groups remains, zombies included.
+#[cfg(all(unix, feature = "process"))]
+#[test]
+fn process_sessions_leave_no_process_behind() {
+    use std::collections::HashSet;
+
+    // Grandchildren re-parented to a PID 1 that does not reap would stay
+    // zombies (and be counted below); as a subreaper the children's teardown
+    // reaps them. This test binary is a process of its own, so this and the
+    // process-wide counters below concern only this file's tests, and only
+    // this test starts processes.
+    #[cfg(target_os = "linux")]
+    cancel_scope::become_subreaper().expect("prctl(PR_SET_CHILD_SUBREAPER)");
+
+    let harness = start(test_config());
+    let spec = WaveSpec {
+        clients: 30,
+        stubborn_share: 0.0,
+        slow_share: 0.0,
+        process_share: 1.0 / 3.0,
+        events: 3,
+        settle: SAFETY_NET,
+        idle_window: None,
+    };
+    let (row, runs) = harness.wave(&spec);
+
+    assert_eq!(row.client_errors, 0, "first error: {:?}", row.first_error);
+    assert!(
+        runs.iter().all(|r| r.events >= 3),
+        "every client read its events through its session"
+    );
+    assert_eq!(row.processes, 10);
+    assert_eq!(row.children.len(), 10, "one child per process session");
+
+    // Every session pruned.
+    let state = &harness.server().state;
+    for run in &runs {
+        let id = run.session.expect("every client got a session id");
+        assert!(!state.is_tracked(id), "session {id} still tracked");
+    }
+    assert_eq!(row.pruned, 30);
+    assert_eq!(row.unpruned, 0);
+    assert_eq!(row.tracked, 0);
+    assert_eq!(row.stuck, 0);
+    // Cooperative sessions: the ladder never had to escalate.
+    assert_eq!(row.escalations, 0);
+
+    // The wave ran `reap_orphans` after its window: the sessions' own
+    // teardowns had reaped every child already, so nothing was orphaned.
+    assert_eq!(row.orphans_reaped, 0);
+    assert_eq!(row.orphans_failed, 0);
+    assert_eq!(row.children_alive, 0);
+    assert!(row.group_left.is_empty(), "{:?}", row.group_left);
+
+    // Checked again here, independently of the driver's row.
+    let report = harness.client(cancel_scope::reap_orphans());
+    assert!(report.is_clean(), "{report}");
+    assert!(report.reaped.is_empty() && report.already_gone.is_empty());
+    let stats = cancel_scope::process_stats();
+    assert_eq!(stats.alive, 0);
+    assert_eq!(stats.orphans, 0);
+    let pgids: HashSet<u32> = row.children.iter().copied().collect();
+    assert_eq!(pgids.len(), 10);
+    assert_eq!(
+        driver::group_members(&pgids),
+        Vec::new(),
+        "processes (pid, state) left in the children's groups"
+    );
+
+    let teardown = harness.finish().expect("server was running");
+    assert!(teardown.report.expect("the crate's ladder").is_clean());
 }

@@ -7,8 +7,13 @@
 //! After a wave the driver waits for the teardown to finish (bounded by the
 //! ladder's `grace + abort_grace` plus a margin), then samples the process's
 //! CPU time over an idle window with no client connected.
+//!
+//! With `--features process`, a share of the sessions run a child process;
+//! after the window the driver calls `reap_orphans()`, reads
+//! `process_stats()`, and looks in `/proc` for anything left of the
+//! children's process groups.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -171,32 +176,30 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value,
 
 // ===== a wave =====
 
-/// Backends for `clients` clients: `stubborn_share` of them stubborn and
-/// `slow_share` slow-exit, spread evenly through the wave.
+/// Backends for `clients` clients: each `(kind, share)` in turn takes its
+/// quota (of the whole wave, rounded) from the clients not picked yet, spread
+/// evenly over them; the rest are steady.
 #[must_use]
-pub fn mix(clients: usize, stubborn_share: f64, slow_share: f64) -> Vec<BackendKind> {
-    let quota = |share: f64| (clients as f64 * share.clamp(0.0, 1.0)).round() as usize;
-    let stubborn = quota(stubborn_share);
-    let rest = clients - stubborn;
-    let slow = quota(slow_share).min(rest);
+pub fn mix_shares(clients: usize, shares: &[(BackendKind, f64)]) -> Vec<BackendKind> {
+    let mut kinds = vec![BackendKind::Steady; clients];
+    let mut free: Vec<usize> = (0..clients).collect();
     // Bresenham-style spreading: item i of `total` is picked when the running
     // quota `n` crosses an integer, which happens exactly `n` times.
     let crosses = |i: usize, n: usize, total: usize| (i + 1) * n / total > i * n / total;
-    let mut others = 0;
-    (0..clients)
-        .map(|i| {
-            if crosses(i, stubborn, clients) {
-                return BackendKind::Stubborn;
-            }
-            let kind = if crosses(others, slow, rest) {
-                BackendKind::SlowExit
+    for &(kind, share) in shares {
+        let total = free.len();
+        let quota = ((clients as f64 * share.clamp(0.0, 1.0)).round() as usize).min(total);
+        let mut rest = Vec::with_capacity(total - quota);
+        for (i, &slot) in free.iter().enumerate() {
+            if crosses(i, quota, total) {
+                kinds[slot] = kind;
             } else {
-                BackendKind::Steady
-            };
-            others += 1;
-            kind
-        })
-        .collect()
+                rest.push(slot);
+            }
+        }
+        free = rest;
+    }
+    kinds
 }
 
 /// Runs one client per entry of `kinds`, all at once, on the current runtime.
@@ -218,6 +221,8 @@ pub struct WaveSpec {
     pub clients: usize,
     pub stubborn_share: f64,
     pub slow_share: f64,
+    /// Share of `process` sessions; must be 0 without `--features process`.
+    pub process_share: f64,
     /// Data events each client reads before it drops.
     pub events: usize,
     /// Longest wait for the teardown after the last client dropped.
@@ -249,6 +254,21 @@ pub struct WaveRow {
     pub idle_cpu_pct: Option<f64>,
     /// Counters at the end of the window.
     pub after: Snapshot,
+    /// Sessions of this wave that ran a child process.
+    pub processes: usize,
+    /// Children started by this wave's sessions (their pids, also the ids
+    /// of their process groups).
+    pub children: Vec<u32>,
+    /// Orphans `reap_orphans()` tore down after the window (reaped, or found
+    /// already gone), and the ones it failed on.
+    pub orphans_reaped: usize,
+    pub orphans_failed: usize,
+    /// Scoped children alive after the window and `reap_orphans()`
+    /// (`process_stats().alive`).
+    pub children_alive: usize,
+    /// Processes (zombies included) left in this wave's children's process
+    /// groups after that, read from `/proc`: (pid, state).
+    pub group_left: Vec<(u32, char)>,
 }
 
 impl WaveRow {
@@ -261,6 +281,9 @@ impl WaveRow {
             && self.stuck == 0
             && self.client_errors == 0
             && self.idle_cpu_pct.is_none_or(|c| c < 2.0)
+            && self.children_alive == 0
+            && self.group_left.is_empty()
+            && self.orphans_failed == 0
     }
 }
 
@@ -331,13 +354,27 @@ impl Harness {
         let server = self.server();
         let before = server.snapshot();
         server.state.take_prunes();
-        let kinds = mix(spec.clients, spec.stubborn_share, spec.slow_share);
+        #[allow(unused_mut)]
+        let mut shares = vec![
+            (BackendKind::Stubborn, spec.stubborn_share),
+            (BackendKind::SlowExit, spec.slow_share),
+        ];
+        #[cfg(all(unix, feature = "process"))]
+        shares.push((BackendKind::Process, spec.process_share));
+        #[cfg(not(all(unix, feature = "process")))]
+        assert!(
+            spec.process_share <= 0.0,
+            "process sessions need --features process (unix)"
+        );
+        let kinds = mix_shares(spec.clients, &shares);
         let runs = self.client(run_clients(server.addr, &kinds, spec.events));
 
         // Let the teardown finish before measuring idle. Polling here is the
         // driver's, not the server's, and it stops before the window.
         let settle_until = Instant::now() + spec.settle;
-        while server.snapshot().tracked > 0 && Instant::now() < settle_until {
+        while (server.snapshot().tracked > 0 || children_alive() > 0)
+            && Instant::now() < settle_until
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
         let idle_cpu_pct = spec.idle_window.and_then(|window| {
@@ -347,6 +384,10 @@ impl Harness {
             Some(cpu1.saturating_sub(cpu0).as_secs_f64() / wall.as_secs_f64() * 100.0)
         });
         let after = server.snapshot();
+        let children = self.take_children();
+        let orphans = self.reap_orphans();
+        let children_alive = children_alive();
+        let group_left = group_members(&children.iter().copied().collect());
 
         let pruned_at: HashMap<SessionId, Instant> =
             server.state.take_prunes().into_iter().collect();
@@ -384,8 +425,46 @@ impl Harness {
             redeliveries: after.redeliveries - before.redeliveries,
             idle_cpu_pct,
             after,
+            processes: kinds.iter().filter(|k| k.is_process()).count(),
+            children,
+            orphans_reaped: orphans.0,
+            orphans_failed: orphans.1,
+            children_alive,
+            group_left,
         };
         (row, runs)
+    }
+
+    /// The pids of the children started since the last call.
+    fn take_children(&self) -> Vec<u32> {
+        #[cfg(all(unix, feature = "process"))]
+        {
+            self.server().state.take_children()
+        }
+        #[cfg(not(all(unix, feature = "process")))]
+        {
+            Vec::new()
+        }
+    }
+
+    /// `reap_orphans()` (on the server's runtime, where the children's
+    /// reapers run): (orphans reaped or already gone, failures).
+    fn reap_orphans(&self) -> (usize, usize) {
+        #[cfg(all(unix, feature = "process"))]
+        {
+            let report = self.server_rt.block_on(cancel_scope::reap_orphans());
+            if !report.is_clean() {
+                eprintln!("[{}] {report}", self.mode);
+            }
+            (
+                report.reaped.len() + report.already_gone.len(),
+                report.failed.len(),
+            )
+        }
+        #[cfg(not(all(unix, feature = "process")))]
+        {
+            (0, 0)
+        }
     }
 
     /// Shuts the server down (bounded) and drops both runtimes without
@@ -406,6 +485,56 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+// ===== child processes =====
+
+/// Scoped children of this process not reaped yet (`process_stats().alive`;
+/// 0 without the `process` feature).
+#[must_use]
+pub fn children_alive() -> usize {
+    #[cfg(all(unix, feature = "process"))]
+    {
+        cancel_scope::process_stats().alive
+    }
+    #[cfg(not(all(unix, feature = "process")))]
+    {
+        0
+    }
+}
+
+/// Every process in `/proc` (zombies included) whose process group is one of
+/// `pgids`, with its state letter (`Z` for a zombie). Empty where there is no
+/// `/proc`.
+#[must_use]
+pub fn group_members(pgids: &HashSet<u32>) -> Vec<(u32, char)> {
+    if pgids.is_empty() {
+        return Vec::new();
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        // A process that exited since the listing is not left over.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After the command name's ')': state, ppid, pgrp, ...
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let state = fields.first().and_then(|s| s.chars().next()).unwrap_or('?');
+        let pgrp = fields.get(2).and_then(|s| s.parse::<u32>().ok());
+        if pgrp.is_some_and(|g| pgids.contains(&g)) {
+            found.push((pid, state));
+        }
+    }
+    found
 }
 
 // ===== CPU time =====
@@ -450,11 +579,22 @@ fn ms(d: Option<Duration>) -> String {
     )
 }
 
+/// Whether the table has the process columns (built with `process`).
+const PROCESS_COLUMNS: bool = cfg!(all(unix, feature = "process"));
+
 /// The table's header.
 #[must_use]
 pub fn header() -> String {
+    let process = if PROCESS_COLUMNS {
+        format!(
+            " {:>5} {:>6} {:>7} {:>8}",
+            "procs", "alive", "orphans", "grp left"
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{:<6} {:>7} {:>7} {:>9} {:>9} {:>6} {:>6} {:>8} {:>9} {:>9}  {}",
+        "{:<6} {:>7} {:>7} {:>9} {:>9} {:>6} {:>6} {:>8} {:>9} {:>9}{process}  {}",
         "mode",
         "clients",
         "events",
@@ -472,8 +612,19 @@ pub fn header() -> String {
 /// One row of the table.
 #[must_use]
 pub fn format_row(r: &WaveRow) -> String {
+    let process = if PROCESS_COLUMNS {
+        format!(
+            " {:>5} {:>6} {:>7} {:>8}",
+            r.processes,
+            r.children_alive,
+            r.orphans_reaped,
+            r.group_left.len()
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{:<6} {:>7} {:>7} {:>9} {:>9} {:>6} {:>6} {:>8} {:>9} {:>8}%  {}",
+        "{:<6} {:>7} {:>7} {:>9} {:>9} {:>6} {:>6} {:>8} {:>9} {:>8}%{process}  {}",
         r.mode,
         r.clients,
         r.events,
@@ -508,6 +659,20 @@ pub fn progress(r: &WaveRow, index: usize, waves: usize) -> String {
     if let Some(e) = &r.first_error {
         line.push_str(&format!(" (first: {e})"));
     }
+    if r.processes > 0 {
+        line.push_str(&format!(
+            "; {} process sessions: {} children, {} alive after the window, {} orphans \
+             reaped, {} processes left in their groups",
+            r.processes,
+            r.children.len(),
+            r.children_alive,
+            r.orphans_reaped,
+            r.group_left.len()
+        ));
+        if let Some((pid, state)) = r.group_left.first() {
+            line.push_str(&format!(" (first: pid {pid}, state {state})"));
+        }
+    }
     line
 }
 
@@ -528,10 +693,34 @@ mod tests {
 
     #[test]
     fn mix_hits_the_quotas() {
-        let kinds = mix(200, 1.0 / 3.0, 0.1);
+        let kinds = mix_shares(
+            200,
+            &[
+                (BackendKind::Stubborn, 1.0 / 3.0),
+                (BackendKind::SlowExit, 0.1),
+            ],
+        );
         let count = |k| kinds.iter().filter(|x| **x == k).count();
         assert_eq!(count(BackendKind::Stubborn), 67);
         assert_eq!(count(BackendKind::SlowExit), 20);
         assert_eq!(count(BackendKind::Steady), 113);
+    }
+
+    #[test]
+    fn mix_shares_takes_each_quota_from_what_is_left() {
+        let kinds = mix_shares(
+            30,
+            &[
+                (BackendKind::Stubborn, 0.5),
+                (BackendKind::SlowExit, 0.4),
+                (BackendKind::Stubborn, 0.3),
+            ],
+        );
+        let count = |k| kinds.iter().filter(|x| **x == k).count();
+        // 15 stubborn, then 12 slow-exit of the 15 left, then 3 of the last 3
+        // (9 asked, capped).
+        assert_eq!(count(BackendKind::Stubborn), 18);
+        assert_eq!(count(BackendKind::SlowExit), 12);
+        assert_eq!(count(BackendKind::Steady), 0);
     }
 }

@@ -9,8 +9,11 @@
 //! escalation at grace (the hook closes the backend subscription, then abort).
 //! The session's own [`SessionEnd`] guard notes the moment its future is gone,
 //! which is the moment the map prunes its entry.
+//!
+//! With `--features process` (unix) a fourth backend, `process`, runs a child
+//! process per session as a stdio server, owned by the session's own scope:
+//! the session's teardown is also its process group's (see [`ProcessServer`]).
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::IntoFuture;
 use std::io;
@@ -82,6 +85,11 @@ pub enum BackendKind {
     /// Observes its scope, then flushes for a while in a shielded child scope
     /// with its own deadline (bounded cleanup).
     SlowExit,
+    /// Forwards the feed through a child process used as a stdio server (see
+    /// [`ProcessServer`]) and observes its scope; the child's process group
+    /// goes with the session.
+    #[cfg(all(unix, feature = "process"))]
+    Process,
 }
 
 impl BackendKind {
@@ -92,6 +100,8 @@ impl BackendKind {
             BackendKind::Steady => "steady",
             BackendKind::Stubborn => "stubborn",
             BackendKind::SlowExit => "slow-exit",
+            #[cfg(all(unix, feature = "process"))]
+            BackendKind::Process => "process",
         }
     }
 
@@ -107,7 +117,90 @@ impl BackendKind {
             None | Some("steady") => Some(BackendKind::Steady),
             Some("stubborn") => Some(BackendKind::Stubborn),
             Some("slow-exit") => Some(BackendKind::SlowExit),
+            #[cfg(all(unix, feature = "process"))]
+            Some("process") => Some(BackendKind::Process),
             Some(_) => None,
+        }
+    }
+}
+
+#[cfg(all(unix, feature = "process"))]
+const BACKENDS_HELP: &str = "backend must be steady, stubborn, slow-exit or process\n";
+#[cfg(not(all(unix, feature = "process")))]
+const BACKENDS_HELP: &str =
+    "backend must be steady, stubborn or slow-exit (process needs --features process)\n";
+
+impl BackendKind {
+    /// Whether sessions of this kind run a child process.
+    #[must_use]
+    pub fn is_process(self) -> bool {
+        #[cfg(all(unix, feature = "process"))]
+        {
+            self == BackendKind::Process
+        }
+        #[cfg(not(all(unix, feature = "process")))]
+        {
+            false
+        }
+    }
+}
+
+/// The `process` backend's stdio server: `sh -c 'cat | cat'`, a shell and a
+/// two-stage pipeline, so each child is a process group of three (the shell
+/// and two grandchildren). The session writes each feed message to its stdin
+/// as a request and forwards the line that comes back on its stdout as the
+/// SSE event, like a gateway in front of a stdio tool server. Tearing down
+/// only the shell would leave the two `cat`s behind; the group teardown does
+/// not.
+#[cfg(all(unix, feature = "process"))]
+pub struct ProcessServer {
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+#[cfg(all(unix, feature = "process"))]
+impl ProcessServer {
+    fn command() -> tokio::process::Command {
+        use std::process::Stdio;
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", "cat | cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        cmd
+    }
+
+    /// Takes the child's pipes (`None` if they were not piped).
+    fn attach(child: &mut cancel_scope::ScopedChild) -> Option<ProcessServer> {
+        use tokio::io::AsyncBufReadExt;
+        Some(ProcessServer {
+            stdin: child.stdin.take()?,
+            lines: tokio::io::BufReader::new(child.stdout.take()?).lines(),
+        })
+    }
+
+    /// Sends each feed message through the child and forwards its answer,
+    /// until the subscription closes, the child's pipes close, or the client
+    /// is gone or has not taken an event for `send_timeout`.
+    async fn forward(
+        mut self,
+        sub: &mut Subscription,
+        tx: &mpsc::Sender<Event>,
+        send_timeout: Duration,
+    ) {
+        use tokio::io::AsyncWriteExt;
+        while let Some(msg) = sub.recv().await {
+            let request = format!("{msg}\n");
+            if self.stdin.write_all(request.as_bytes()).await.is_err() {
+                return;
+            }
+            let Ok(Some(answer)) = self.lines.next_line().await else {
+                return;
+            };
+            let event = Event::default().data(answer);
+            if tx.send_timeout(event, send_timeout).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -140,6 +233,11 @@ pub struct Config {
     pub record_prunes: bool,
     /// Log session starts and teardowns on stderr (for `--server-only`).
     pub verbose: bool,
+    /// How long a `process` session's child group may take to exit after
+    /// `SIGTERM` before `SIGKILL`; below the ladder's grace, so the child's
+    /// teardown fits inside the session's.
+    #[cfg(all(unix, feature = "process"))]
+    pub term_grace: Duration,
 }
 
 impl Default for Config {
@@ -155,6 +253,8 @@ impl Default for Config {
             cleanup_deadline: Duration::from_millis(100),
             record_prunes: true,
             verbose: false,
+            #[cfg(all(unix, feature = "process"))]
+            term_grace: Duration::from_millis(100),
         }
     }
 }
@@ -181,10 +281,12 @@ pub struct AppState {
     next_id: AtomicU64,
     /// Server-wide tasks (the backend publisher), ended at shutdown.
     background: TaskGroup,
-    /// Sessions whose future is alive; `/stats` counts the closing ones.
-    live: Mutex<HashSet<SessionId>>,
     /// (session, instant its entry was pruned), drained by the load driver.
     prunes: Mutex<Vec<(SessionId, Instant)>>,
+    /// Process ids (each also a process group id) of the children started
+    /// by `process` sessions, drained by the load driver.
+    #[cfg(all(unix, feature = "process"))]
+    children: Mutex<Vec<u32>>,
 }
 
 /// The server's counters, for `/stats` and the load driver.
@@ -259,13 +361,9 @@ impl AppState {
         match &self.sessions {
             Sessions::Tracked(map) => {
                 let s = map.stats();
-                let closing = lock(&self.live)
-                    .iter()
-                    .filter(|id| map.is_closing(id))
-                    .count() as u64;
                 Snapshot {
                     tracked: s.tracked,
-                    closing,
+                    closing: s.closing,
                     stuck: s.stuck,
                     escalations: s.escalations,
                     redeliveries: s.redeliveries,
@@ -304,6 +402,12 @@ impl AppState {
         std::mem::take(&mut *lock(&self.prunes))
     }
 
+    /// Takes the process ids of the children started so far.
+    #[cfg(all(unix, feature = "process"))]
+    pub fn take_children(&self) -> Vec<u32> {
+        std::mem::take(&mut *lock(&self.children))
+    }
+
     fn record_prune(&self, id: SessionId, at: Instant) {
         if self.config.record_prunes {
             lock(&self.prunes).push((id, at));
@@ -319,7 +423,6 @@ impl AppState {
         closer: Closer,
         tx: mpsc::Sender<Event>,
     ) {
-        lock(&self.live).insert(id);
         let end = SessionEnd {
             state: self.clone(),
             id,
@@ -370,6 +473,49 @@ impl AppState {
                             let flush = scope.shielded_child().with_timeout(cleanup_deadline);
                             let _ = flush.run(tokio::time::sleep(cleanup)).await;
                         });
+                    }
+                    #[cfg(all(unix, feature = "process"))]
+                    BackendKind::Process => {
+                        let policy = cancel_scope::ProcessPolicy {
+                            term_grace: self.config.term_grace,
+                        };
+                        let state = self.clone();
+                        // The map's per-key process API: the child is started
+                        // here and owned by the session task's own scope, so
+                        // the session's ladder (a disconnect, a shutdown) is
+                        // also the child group's teardown: SIGTERM to the
+                        // group, `term_grace`, SIGKILL, reaped. The session
+                        // stays tracked until that is done.
+                        let spawned = task.spawn_with_process(
+                            ProcessServer::command(),
+                            policy,
+                            move |scope, mut child| {
+                                if let Some(pid) = child.id() {
+                                    lock(&state.children).push(pid);
+                                }
+                                async move {
+                                    let _end = end;
+                                    let mut sub = sub;
+                                    if let Some(server) = ProcessServer::attach(&mut child) {
+                                        let _ = scope
+                                            .run(server.forward(&mut sub, &tx, send_timeout))
+                                            .await;
+                                    }
+                                    // Ended without a cancel (the client left
+                                    // before its guard ran, the child died):
+                                    // the session tears its child down itself
+                                    // rather than leave it an orphan. After a
+                                    // cancel the teardown is under way and this
+                                    // only waits for it.
+                                    let _ = child.shutdown().await;
+                                }
+                            },
+                        );
+                        if let Err(e) = spawned {
+                            // Nothing was spawned: the closure, and with it
+                            // `tx`, is dropped, so the client's stream ends.
+                            eprintln!("session {id}: could not start its stdio server: {e}");
+                        }
                     }
                 }
             }
@@ -432,7 +578,6 @@ struct SessionEnd {
 
 impl Drop for SessionEnd {
     fn drop(&mut self) {
-        lock(&self.state.live).remove(&self.id);
         if self.records_prune {
             self.state.record_prune(self.id, Instant::now());
         }
@@ -451,14 +596,14 @@ struct Disconnect {
 
 impl Drop for Disconnect {
     fn drop(&mut self) {
-        // `begin_cancel` spawns the ladder; a body dropped while the runtime
-        // itself is going away has nothing to spawn on (and no need to).
-        if tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
         let id = self.id;
         let started = match &self.state.sessions {
+            // Safe in any context: outside a runtime (a body dropped while
+            // the runtime goes away) the ladder runs on the map's runtime.
             Sessions::Tracked(map) => map.begin_cancel(&id),
+            // The naive canceller is a plain `tokio::spawn`, which would
+            // panic there; nothing to spawn on, and no need to.
+            Sessions::Naive(_) if tokio::runtime::Handle::try_current().is_err() => false,
             Sessions::Naive(naive) => {
                 let state = self.state.clone();
                 naive.cancel(id, move |at| state.record_prune(id, at));
@@ -489,12 +634,15 @@ impl Stream for SessionStream {
 
 async fn sse(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
     let Some(kind) = BackendKind::from_query(query.as_deref()) else {
+        return (StatusCode::BAD_REQUEST, BACKENDS_HELP).into_response();
+    };
+    if state.config.naive && kind.is_process() {
         return (
             StatusCode::BAD_REQUEST,
-            "backend must be steady, stubborn or slow-exit\n",
+            "the naive server has no process backend\n",
         )
             .into_response();
-    };
+    }
     let backend = state.context().await;
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
@@ -569,8 +717,9 @@ impl Server {
             context_inits: AtomicU64::new(0),
             first_connections: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
-            live: Mutex::new(HashSet::new()),
             prunes: Mutex::new(Vec::new()),
+            #[cfg(all(unix, feature = "process"))]
+            children: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/sse", get(sse))
