@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use cancel_scope::TaskMap;
 use common::{Flavor, per_item};
-use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 use tokio_util::task::JoinMap;
@@ -186,4 +186,34 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// `MAP_CHURN_PROFILE=<contender>` runs one round (all three phases) without
+/// criterion and prints each phase, so that `valgrind --tool=callgrind` sees
+/// only the contender's work.
+fn profile(name: &str) {
+    let rt = Flavor::CurrentThread.runtime();
+    let f: fn(&Runtime, Phase) -> Duration = match name {
+        "TaskMap" => round::<TaskMap<u64>>,
+        "HashMap+JoinHandle" => round::<HashMap<u64, JoinHandle<()>>>,
+        "JoinMap" => round::<JoinMap<u64, ()>>,
+        other => panic!("unknown contender {other}"),
+    };
+    // The phase argument only picks what is returned; the round runs all three.
+    let took = f(&rt, Phase::Cancel);
+    println!(
+        "{name}: cancel phase {:?} per key",
+        per_item(took, KEYS as usize)
+    );
+}
+
+fn main() {
+    match std::env::var("MAP_CHURN_PROFILE") {
+        Ok(name) => profile(&name),
+        Err(_) => {
+            benches();
+            criterion::Criterion::default()
+                .configure_from_args()
+                .final_summary();
+        }
+    }
+}
