@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use cancel_scope::CancelScope;
 use common::{Flavor, per_item};
-use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group};
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -139,4 +139,30 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// `CANCEL_FANOUT_PROFILE=CancelScope|CancellationToken` runs the
+/// child-per-task round twice on current_thread without criterion, so that
+/// `valgrind --tool=callgrind` sees only that library's work.
+fn profile(name: &str) {
+    let rt = Flavor::CurrentThread.runtime();
+    let f: fn(&Runtime, bool) -> Duration = match name {
+        "CancelScope" => round::<CancelScope>,
+        "CancellationToken" => round::<CancellationToken>,
+        other => panic!("unknown contender {other}"),
+    };
+    f(&rt, true);
+    let took = f(&rt, true);
+    println!("{name}: {:?} per task", per_item(took, N));
+}
+
+fn main() {
+    match std::env::var("CANCEL_FANOUT_PROFILE") {
+        Ok(name) => profile(&name),
+        Err(_) => {
+            benches();
+            criterion::Criterion::default()
+                .configure_from_args()
+                .final_summary();
+        }
+    }
+}
