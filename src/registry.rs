@@ -54,7 +54,8 @@ const SCHEDULED: u32 = 1 << 0;
 const ENDED: u32 = 1 << 1;
 /// A canceller started the ladder for this task (`TaskMap::is_closing`).
 const CLOSING: u32 = 1 << 2;
-/// The escalation hook ran and the task was aborted; set once.
+/// The task was escalated: its hook ran (or is running) and its next poll
+/// ends it as aborted; set once.
 const ESCALATED: u32 = 1 << 3;
 /// The task outlived escalation and abort grace: it is reported stuck.
 const STUCK: u32 = 1 << 4;
@@ -138,12 +139,13 @@ pub(crate) struct TaskCell<T> {
 impl<T> TaskCell<T> {
     /// Start of a poll of the task: store its waker, then clear `SCHEDULED`.
     /// The order matters: a wake that sees the bit clear must find the waker.
-    pub(crate) fn begin_poll(&self, waker: &Waker) {
+    /// Returns whether the task was escalated: it must end now, as aborted.
+    pub(crate) fn begin_poll(&self, waker: &Waker) -> bool {
         self.waker.register(waker);
         // AcqRel, invariant 2: Acquire pairs with the Release half of the wake
         // that set the bit, so this poll sees what the canceller published
-        // (the cancelled flag) before waking.
-        self.state.fetch_and(!SCHEDULED, Ordering::AcqRel);
+        // (the cancelled flag, the escalation) before waking.
+        self.state.fetch_and(!SCHEDULED, Ordering::AcqRel) & ESCALATED != 0
     }
 
     /// Wakes the task unless it is already scheduled or ended. Returns whether
@@ -292,6 +294,9 @@ struct Inner<T, K> {
     idle: Slab<Waker>,
     /// Woken when the task with this id ends.
     ended: Slab<(TaskId, Waker)>,
+    /// The `ended` slots of each waited-on task, so an end finds its waiters
+    /// without scanning every other task's (mass per-key cancels stay O(n)).
+    ended_by_task: HashMap<TaskId, Vec<usize>>,
     /// Ends not yet taken by `poll_next_end`, when the owner records them.
     log: Option<VecDeque<(TaskId, TaskOutcome)>>,
     /// Woken when `log` grows or `entries` becomes empty.
@@ -320,6 +325,7 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
                 keys: HashMap::new(),
                 idle: Slab::new(),
                 ended: Slab::new(),
+                ended_by_task: HashMap::new(),
                 log: record_ends.then(VecDeque::new),
                 log_waiters: Slab::new(),
             }),
@@ -432,14 +438,17 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
     ) -> Poll<()> {
         let mut inner = lock(&self.inner);
         if cell.is_ended() {
-            if let Some(key) = slot.take() {
-                inner.ended.try_remove(key);
-            }
+            // `remove` already took and woke every waiter of this task.
+            *slot = None;
             return Poll::Ready(());
         }
         match slot {
             Some(key) if inner.ended.contains(*key) => inner.ended[*key].1.clone_from(waker),
-            _ => *slot = Some(inner.ended.insert((cell.id, waker.clone()))),
+            _ => {
+                let key = inner.ended.insert((cell.id, waker.clone()));
+                inner.ended_by_task.entry(cell.id).or_default().push(key);
+                *slot = Some(key);
+            }
         }
         Poll::Pending
     }
@@ -514,7 +523,14 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
             inner.idle.try_remove(key);
         }
         if let Some(key) = ended_slot.take() {
-            inner.ended.try_remove(key);
+            if let Some((id, _)) = inner.ended.try_remove(key) {
+                if let Some(keys) = inner.ended_by_task.get_mut(&id) {
+                    keys.retain(|&k| k != key);
+                    if keys.is_empty() {
+                        inner.ended_by_task.remove(&id);
+                    }
+                }
+            }
         }
     }
 
@@ -548,14 +564,10 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
                 log.push_back((cell.id, outcome));
                 wake.extend(inner.log_waiters.drain());
             }
-            if !inner.ended.is_empty() {
-                let done: Vec<usize> = inner
-                    .ended
-                    .iter()
-                    .filter(|(_, (id, _))| *id == cell.id)
-                    .map(|(k, _)| k)
-                    .collect();
-                wake.extend(done.into_iter().map(|k| inner.ended.remove(k).1));
+            if let Some(keys) = inner.ended_by_task.remove(&cell.id) {
+                for key in keys {
+                    wake.push(inner.ended.remove(key).1);
+                }
             }
         }
         let c = &self.counters;

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::ladder::{Schedule, ShutdownPolicy, ShutdownReport, Step, StuckTask};
@@ -30,7 +29,6 @@ use crate::task::{Hook, SpawnError, Stats, TaskError, TaskHandle, TaskOptions};
 pub(crate) struct TaskMeta {
     pub(crate) name: Option<Arc<str>>,
     pub(crate) spawned_at: Instant,
-    abort: OnceLock<AbortHandle>,
     hook: Mutex<Option<Hook>>,
     /// The task's own scope when it has one (keyed or cooperative tasks).
     pub(crate) scope: Option<CancelScope>,
@@ -186,15 +184,17 @@ where
             owns_process,
         } = opts;
         let own_scope = (mode == Mode::Cooperative || key.is_some()).then(|| self.scope.child());
-        let watch = match mode {
-            Mode::Drop => Some(own_scope.clone().unwrap_or_else(|| self.scope.clone())),
-            Mode::Cooperative => None,
+        let watch = match (mode, &own_scope) {
+            (Mode::Drop, Some(own)) => Watch::Own(own.clone()),
+            // The tracker's scope, read through `shared`: no handle clone (two
+            // atomic updates on a line every worker writes) per task.
+            (Mode::Drop, None) => Watch::Tracker,
+            (Mode::Cooperative, _) => Watch::Nothing,
         };
         let fut = make(own_scope.clone());
         let meta = TaskMeta {
             name,
             spawned_at: Instant::now(),
-            abort: OnceLock::new(),
             hook: Mutex::new(hook),
             scope: if key.is_some() { own_scope } else { None },
             owns_process,
@@ -224,7 +224,6 @@ where
             shared: self.clone(),
         };
         let join = rt.spawn(tracked);
-        let _ = cell.meta.abort.set(join.abort_handle());
         tracing::trace!(task = %id, name = ?cell.meta.name, keyed, "spawned tracked task");
         if let Some(old) = replaced {
             tracing::debug!(task = %old.id, replaced_by = %id, "key taken over: cancelling the old task");
@@ -375,7 +374,9 @@ where
 
     /// Runs the task's escalation hook once (a panic in it is caught and
     /// logged: the hook runs under no lock, so nothing is left half-updated)
-    /// and aborts the task.
+    /// and aborts the task: the `ESCALATED` bit makes its next poll end it
+    /// (as tokio's abort would, without keeping an `AbortHandle` per task),
+    /// and one wake brings that poll.
     fn escalate(&self, cell: &Cell) {
         if !cell.mark_escalated() {
             return;
@@ -399,9 +400,7 @@ where
                 );
             }
         }
-        if let Some(abort) = meta.abort.get() {
-            abort.abort();
-        }
+        cell.schedule();
     }
 }
 
@@ -439,12 +438,9 @@ struct EndWait<'a, K: Eq + Hash + Clone> {
 }
 
 impl<K: Eq + Hash + Clone> EndWait<'_, K> {
-    /// `true` if the target ended, `false` if `at` came first.
+    /// `true` if the target ended, `false` if `at` came first. The end is
+    /// checked first, so a target that already ended costs no timer.
     async fn until(&mut self, at: Instant) -> bool {
-        match &mut self.sleep {
-            Some(s) => s.as_mut().reset(at),
-            none => *none = Some(Box::pin(tokio::time::sleep_until(at))),
-        }
         std::future::poll_fn(|cx| {
             let ended = match self.one {
                 Some(cell) => self
@@ -455,7 +451,15 @@ impl<K: Eq + Hash + Clone> EndWait<'_, K> {
             if ended.is_ready() {
                 return Poll::Ready(true);
             }
-            let sleep = self.sleep.as_mut().expect("set above");
+            let sleep = match &mut self.sleep {
+                Some(s) => {
+                    if s.deadline() != at {
+                        s.as_mut().reset(at);
+                    }
+                    s
+                }
+                none => none.insert(Box::pin(tokio::time::sleep_until(at))),
+            };
             sleep.as_mut().poll(cx).map(|()| false)
         })
         .await
@@ -489,6 +493,16 @@ pub(crate) async fn idle<K: Eq + Hash + Clone>(registry: &Registry<TaskMeta, K>)
 
 // ===== the tracked future =====
 
+/// Which scope's cancellation drops a tracked future.
+enum Watch {
+    /// The tracker's own scope (a group's plain `spawn`).
+    Tracker,
+    /// The task's own scope (a map's tasks).
+    Own(CancelScope),
+    /// None: the task was handed its scope and decides (cooperative).
+    Nothing,
+}
+
 pin_project_lite::pin_project! {
     /// The user's future as spawned: prune guard, coalescing waker, cancel
     /// check, panic capture.
@@ -504,8 +518,8 @@ pin_project_lite::pin_project! {
         cell_waker: Waker,
         // Dropped with the future, whatever ends it: prune on completion.
         guard: EntryGuard<TaskMeta, K>,
-        // `Some` for `Mode::Drop`: the scope whose cancellation drops `fut`.
-        watch: Option<CancelScope>,
+        // For `Mode::Drop`: the scope whose cancellation drops `fut`.
+        watch: Watch,
         shared: Arc<Shared<K>>,
     }
 }
@@ -520,12 +534,18 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.enter();
-        this.guard.cell().begin_poll(cx.waker());
-        if let Some(scope) = this.watch {
-            if let Some(reason) = scope.reason() {
-                this.guard.outcome = TaskOutcome::Cancelled;
-                return Poll::Ready(Err(TaskError::Cancelled(reason)));
-            }
+        if this.guard.cell().begin_poll(cx.waker()) {
+            // Escalated: end now, as an abort would.
+            return Poll::Ready(Err(TaskError::Aborted));
+        }
+        let watched = match this.watch {
+            Watch::Tracker => Some(&this.shared.scope),
+            Watch::Own(scope) => Some(&*scope),
+            Watch::Nothing => None,
+        };
+        if let Some(reason) = watched.and_then(CancelScope::reason) {
+            this.guard.outcome = TaskOutcome::Cancelled;
+            return Poll::Ready(Err(TaskError::Cancelled(reason)));
         }
         let mut inner_cx = Context::from_waker(this.cell_waker);
         let fut = this.fut;
