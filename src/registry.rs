@@ -564,7 +564,12 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
                 log.push_back((cell.id, outcome));
                 wake.extend(inner.log_waiters.drain());
             }
-            if let Some(keys) = inner.ended_by_task.remove(&cell.id) {
+            // Checked first: hashing the id costs more than the rest of an
+            // uncontended removal, and a waited-on end is rare.
+            if let Some(keys) = (!inner.ended_by_task.is_empty())
+                .then(|| inner.ended_by_task.remove(&cell.id))
+                .flatten()
+            {
                 for key in keys {
                     wake.push(inner.ended.remove(key).1);
                 }
