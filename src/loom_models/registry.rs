@@ -3,6 +3,7 @@
 
 use std::task::{Poll, Waker};
 
+use loom::future::block_on;
 use loom::sync::atomic::AtomicBool;
 use loom::thread;
 
@@ -110,7 +111,9 @@ fn cancel_races_task_completion() {
 
 /// Proves keyed replacement (property 3, registry invariant 4): when a new
 /// task takes a key while the old task under it ends, the key maps to the new
-/// task from its insert on, and the old task's end never removes it.
+/// task from its insert on, and the old task's end never removes it; the
+/// retiring ladder's `poll_ended` on the old task, parked at any moment
+/// relative to that end, is woken by it (no lost wakeup).
 #[test]
 fn replace_races_old_completion() {
     let seen = Seen::new(&["replaced_live_task", "old_task_ended_first"]);
@@ -129,6 +132,12 @@ fn replace_races_old_completion() {
             Some(r) => {
                 assert!(Arc::ptr_eq(r, &old_cell));
                 tally.hit("replaced_live_task");
+                // As `retire`: wait for the old task's end, parked.
+                let mut slot = None;
+                block_on(std::future::poll_fn(|cx| {
+                    registry.poll_ended(r, cx.waker(), &mut slot)
+                }));
+                assert!(slot.is_none(), "a ready poll_ended left its registration");
             }
             None => tally.hit("old_task_ended_first"),
         }
