@@ -284,54 +284,62 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
     );
 }
 
-/// Proves property 1 for the core's wait for quiescence: with one task that
-/// ignores cancellation, the ladder parks between rungs (it is polled only when
-/// a rung fires or the task ends), claims at most `1 + max_redeliveries` wakes
-/// for the task and none once it ended, and leaves no wakeup registered once it
-/// returns; the task's end wakes a parked ladder (no lost wakeup), for
-/// `poll_idle` (group shutdown) and `poll_ended` (one key) alike.
+/// Runs the parked ladder model for one target and timer configuration.
+fn shutdown_model(target: Target, fires: Fires, name: &str) {
+    let outcomes: &'static [&'static str] = match fires {
+        Fires::All => &[
+            "woken_by_the_end",
+            "end_seen_after_a_rung",
+            "reported_stuck",
+        ],
+        Fires::WithholdGiveUp => &["woken_by_the_end", "end_seen_after_a_rung"],
+    };
+    let seen = Seen::new(outcomes);
+    let tally = seen.clone();
+    check(name, &seen, move || {
+        ladder(Variant::Parked, target, fires, &tally)
+    });
+}
+
+/// Proves property 1 for the core's wait for quiescence (group shutdown,
+/// `poll_idle`): with one task that ignores cancellation, the ladder parks
+/// between rungs (it is polled only when a rung fires or the task ends),
+/// claims at most `1 + max_redeliveries` wakes for the task and none once it
+/// ended, and leaves no wakeup registered once it returns, whether the task's
+/// end or the give-up rung comes first.
 #[test]
 fn shutdown_waits_without_spinning() {
-    for (target, fires, name, outcomes) in [
-        (
-            Target::All,
-            Fires::All,
-            "shutdown_waits_without_spinning(poll_idle, all rungs)",
-            &[
-                "woken_by_the_end",
-                "end_seen_after_a_rung",
-                "reported_stuck",
-            ][..],
-        ),
-        (
-            Target::One,
-            Fires::All,
-            "shutdown_waits_without_spinning(poll_ended, all rungs)",
-            &[
-                "woken_by_the_end",
-                "end_seen_after_a_rung",
-                "reported_stuck",
-            ][..],
-        ),
-        (
-            Target::All,
-            Fires::WithholdGiveUp,
-            "shutdown_waits_without_spinning(poll_idle, no give-up)",
-            &["woken_by_the_end", "end_seen_after_a_rung"][..],
-        ),
-        (
-            Target::One,
-            Fires::WithholdGiveUp,
-            "shutdown_waits_without_spinning(poll_ended, no give-up)",
-            &["woken_by_the_end", "end_seen_after_a_rung"][..],
-        ),
-    ] {
-        let seen = Seen::new(outcomes);
-        let tally = seen.clone();
-        check(name, &seen, move || {
-            ladder(Variant::Parked, target, fires, &tally)
-        });
-    }
+    shutdown_model(Target::All, Fires::All, "shutdown_waits_without_spinning");
+}
+
+/// As [`shutdown_waits_without_spinning`], with the give-up rung withheld:
+/// after escalation only the task's end can wake the parked ladder, so a lost
+/// wakeup of `poll_idle` deadlocks the model.
+#[test]
+fn shutdown_waits_without_spinning_until_the_end() {
+    shutdown_model(
+        Target::All,
+        Fires::WithholdGiveUp,
+        "shutdown_waits_without_spinning_until_the_end",
+    );
+}
+
+/// As [`shutdown_waits_without_spinning`], for one key's ladder
+/// (`TaskMap::cancel`, `poll_ended`).
+#[test]
+fn cancel_key_waits_without_spinning() {
+    shutdown_model(Target::One, Fires::All, "cancel_key_waits_without_spinning");
+}
+
+/// As [`cancel_key_waits_without_spinning`], with the give-up rung withheld:
+/// a lost wakeup of `poll_ended` deadlocks the model.
+#[test]
+fn cancel_key_waits_without_spinning_until_the_end() {
+    shutdown_model(
+        Target::One,
+        Fires::WithholdGiveUp,
+        "cancel_key_waits_without_spinning_until_the_end",
+    );
 }
 
 /// The negative control's model: `shutdown_waits_without_spinning` over a
