@@ -5,8 +5,8 @@
 # and never invalidates the normal build. The proptest state machine and the
 # fuzz corpus replay run in the main `cargo test --all-features`.
 #
-# About 2.5 minutes of models on 2 cores (measured: 148 s), plus the first
-# build of the loom target dir.
+# About 1 minute of models on 2 cores, plus the first (cold) build of the
+# loom target dir: about 4 minutes, so under 6 in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
