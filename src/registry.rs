@@ -59,6 +59,9 @@ const CLOSING: u32 = 1 << 2;
 const ESCALATED: u32 = 1 << 3;
 /// The task outlived escalation and abort grace: it is reported stuck.
 const STUCK: u32 = 1 << 4;
+/// A canceller made the task's first delivery (at most one per task, whatever
+/// number of cancel paths reach it: group, parent scope, key, replacement).
+const DELIVERED: u32 = 1 << 5;
 /// Outcome code, written together with `ENDED` (never without it).
 const OUTCOME_SHIFT: u32 = 8;
 const OUTCOME_MASK: u32 = 0b111 << OUTCOME_SHIFT;
@@ -162,6 +165,32 @@ impl<T> TaskCell<T> {
         }
     }
 
+    /// The first delivery of cancellation: like [`schedule`](Self::schedule),
+    /// but once per task. Returns whether a wake was issued (not when the task
+    /// was already scheduled: it will see the cancel at that poll).
+    pub(crate) fn deliver(&self) -> bool {
+        let mut cur = self.state.load(Ordering::Acquire);
+        loop {
+            if cur & (DELIVERED | ENDED) != 0 {
+                return false;
+            }
+            // AcqRel as in `schedule` (invariant 2).
+            match self.state.compare_exchange_weak(
+                cur,
+                cur | DELIVERED | SCHEDULED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) if cur & SCHEDULED == 0 => {
+                    self.waker.wake();
+                    return true;
+                }
+                Ok(_) => return false,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
     /// A counted re-delivery: like [`schedule`](Self::schedule), but at most `limit`
     /// times over the task's life (invariant 3).
     pub(crate) fn redeliver(&self, limit: u32) -> bool {
@@ -234,6 +263,7 @@ impl<T> std::fmt::Debug for TaskCell<T> {
             .field("scheduled", &(s & SCHEDULED != 0))
             .field("ended", &(s & ENDED != 0))
             .field("closing", &(s & CLOSING != 0))
+            .field("delivered", &(s & DELIVERED != 0))
             .field("escalated", &(s & ESCALATED != 0))
             .field("stuck", &(s & STUCK != 0))
             .field("outcome", &TaskOutcome::from_state(s))

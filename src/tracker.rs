@@ -84,7 +84,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Wake for Deliverer<K> {
 
     fn wake_by_ref(self: &Arc<Self>) {
         if let Some(registry) = self.registry.upgrade() {
-            let woken = registry.pending().iter().filter(|c| c.schedule()).count();
+            let woken = registry.pending().iter().filter(|c| c.deliver()).count();
             Counters::add(&registry.counters.deliveries, woken as u64);
         }
     }
@@ -262,7 +262,7 @@ where
         if let Some(scope) = &cell.meta.scope {
             scope.cancel();
         }
-        if cell.schedule() {
+        if cell.deliver() {
             Counters::bump(&self.registry.counters.deliveries);
         }
     }

@@ -208,3 +208,37 @@ fn begin_cancel_works_outside_a_runtime() {
     let stats = map.stats();
     assert_eq!((stats.closing, stats.cancelled, stats.aborted), (0, 1, 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_cancel_path_together_delivers_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let policy = ShutdownPolicy {
+        max_redeliveries: 2,
+        ..short()
+    };
+    let parent = cancel_scope::CancelScope::new();
+    let map = TaskMap::with_scope_and_policy(parent.clone(), policy);
+    let polls = Arc::new(AtomicUsize::new(0));
+    let p = polls.clone();
+    map.spawn_with_scope("k", move |_s| {
+        common::PollCounter::new(p, std::future::pending::<()>())
+    });
+    tokio::task::yield_now().await;
+    // A parent scope, two per-key cancels and a shutdown, all at once.
+    parent.cancel();
+    tokio::task::yield_now().await;
+    let (a, b, report) = tokio::join!(map.cancel(&"k"), map.cancel(&"k"), map.shutdown());
+    assert_eq!(
+        (a, b),
+        (Some(TaskOutcome::Aborted), Some(TaskOutcome::Aborted))
+    );
+    assert!(report.is_clean(), "{report}");
+    let library_wakeups = polls.load(Ordering::SeqCst) - 1;
+    assert_eq!(
+        library_wakeups,
+        1 + 2,
+        "one delivery, then max_redeliveries"
+    );
+    assert_eq!(map.stats().deliveries, 1);
+}
