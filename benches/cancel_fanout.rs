@@ -156,13 +156,5 @@ fn profile(name: &str) {
 }
 
 fn main() {
-    match std::env::var("CANCEL_FANOUT_PROFILE") {
-        Ok(name) => profile(&name),
-        Err(_) => {
-            benches();
-            criterion::Criterion::default()
-                .configure_from_args()
-                .final_summary();
-        }
-    }
+    common::criterion_or_profile("CANCEL_FANOUT_PROFILE", profile, benches);
 }

@@ -207,13 +207,5 @@ fn profile(name: &str) {
 }
 
 fn main() {
-    match std::env::var("MAP_CHURN_PROFILE") {
-        Ok(name) => profile(&name),
-        Err(_) => {
-            benches();
-            criterion::Criterion::default()
-                .configure_from_args()
-                .final_summary();
-        }
-    }
+    common::criterion_or_profile("MAP_CHURN_PROFILE", profile, benches);
 }

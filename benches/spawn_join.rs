@@ -130,13 +130,5 @@ fn profile(variant: &str) {
 }
 
 fn main() {
-    match std::env::var("SPAWN_JOIN_PROFILE") {
-        Ok(variant) => profile(&variant),
-        Err(_) => {
-            benches();
-            criterion::Criterion::default()
-                .configure_from_args()
-                .final_summary();
-        }
-    }
+    common::criterion_or_profile("SPAWN_JOIN_PROFILE", profile, benches);
 }

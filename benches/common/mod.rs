@@ -103,3 +103,18 @@ pub fn median<T: Copy + PartialOrd>(xs: &mut [T]) -> T {
     xs.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
     xs[xs.len() / 2]
 }
+
+/// `main` of a criterion bench that also has a criterion-free profiling mode:
+/// with `profile_var` set, runs `profile(value)` once (for callgrind / perf);
+/// otherwise the criterion group `benches`, as `criterion_main!` would.
+pub fn criterion_or_profile(profile_var: &str, profile: fn(&str), benches: fn()) {
+    match std::env::var(profile_var) {
+        Ok(name) => profile(&name),
+        Err(_) => {
+            benches();
+            criterion::Criterion::default()
+                .configure_from_args()
+                .final_summary();
+        }
+    }
+}
