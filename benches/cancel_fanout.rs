@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cancel_scope::CancelScope;
-use common::{Flavor, per_item};
+use common::{CancelTree, Flavor, per_item};
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group};
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
@@ -29,38 +29,17 @@ const N: usize = 10_000;
 
 /// What both libraries offer for this bench: a root to cancel, and per task a
 /// future that resolves on cancellation.
-trait Canceller: Clone + Send + Sync + 'static {
-    fn root() -> Self;
-    fn child(&self) -> Self;
-    fn cancel(&self);
+trait Canceller: CancelTree + Clone + Send + Sync + 'static {
     fn wait(self) -> impl Future<Output = ()> + Send + 'static;
 }
 
 impl Canceller for CancelScope {
-    fn root() -> Self {
-        CancelScope::new()
-    }
-    fn child(&self) -> Self {
-        CancelScope::child(self)
-    }
-    fn cancel(&self) {
-        CancelScope::cancel(self);
-    }
     fn wait(self) -> impl Future<Output = ()> + Send + 'static {
         self.cancelled_owned()
     }
 }
 
 impl Canceller for CancellationToken {
-    fn root() -> Self {
-        CancellationToken::new()
-    }
-    fn child(&self) -> Self {
-        self.child_token()
-    }
-    fn cancel(&self) {
-        CancellationToken::cancel(self);
-    }
     fn wait(self) -> impl Future<Output = ()> + Send + 'static {
         self.cancelled_owned()
     }

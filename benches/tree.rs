@@ -11,49 +11,23 @@
 //!
 //! `cargo bench --bench tree`
 
+#[allow(dead_code)]
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
 use cancel_scope::CancelScope;
+use common::CancelTree;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use tokio_util::sync::CancellationToken;
 
 const DEEP: usize = 1_000;
 const WIDE: usize = 10_000;
 
-trait Tree: Sized {
-    fn root() -> Self;
-    fn child(&self) -> Self;
-    fn cancel(&self);
-}
-
-impl Tree for CancelScope {
-    fn root() -> Self {
-        CancelScope::new()
-    }
-    fn child(&self) -> Self {
-        CancelScope::child(self)
-    }
-    fn cancel(&self) {
-        CancelScope::cancel(self);
-    }
-}
-
-impl Tree for CancellationToken {
-    fn root() -> Self {
-        CancellationToken::new()
-    }
-    fn child(&self) -> Self {
-        self.child_token()
-    }
-    fn cancel(&self) {
-        CancellationToken::cancel(self);
-    }
-}
-
 /// A chain: every node is the child of the previous one. The handles are
 /// returned so the caller decides whether dropping them is timed.
-fn deep<T: Tree>() -> Vec<T> {
+fn deep<T: CancelTree>() -> Vec<T> {
     let mut nodes = Vec::with_capacity(DEEP + 1);
     nodes.push(T::root());
     for i in 0..DEEP {
@@ -64,7 +38,7 @@ fn deep<T: Tree>() -> Vec<T> {
     nodes
 }
 
-fn wide<T: Tree>() -> Vec<T> {
+fn wide<T: CancelTree>() -> Vec<T> {
     let mut nodes = Vec::with_capacity(WIDE + 1);
     nodes.push(T::root());
     for _ in 0..WIDE {

@@ -118,3 +118,36 @@ pub fn criterion_or_profile(profile_var: &str, profile: fn(&str), benches: fn())
         }
     }
 }
+
+/// What both cancellation trees offer: a root, a child, a cancel. Implemented
+/// for `CancelScope` and tokio-util's `CancellationToken`, so every bench runs
+/// the same code over both.
+pub trait CancelTree: Sized {
+    fn root() -> Self;
+    fn child(&self) -> Self;
+    fn cancel(&self);
+}
+
+impl CancelTree for cancel_scope::CancelScope {
+    fn root() -> Self {
+        cancel_scope::CancelScope::new()
+    }
+    fn child(&self) -> Self {
+        cancel_scope::CancelScope::child(self)
+    }
+    fn cancel(&self) {
+        cancel_scope::CancelScope::cancel(self);
+    }
+}
+
+impl CancelTree for tokio_util::sync::CancellationToken {
+    fn root() -> Self {
+        tokio_util::sync::CancellationToken::new()
+    }
+    fn child(&self) -> Self {
+        self.child_token()
+    }
+    fn cancel(&self) {
+        tokio_util::sync::CancellationToken::cancel(self);
+    }
+}
