@@ -14,6 +14,7 @@ use crate::registry::{Registry, TaskId, TaskOutcome};
 use crate::scope::CancelScope;
 use crate::task::{SpawnError, Stats, TaskBuilder, TaskError, TaskHandle};
 use crate::tracker::{Shared, TaskMeta, idle};
+use crate::wait_list::WaitKey;
 
 /// A group of tracked tasks sharing one cancel scope, as Trio's nursery.
 ///
@@ -254,7 +255,7 @@ impl TaskGroup {
         }
         Outcomes {
             registry: &self.shared.registry,
-            slot: None,
+            key: None,
         }
     }
 
@@ -393,7 +394,7 @@ impl TaskGroupBuilder {
 #[must_use = "streams do nothing unless polled"]
 pub struct Outcomes<'a> {
     registry: &'a Registry<TaskMeta>,
-    slot: Option<usize>,
+    key: Option<WaitKey>,
 }
 
 impl Stream for Outcomes<'_> {
@@ -401,15 +402,23 @@ impl Stream for Outcomes<'_> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        this.registry
-            .poll_next_end(cx.waker(), &mut this.slot)
-            .expect("checked when the stream was made")
+        // As `JoinSet::join_next`: each end taken spends one unit of tokio's
+        // coop budget, so a loop over many ended tasks yields to the runtime.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let next = this
+            .registry
+            .poll_next_end(cx.waker(), &mut this.key)
+            .expect("checked when the stream was made");
+        if next.is_ready() {
+            coop.made_progress();
+        }
+        next
     }
 }
 
 impl Drop for Outcomes<'_> {
     fn drop(&mut self) {
-        self.registry.release_next_end(&mut self.slot);
+        self.registry.release_next_end(&mut self.key);
     }
 }
 

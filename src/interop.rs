@@ -132,7 +132,7 @@ impl CancelScope {
                     return Poll::Ready(());
                 }
                 // Ready once the scope is cancelled or gone (tree invariant 6).
-                match tree::register(&node, cx.waker(), &mut slot) {
+                match tree::register(&node, cx.waker().clone(), &mut slot) {
                     Err(()) => Poll::Ready(()),
                     Ok(_) => Poll::Pending,
                 }

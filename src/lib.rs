@@ -131,6 +131,7 @@ pub(crate) mod sync;
 mod ladder;
 mod registry;
 mod scope;
+mod wait_list;
 
 #[cfg(all(feature = "tokio-util", not(loom)))]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio-util")))]

@@ -14,8 +14,15 @@
 //! [`TaskCell::schedule`], which sets the bit and wakes the runtime task only if the
 //! bit was clear. So a task that has not been polled since it was last woken is
 //! never woken again (it is already scheduled: as Trio, one abort attempt per
-//! blocking call), and 10,000 tasks that end on their first delivery cost no
-//! re-delivery however long the scheduler takes to reach them.
+//! blocking call).
+//!
+//! A re-delivery needs more: the `PARKED` bit, set only when a poll that
+//! *began after the first delivery* returned `Pending`, and cleared when the
+//! next poll begins. So a re-delivery reaches only a task that saw the
+//! cancellation and parked again, ignoring it (Trio's rule); a task not yet
+//! polled, or in the middle of the poll that ends it, is never re-delivered
+//! to, and 10,000 tasks that end on their first delivery cost no re-delivery
+//! however long the scheduler takes to reach them or to finish their polls.
 //!
 //! # Invariants
 //!
@@ -31,14 +38,24 @@
 //!    waker published before it) or follows it (and wakes the task).
 //! 3. The re-delivery count of a cell never exceeds the limit passed to
 //!    [`TaskCell::redeliver`], whatever number of ladders run over the cell.
+//!    A re-delivery is claimed only from `PARKED` and clears it, in the same
+//!    read-modify-write that sets `SCHEDULED`.
 //! 4. A key maps to the entry that was inserted last under it; removing an entry
 //!    removes the key only if it still maps to that entry, so an old task's end
 //!    never removes a newer task under the same key.
 //!
 //! # Deadlock safety
 //!
-//! One lock (the registry's); wakers are woken and user values (keys) dropped
-//! after it is released.
+//! One lock (the registry's). Under it nothing of a user's is cloned, dropped
+//! or called (the rule of `crate::sync`): wakers are cloned before it is taken
+//! and woken or dropped after it is released ([`AfterUnlock`]); keys live in
+//! `std::sync::Arc`s, so the lock only moves and counts references, and a
+//! removed key is dropped after it, once every waiter has been woken. Only a
+//! key's `Hash` and `Eq` run under the lock, as any `HashMap` lookup needs.
+//!
+//! Waiter registrations (`join`, `join_next`, the ladder's waits) are
+//! generation-checked [`WaitList`] keys, so a waiter that was woken but has not
+//! re-polled yet can never overwrite a later waiter's registration.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -46,7 +63,12 @@ use std::task::{Poll, Waker};
 
 use slab::Slab;
 
-use crate::sync::{Arc, AtomicU32, AtomicU64, AtomicWaker, Mutex, Ordering, lock};
+use crate::sync::{AfterUnlock, Arc, AtomicU32, AtomicU64, AtomicWaker, Mutex, Ordering, lock};
+use crate::wait_list::{WaitKey, WaitList};
+
+/// A key as the registry holds it: shared between the entry and the key index
+/// without cloning the user's value (a `std` `Arc`: keys are not modelled).
+pub(crate) type SharedKey<K> = std::sync::Arc<K>;
 
 /// A wake was issued since the task's last poll began (invariant 2).
 const SCHEDULED: u32 = 1 << 0;
@@ -62,6 +84,11 @@ const STUCK: u32 = 1 << 4;
 /// A canceller made the task's first delivery (at most one per task, whatever
 /// number of cancel paths reach it: group, parent scope, key, replacement).
 const DELIVERED: u32 = 1 << 5;
+/// A poll that began after `DELIVERED` was set returned `Pending`, and no poll
+/// or wake came since: the task saw the cancellation and parked again, so a
+/// re-delivery may wake it (invariant 3). Never set while a poll runs (the
+/// poll's start clears it), never set without `DELIVERED`.
+const PARKED: u32 = 1 << 6;
 /// Outcome code, written together with `ENDED` (never without it).
 const OUTCOME_SHIFT: u32 = 8;
 const OUTCOME_MASK: u32 = 0b111 << OUTCOME_SHIFT;
@@ -140,15 +167,31 @@ pub(crate) struct TaskCell<T> {
 }
 
 impl<T> TaskCell<T> {
-    /// Start of a poll of the task: store its waker, then clear `SCHEDULED`.
-    /// The order matters: a wake that sees the bit clear must find the waker.
-    /// Returns whether the task was escalated: it must end now, as aborted.
-    pub(crate) fn begin_poll(&self, waker: &Waker) -> bool {
+    /// Start of a poll of the task: store its waker, then clear `SCHEDULED`
+    /// (and `PARKED`: the task is running). The order matters: a wake that
+    /// sees the bit clear must find the waker.
+    pub(crate) fn begin_poll(&self, waker: &Waker) -> PollStart {
         self.waker.register(waker);
         // AcqRel, invariant 2: Acquire pairs with the Release half of the wake
         // that set the bit, so this poll sees what the canceller published
         // (the cancelled flag, the escalation) before waking.
-        self.state.fetch_and(!SCHEDULED, Ordering::AcqRel) & ESCALATED != 0
+        let prev = self
+            .state
+            .fetch_and(!(SCHEDULED | PARKED), Ordering::AcqRel);
+        PollStart {
+            escalated: prev & ESCALATED != 0,
+            delivered: prev & DELIVERED != 0,
+        }
+    }
+
+    /// End of a poll that returned `Pending` and began with
+    /// [`PollStart::delivered`]: the task parked again after seeing the
+    /// cancellation, so the ladder may re-deliver to it (invariant 3).
+    pub(crate) fn parked_after_delivery(&self) {
+        // Release pairs with the Acquire of `redeliver`'s read: nothing to
+        // publish but the bit itself; a wake that came meanwhile set
+        // `SCHEDULED`, which `redeliver` checks in the same read.
+        self.state.fetch_or(PARKED, Ordering::Release);
     }
 
     /// Wakes the task unless it is already scheduled or ended. Returns whether
@@ -191,15 +234,16 @@ impl<T> TaskCell<T> {
         }
     }
 
-    /// A counted re-delivery: like [`schedule`](Self::schedule), but at most `limit`
-    /// times over the task's life (invariant 3).
+    /// A counted re-delivery: like [`schedule`](Self::schedule), but only to a
+    /// task that parked again after seeing the cancellation (`PARKED`), and at
+    /// most `limit` times over the task's life (invariant 3).
     pub(crate) fn redeliver(&self, limit: u32) -> bool {
         let mut cur = self.state.load(Ordering::Acquire);
         loop {
-            if cur & (SCHEDULED | ENDED) != 0 || cur >> REDELIVERY_SHIFT >= limit {
+            if cur & (SCHEDULED | ENDED | PARKED) != PARKED || cur >> REDELIVERY_SHIFT >= limit {
                 return false;
             }
-            let next = (cur | SCHEDULED) + REDELIVERY_ONE;
+            let next = ((cur | SCHEDULED) & !PARKED) + REDELIVERY_ONE;
             match self
                 .state
                 .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
@@ -264,12 +308,23 @@ impl<T> std::fmt::Debug for TaskCell<T> {
             .field("ended", &(s & ENDED != 0))
             .field("closing", &(s & CLOSING != 0))
             .field("delivered", &(s & DELIVERED != 0))
+            .field("parked", &(s & PARKED != 0))
             .field("escalated", &(s & ESCALATED != 0))
             .field("stuck", &(s & STUCK != 0))
             .field("outcome", &TaskOutcome::from_state(s))
             .field("redeliveries", &(s >> REDELIVERY_SHIFT))
             .finish()
     }
+}
+
+/// What the start of a poll learned from the cell.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PollStart {
+    /// The task was escalated: it must end now, as aborted.
+    pub(crate) escalated: bool,
+    /// The first delivery came before this poll: if it returns `Pending`, call
+    /// [`TaskCell::parked_after_delivery`].
+    pub(crate) delivered: bool,
 }
 
 // ===== counters =====
@@ -313,24 +368,24 @@ impl Counters {
 
 struct Entry<T, K> {
     cell: Arc<TaskCell<T>>,
-    key: Option<K>,
+    key: Option<SharedKey<K>>,
 }
 
 struct Inner<T, K> {
     entries: Slab<Entry<T, K>>,
     /// Key → slot of the newest entry under it (invariant 4).
-    keys: HashMap<K, usize>,
-    /// Woken when `entries` becomes empty.
-    idle: Slab<Waker>,
-    /// Woken when the task with this id ends.
-    ended: Slab<(TaskId, Waker)>,
-    /// The `ended` slots of each waited-on task, so an end finds its waiters
-    /// without scanning every other task's (mass per-key cancels stay O(n)).
-    ended_by_task: HashMap<TaskId, Vec<usize>>,
+    keys: HashMap<SharedKey<K>, usize>,
+    /// Woken when `entries` becomes empty; a drained key reads as woken, so
+    /// a waiter that saw the registry idle stays done (`poll_idle`).
+    idle: WaitList,
+    /// Woken when the task with this id ends: one list per waited-on task, so
+    /// an end finds its waiters without scanning every other task's (mass
+    /// per-key cancels stay O(n)).
+    ended: HashMap<TaskId, WaitList>,
     /// Ends not yet taken by `poll_next_end`, when the owner records them.
     log: Option<VecDeque<(TaskId, TaskOutcome)>>,
     /// Woken when `log` grows or `entries` becomes empty.
-    log_waiters: Slab<Waker>,
+    log_waiters: WaitList,
 }
 
 /// The set of live tracked tasks, optionally keyed.
@@ -353,11 +408,10 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
             inner: Mutex::new(Inner {
                 entries: Slab::new(),
                 keys: HashMap::new(),
-                idle: Slab::new(),
-                ended: Slab::new(),
-                ended_by_task: HashMap::new(),
+                idle: WaitList::new(),
+                ended: HashMap::new(),
                 log: record_ends.then(VecDeque::new),
-                log_waiters: Slab::new(),
+                log_waiters: WaitList::new(),
             }),
             counters: Counters::default(),
         }
@@ -377,14 +431,21 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
             waker: AtomicWaker::new(),
             meta,
         });
+        // Wrapped before the lock: under it, only references are counted.
+        let key = key.map(SharedKey::new);
         let mut guard = lock(&this.inner);
         let inner = &mut *guard;
         let slot = inner.entries.vacant_entry().key();
         let replaced = match &key {
-            Some(k) => inner
-                .keys
-                .insert(k.clone(), slot)
-                .map(|old| inner.entries[old].cell.clone()),
+            // A taken key keeps its index entry and points it at the new slot:
+            // no key is dropped here (tokio-util's `duplicate_keys_drop`).
+            Some(k) => match inner.keys.get_mut(&**k) {
+                Some(old) => Some(inner.entries[std::mem::replace(old, slot)].cell.clone()),
+                None => {
+                    inner.keys.insert(k.clone(), slot);
+                    None
+                }
+            },
             None => None,
         };
         inner.entries.insert(Entry {
@@ -413,7 +474,7 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
     }
 
     /// The live tasks with their keys.
-    pub(crate) fn pending_keyed(&self) -> Vec<(Arc<TaskCell<T>>, Option<K>)> {
+    pub(crate) fn pending_keyed(&self) -> Vec<(Arc<TaskCell<T>>, Option<SharedKey<K>>)> {
         let inner = lock(&self.inner);
         inner
             .entries
@@ -431,81 +492,81 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
             .map(|&slot| inner.entries[slot].cell.clone())
     }
 
-    /// The keys whose task satisfies `pred`.
+    /// The keys whose task satisfies `pred`, cloned after the lock.
     pub(crate) fn keys_where(&self, pred: impl Fn(&TaskCell<T>) -> bool) -> Vec<K> {
-        let inner = lock(&self.inner);
-        inner
-            .keys
-            .iter()
-            .filter(|&(_, &slot)| pred(&inner.entries[slot].cell))
-            .map(|(k, _)| k.clone())
-            .collect()
+        let shared: Vec<SharedKey<K>> = {
+            let inner = lock(&self.inner);
+            inner
+                .keys
+                .iter()
+                .filter(|&(_, &slot)| pred(&inner.entries[slot].cell))
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        shared.iter().map(|k| K::clone(k)).collect()
     }
 
-    /// Ready once no task is tracked. `slot` keeps the registration across polls
-    /// and must be passed to [`release`](Self::release).
-    pub(crate) fn poll_idle(&self, waker: &Waker, slot: &mut Option<usize>) -> Poll<()> {
+    /// Ready once no task is tracked, or once the registry was idle at any
+    /// moment since this waiter registered (as tokio-util's `TaskTracker::wait`,
+    /// a waiter woken by idleness stays done even if a task is spawned before
+    /// it re-polls). `key` keeps the registration across polls and must be
+    /// passed to [`release_idle`](Self::release_idle).
+    pub(crate) fn poll_idle(&self, waker: &Waker, key: &mut Option<WaitKey>) -> Poll<()> {
+        let fresh = waker.clone();
+        let mut after = AfterUnlock::new();
         let mut inner = lock(&self.inner);
-        if inner.entries.is_empty() {
-            if let Some(key) = slot.take() {
-                inner.idle.try_remove(key);
-            }
+        if inner.entries.is_empty() || key.is_some_and(|k| inner.idle.was_woken(k)) {
+            after.drop_waker(inner.idle.remove(key));
+            *key = None;
+            after.drop_waker(Some(fresh));
             return Poll::Ready(());
         }
-        match slot {
-            Some(key) if inner.idle.contains(*key) => inner.idle[*key].clone_from(waker),
-            _ => *slot = Some(inner.idle.insert(waker.clone())),
-        }
+        after.drop_waker(inner.idle.register(key, fresh));
         Poll::Pending
     }
 
-    /// Ready once `cell` has ended.
+    /// Ready once `cell` has ended. `key` must be passed to
+    /// [`release_ended`](Self::release_ended).
     pub(crate) fn poll_ended(
         &self,
         cell: &TaskCell<T>,
         waker: &Waker,
-        slot: &mut Option<usize>,
+        key: &mut Option<WaitKey>,
     ) -> Poll<()> {
+        let fresh = waker.clone();
+        let mut after = AfterUnlock::new();
         let mut inner = lock(&self.inner);
         if cell.is_ended() {
             // `remove` already took and woke every waiter of this task.
-            *slot = None;
+            *key = None;
+            after.drop_waker(Some(fresh));
             return Poll::Ready(());
         }
-        match slot {
-            Some(key) if inner.ended.contains(*key) => inner.ended[*key].1.clone_from(waker),
-            _ => {
-                let key = inner.ended.insert((cell.id, waker.clone()));
-                inner.ended_by_task.entry(cell.id).or_default().push(key);
-                *slot = Some(key);
-            }
-        }
+        let list = inner.ended.entry(cell.id).or_default();
+        after.drop_waker(list.register(key, fresh));
         Poll::Pending
     }
 
     /// The next recorded end, oldest first; `Ready(None)` once nothing is
-    /// recorded and no task is alive. `None` if ends are not recorded.
+    /// recorded and no task is alive. `None` if ends are not recorded. `key`
+    /// must be passed to [`release_next_end`](Self::release_next_end).
     pub(crate) fn poll_next_end(
         &self,
         waker: &Waker,
-        slot: &mut Option<usize>,
+        key: &mut Option<WaitKey>,
     ) -> Option<Poll<Option<(TaskId, TaskOutcome)>>> {
+        let fresh = waker.clone();
+        let mut after = AfterUnlock::new();
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
         let log = inner.log.as_mut()?;
         let next = log.pop_front();
         if next.is_some() || inner.entries.is_empty() {
-            if let Some(key) = slot.take() {
-                inner.log_waiters.try_remove(key);
-            }
+            after.drop_waker(inner.log_waiters.remove(key));
+            after.drop_waker(Some(fresh));
             return Some(Poll::Ready(next));
         }
-        match slot {
-            Some(key) if inner.log_waiters.contains(*key) => {
-                inner.log_waiters[*key].clone_from(waker);
-            }
-            _ => *slot = Some(inner.log_waiters.insert(waker.clone())),
-        }
+        after.drop_waker(inner.log_waiters.register(key, fresh));
         Some(Poll::Pending)
     }
 
@@ -537,43 +598,52 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
     }
 
     /// Drops a registration made by `poll_next_end`.
-    pub(crate) fn release_next_end(&self, slot: &mut Option<usize>) {
-        if let Some(key) = slot.take() {
-            lock(&self.inner).log_waiters.try_remove(key);
+    pub(crate) fn release_next_end(&self, key: &mut Option<WaitKey>) {
+        if key.is_some() {
+            let mut after = AfterUnlock::new();
+            let mut inner = lock(&self.inner);
+            after.drop_waker(inner.log_waiters.remove(key));
         }
     }
 
-    /// Drops a registration made by `poll_idle` or `poll_ended`.
-    pub(crate) fn release(&self, idle_slot: &mut Option<usize>, ended_slot: &mut Option<usize>) {
-        if idle_slot.is_none() && ended_slot.is_none() {
-            return;
+    /// Drops a registration made by `poll_idle`.
+    pub(crate) fn release_idle(&self, key: &mut Option<WaitKey>) {
+        if key.is_some() {
+            let mut after = AfterUnlock::new();
+            let mut inner = lock(&self.inner);
+            after.drop_waker(inner.idle.remove(key));
         }
-        let mut inner = lock(&self.inner);
-        if let Some(key) = idle_slot.take() {
-            inner.idle.try_remove(key);
-        }
-        if let Some(key) = ended_slot.take() {
-            if let Some((id, _)) = inner.ended.try_remove(key) {
-                if let Some(keys) = inner.ended_by_task.get_mut(&id) {
-                    keys.retain(|&k| k != key);
-                    if keys.is_empty() {
-                        inner.ended_by_task.remove(&id);
-                    }
+    }
+
+    /// Drops a registration made by `poll_ended` for the task `id`.
+    pub(crate) fn release_ended(&self, id: TaskId, key: &mut Option<WaitKey>) {
+        if key.is_some() {
+            let mut after = AfterUnlock::new();
+            let mut inner = lock(&self.inner);
+            if let Some(list) = inner.ended.get_mut(&id) {
+                after.drop_waker(list.remove(key));
+                if list.is_empty() {
+                    inner.ended.remove(&id);
                 }
             }
+            *key = None;
         }
     }
 
     fn remove(&self, slot: usize, cell: &TaskCell<T>, outcome: TaskOutcome) {
-        let mut wake = Vec::new();
-        let entry;
+        // Declared before `after` and the guard, so dropped last: user keys
+        // go once the lock is released and every waiter is woken.
+        let entry: Entry<T, K>;
+        let mut index_key = None;
+        let mut after = AfterUnlock::new();
         {
             let mut inner = lock(&self.inner);
+            let inner = &mut *inner;
             entry = inner.entries.remove(slot);
             if let Some(k) = &entry.key {
                 // Invariant 4.
-                if inner.keys.get(k) == Some(&slot) {
-                    inner.keys.remove(k);
+                if inner.keys.get(&**k) == Some(&slot) {
+                    index_key = inner.keys.remove_entry(&**k).map(|(k, _)| k);
                 }
             }
             // Invariant 1: in the same critical section as the removal.
@@ -588,20 +658,17 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
                 self.counters.closing.fetch_sub(1, Ordering::Relaxed);
             }
             if inner.entries.is_empty() {
-                wake.extend(inner.idle.drain());
+                after.wake_all(inner.idle.drain());
             }
             if let Some(log) = &mut inner.log {
                 log.push_back((cell.id, outcome));
-                wake.extend(inner.log_waiters.drain());
+                after.wake_all(inner.log_waiters.drain());
             }
             // Checked first: hashing the id costs more than the rest of an
             // uncontended removal, and a waited-on end is rare.
-            if let Some(keys) = (!inner.ended_by_task.is_empty())
-                .then(|| inner.ended_by_task.remove(&cell.id))
-                .flatten()
-            {
-                for key in keys {
-                    wake.push(inner.ended.remove(key).1);
+            if !inner.ended.is_empty() {
+                if let Some(mut list) = inner.ended.remove(&cell.id) {
+                    after.wake_all(list.drain());
                 }
             }
         }
@@ -612,11 +679,11 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
             TaskOutcome::Panicked => &c.panicked,
             TaskOutcome::Aborted | TaskOutcome::Stuck => &c.aborted,
         });
-        // The key is user data: dropped outside the lock.
+        // Wakes first, then the user's keys (a panicking key `Drop` can no
+        // longer cost a wakeup).
+        drop(after);
+        drop(index_key);
         drop(entry);
-        for w in wake {
-            w.wake();
-        }
     }
 }
 
@@ -683,11 +750,34 @@ mod tests {
         let (guard, _) = Registry::insert(&reg, (), None);
         let cell = guard.cell().clone();
         assert!(!cell.schedule(), "never polled: already scheduled");
+        assert!(!cell.deliver(), "never polled: the delivery needs no wake");
         for round in 0..5 {
-            cell.begin_poll(std::task::Waker::noop());
+            let start = cell.begin_poll(std::task::Waker::noop());
+            assert!(start.delivered);
+            assert!(!cell.redeliver(3), "mid-poll: never re-delivered");
+            cell.parked_after_delivery();
             assert_eq!(cell.redeliver(3), round < 3, "round {round}");
+            assert!(!cell.redeliver(3), "woken, not polled since");
         }
         assert_eq!(cell.redeliveries(), 3);
+    }
+
+    #[test]
+    fn only_a_task_that_parked_after_the_delivery_is_redelivered_to() {
+        let reg = registry();
+        let (guard, _) = Registry::insert(&reg, (), None);
+        let cell = guard.cell().clone();
+        // Polled and parked before any delivery.
+        assert!(!cell.begin_poll(std::task::Waker::noop()).delivered);
+        assert!(!cell.redeliver(8), "not delivered yet");
+        assert!(cell.deliver());
+        assert!(!cell.redeliver(8), "delivered, not polled since");
+        // The poll that sees the cancel ends the task: never re-delivered.
+        assert!(cell.begin_poll(std::task::Waker::noop()).delivered);
+        assert!(!cell.redeliver(8), "in the poll that ends it");
+        drop(guard);
+        assert!(!cell.redeliver(8));
+        assert_eq!(cell.redeliveries(), 0);
     }
 
     #[test]
@@ -732,6 +822,7 @@ mod tests {
         drop(b);
         assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 2, "idle");
         assert!(reg.poll_idle(&waker, &mut idle).is_ready());
-        reg.release(&mut idle, &mut ended);
+        reg.release_idle(&mut idle);
+        reg.release_ended(a_cell.id, &mut ended);
     }
 }

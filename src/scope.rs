@@ -441,7 +441,8 @@ impl Waiter {
         if self.slot.is_some() && self.registered.as_ref().is_some_and(|w| w.will_wake(waker)) {
             return Poll::Pending;
         }
-        match tree::register(node, waker, &mut self.slot) {
+        // Cloned here, before the node's lock (see `crate::sync::lock`).
+        match tree::register(node, waker.clone(), &mut self.slot) {
             Err(()) => {
                 self.registered = None;
                 Poll::Ready(())

@@ -19,8 +19,13 @@ pub(crate) use loom::sync::{
 
 /// Locks `m`, ignoring poisoning.
 ///
-/// No user code ever runs while one of the core's locks is held (hooks and
-/// wakers run after the guard is dropped), so a poisoned lock can only come from
+/// The rule of the core: **under a core lock nothing that belongs to a user is
+/// cloned, dropped or called** (wakers, keys, hooks, outputs). Wakers are
+/// cloned before a lock is taken; what leaves a locked structure (a waker to
+/// wake, a replaced waker, a removed key) goes into an [`AfterUnlock`] declared
+/// *before* the guard, so it is woken or dropped only once the guard is gone.
+/// The one exception is a key's `Hash` and `Eq`, which a `HashMap` lookup must
+/// call; they are documented to be pure. So a poisoned lock can only come from
 /// a bug of ours that already panicked; the data is still consistent because
 /// every critical section finishes its writes before it can panic.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -59,5 +64,57 @@ impl AtomicWaker {
 impl std::fmt::Debug for AtomicWaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AtomicWaker")
+    }
+}
+
+/// What leaves a core lock: wakers to wake, and replaced or removed wakers to
+/// drop, once the lock is released (the rule stated at [`lock`]; as tokio's
+/// `WakeList`).
+///
+/// Declare it before the lock guard: locals drop in reverse order, so the
+/// guard goes first, on every path, early returns and unwinding included.
+/// Other user values leaving a lock (a registry's removed key) are declared
+/// before it, so they go after every wake.
+#[must_use = "an AfterUnlock does its work when dropped, after the lock guard"]
+pub(crate) struct AfterUnlock {
+    wake: Vec<std::task::Waker>,
+    drop_wakers: Vec<std::task::Waker>,
+}
+
+impl AfterUnlock {
+    pub(crate) fn new() -> Self {
+        AfterUnlock {
+            wake: Vec::new(),
+            drop_wakers: Vec::new(),
+        }
+    }
+
+    /// Wakes every waker of `wakers` once the lock is released.
+    pub(crate) fn wake_all(&mut self, wakers: impl IntoIterator<Item = std::task::Waker>) {
+        self.wake.extend(wakers);
+    }
+
+    /// Drops a waker (a replaced or removed registration) once the lock is
+    /// released.
+    pub(crate) fn drop_waker(&mut self, waker: Option<std::task::Waker>) {
+        self.drop_wakers.extend(waker);
+    }
+}
+
+impl Drop for AfterUnlock {
+    fn drop(&mut self) {
+        for w in self.wake.drain(..) {
+            w.wake();
+        }
+        self.drop_wakers.clear();
+    }
+}
+
+impl std::fmt::Debug for AfterUnlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AfterUnlock")
+            .field("wake", &self.wake.len())
+            .field("drop", &self.drop_wakers.len())
+            .finish()
     }
 }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::ladder::{Schedule, ShutdownPolicy, ShutdownReport, Step, StuckTask};
 use crate::registry::{Counters, EntryGuard, Registry, TaskCell, TaskOutcome};
+use crate::wait_list::WaitKey;
 use crate::scope::{CancelScope, Waiter};
 use crate::task::{Hook, SpawnError, Stats, TaskError, TaskHandle, TaskOptions};
 
@@ -310,8 +311,8 @@ where
         let mut wait = EndWait {
             registry: &self.registry,
             one,
-            idle_slot: None,
-            ended_slot: None,
+            idle_key: None,
+            ended_key: None,
             sleep: None,
         };
         let targets = || match one {
@@ -442,8 +443,8 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 struct EndWait<'a, K: Eq + Hash + Clone> {
     registry: &'a Registry<TaskMeta, K>,
     one: Option<&'a Arc<Cell>>,
-    idle_slot: Option<usize>,
-    ended_slot: Option<usize>,
+    idle_key: Option<WaitKey>,
+    ended_key: Option<WaitKey>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -455,8 +456,8 @@ impl<K: Eq + Hash + Clone> EndWait<'_, K> {
             let ended = match self.one {
                 Some(cell) => self
                     .registry
-                    .poll_ended(cell, cx.waker(), &mut self.ended_slot),
-                None => self.registry.poll_idle(cx.waker(), &mut self.idle_slot),
+                    .poll_ended(cell, cx.waker(), &mut self.ended_key),
+                None => self.registry.poll_idle(cx.waker(), &mut self.idle_key),
             };
             if ended.is_ready() {
                 return Poll::Ready(true);
@@ -478,8 +479,10 @@ impl<K: Eq + Hash + Clone> EndWait<'_, K> {
 
 impl<K: Eq + Hash + Clone> Drop for EndWait<'_, K> {
     fn drop(&mut self) {
-        self.registry
-            .release(&mut self.idle_slot, &mut self.ended_slot);
+        self.registry.release_idle(&mut self.idle_key);
+        if let Some(cell) = self.one {
+            self.registry.release_ended(cell.id, &mut self.ended_key);
+        }
     }
 }
 
@@ -487,18 +490,18 @@ impl<K: Eq + Hash + Clone> Drop for EndWait<'_, K> {
 pub(crate) async fn idle<K: Eq + Hash + Clone>(registry: &Registry<TaskMeta, K>) {
     struct Idle<'a, K: Eq + Hash + Clone> {
         registry: &'a Registry<TaskMeta, K>,
-        slot: Option<usize>,
+        key: Option<WaitKey>,
     }
     impl<K: Eq + Hash + Clone> Drop for Idle<'_, K> {
         fn drop(&mut self) {
-            self.registry.release(&mut self.slot, &mut None);
+            self.registry.release_idle(&mut self.key);
         }
     }
     let mut w = Idle {
         registry,
-        slot: None,
+        key: None,
     };
-    std::future::poll_fn(|cx| w.registry.poll_idle(cx.waker(), &mut w.slot)).await;
+    std::future::poll_fn(|cx| w.registry.poll_idle(cx.waker(), &mut w.key)).await;
 }
 
 // ===== the tracked future =====
@@ -544,7 +547,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.enter();
-        if this.guard.cell().begin_poll(cx.waker()) {
+        let start = this.guard.cell().begin_poll(cx.waker());
+        if start.escalated {
             // Escalated: end now, as an abort would.
             return Poll::Ready(Err(TaskError::Aborted));
         }
@@ -560,7 +564,14 @@ where
         let mut inner_cx = Context::from_waker(this.cell_waker);
         let fut = this.fut;
         match catch_unwind(AssertUnwindSafe(|| fut.poll(&mut inner_cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Pending) => {
+                if start.delivered {
+                    // Parked again after seeing the cancellation: from now
+                    // on (until its next poll) the ladder may re-deliver.
+                    this.guard.cell().parked_after_delivery();
+                }
+                Poll::Pending
+            }
             Ok(Poll::Ready(v)) => {
                 this.guard.outcome = TaskOutcome::Completed;
                 let cell = this.guard.cell();

@@ -42,13 +42,16 @@
 //!
 //! Locks are taken parent before child, and at most two at a time (in `detach`).
 //! `cancel` and `tighten_deadline` hold one node's lock at a time and collect the
-//! children to visit next. Wakers are woken only after every lock is released.
+//! children to visit next. Under a node's lock no waker is cloned, dropped or
+//! woken (the rule of `crate::sync`): wakers come in cloned, and replaced,
+//! removed or drained ones leave through an [`AfterUnlock`], so a waker whose
+//! `drop` or `wake` re-enters the tree (makes a child, cancels) cannot deadlock.
 
 use std::task::Waker;
 
 use slab::Slab;
 
-use crate::sync::{Arc, AtomicI64, AtomicU8, AtomicUsize, Mutex, Ordering, lock};
+use crate::sync::{AfterUnlock, Arc, AtomicI64, AtomicU8, AtomicUsize, Mutex, Ordering, lock};
 
 /// The scope is cancelled (for good: invariant 1).
 const CANCELLED: u8 = 0b01;
@@ -243,37 +246,38 @@ pub(crate) fn cancel(node: &Arc<Node>, reason: CancelReason) -> bool {
 
 // ===== waiters =====
 
-/// Registers `waker` to be woken when `node` is cancelled (or detached, see
-/// invariant 6), reusing `slot` if this waiter registered before. Returns
-/// `Err(())` if the node is already cancelled or detached (nothing
-/// registered), else the effective deadline read under the lock (invariant 5).
-pub(crate) fn register(node: &Node, waker: &Waker, slot: &mut Option<usize>) -> Result<i64, ()> {
+/// Registers `waker` (a clone made by the caller, before the lock) to be
+/// woken when `node` is cancelled (or detached, see invariant 6), reusing
+/// `slot` if this waiter registered before. Returns `Err(())` if the node is
+/// already cancelled or detached (nothing registered), else the effective
+/// deadline read under the lock (invariant 5). A slot key cannot go stale:
+/// the slab is drained only by a cancel or a detach, which are final.
+pub(crate) fn register(node: &Node, waker: Waker, slot: &mut Option<usize>) -> Result<i64, ()> {
+    let mut after = AfterUnlock::new();
     let mut inner = lock(&node.inner);
     if node.state.load(Ordering::Relaxed) & CANCELLED != 0 || inner.detached {
         // Invariants 2 and 6: the slab was drained, our old key is meaningless.
         *slot = None;
+        after.drop_waker(Some(waker));
         return Err(());
     }
     match slot {
-        Some(key) => {
-            let w = &mut inner.waiters[*key];
-            if !w.will_wake(waker) {
-                w.clone_from(waker);
-            }
-        }
-        None => *slot = Some(inner.waiters.insert(waker.clone())),
+        Some(key) => after.drop_waker(Some(std::mem::replace(&mut inner.waiters[*key], waker))),
+        None => *slot = Some(inner.waiters.insert(waker)),
     }
     Ok(node.deadline.load(Ordering::Relaxed))
 }
 
-/// Removes a waiter registered with [`register`].
+/// Removes a waiter registered with [`register`]; its waker is dropped after
+/// the lock.
 pub(crate) fn deregister(node: &Node, slot: &mut Option<usize>) {
     if let Some(key) = slot.take() {
+        let mut after = AfterUnlock::new();
         let mut inner = lock(&node.inner);
         // After a cancel or a detach the slab was drained and the key is
         // reused by nobody (invariants 2 and 6).
         if node.state.load(Ordering::Relaxed) & CANCELLED == 0 && !inner.detached {
-            inner.waiters.remove(key);
+            after.drop_waker(inner.waiters.try_remove(key));
         }
     }
 }
@@ -343,15 +347,15 @@ fn detach(node: &Arc<Node>) {
 pub(crate) fn tighten_deadline(node: &Arc<Node>, at: i64) -> bool {
     let mut waited = false;
     {
+        let mut after = AfterUnlock::new();
         let mut inner = lock(&node.inner);
         if at >= node.own_deadline.load(Ordering::Relaxed) || is_cancelled(node) {
             return false;
         }
         node.own_deadline.store(at, Ordering::Release);
-        if let Some(w) = inner.timer_waker.take() {
-            // A running timer re-reads the (earlier) deadline.
-            w.wake();
-        }
+        // A running timer re-reads the (earlier) deadline, once woken after
+        // the lock.
+        after.wake_all(inner.timer_waker.take());
         waited |= inner.timer_running;
     }
     let mut work = vec![node.clone()];
@@ -407,16 +411,16 @@ pub(crate) enum TimerStep {
 
 /// Called by the timer task on every poll, with its waker.
 pub(crate) fn timer_poll(node: &Node, waker: &Waker) -> TimerStep {
+    let fresh = waker.clone();
+    let mut after = AfterUnlock::new();
     let mut inner = lock(&node.inner);
     if inner.detached || is_cancelled(node) {
         inner.timer_running = false;
-        inner.timer_waker = None;
+        after.drop_waker(inner.timer_waker.take());
+        after.drop_waker(Some(fresh));
         return TimerStep::Stop;
     }
-    match &mut inner.timer_waker {
-        Some(w) if w.will_wake(waker) => {}
-        slot => *slot = Some(waker.clone()),
-    }
+    after.drop_waker(inner.timer_waker.replace(fresh));
     TimerStep::SleepUntil(node.own_deadline.load(Ordering::Relaxed))
 }
 
