@@ -307,14 +307,23 @@ where
     if shared.len() == 0 {
         return;
     }
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        let shared = shared.clone();
-        rt.spawn(async move {
-            let report = shared.run_ladder(None, before).await;
-            if !report.is_clean() {
-                tracing::warn!(%report, "tasks of a dropped group are stuck");
-            }
-        });
+    // On the current runtime or else the one the tasks run on, so a group
+    // dropped on a plain thread still escalates its stubborn tasks.
+    match shared.runtime() {
+        Some(rt) => {
+            let shared = shared.clone();
+            rt.spawn(async move {
+                let report = shared.run_ladder(None, before).await;
+                if !report.is_clean() {
+                    tracing::warn!(%report, "tasks of a dropped group are stuck");
+                }
+            });
+        }
+        None => tracing::warn!(
+            tracked = shared.len(),
+            "a dropped group has live tasks and no runtime to run its ladder on: they are \
+             cancelled but will not be escalated"
+        ),
     }
 }
 

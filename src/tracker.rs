@@ -70,6 +70,10 @@ pub(crate) struct Shared<K: Eq + Hash + Clone> {
     deliverer_armed: AtomicBool,
     /// The runtime of the first spawn, for ladders started outside one.
     runtime: OnceLock<tokio::runtime::Handle>,
+    /// One group-wide ladder at a time: a `shutdown` that finds one running
+    /// waits for it, and every call after a finished one returns its report,
+    /// so no escalation or abort is counted twice.
+    shutdown: tokio::sync::Mutex<Option<ShutdownReport>>,
 }
 
 /// The one waker a tracker registers on its scope: cancelling the scope wakes
@@ -110,6 +114,7 @@ where
             deliverer: Mutex::new(Waiter::default()),
             deliverer_armed: AtomicBool::new(false),
             runtime: OnceLock::new(),
+            shutdown: tokio::sync::Mutex::new(None),
         });
         shared.register_deliverer();
         shared
@@ -277,9 +282,7 @@ where
         cell: Arc<Cell>,
     ) -> Option<tokio::task::JoinHandle<Option<TaskOutcome>>> {
         self.deliver(&cell);
-        let rt = tokio::runtime::Handle::try_current()
-            .ok()
-            .or_else(|| self.runtime.get().cloned())?;
+        let rt = self.runtime()?;
         let shared = self.clone();
         Some(rt.spawn(async move {
             shared.run_ladder(Some(&cell), Stats::default()).await;
@@ -287,15 +290,35 @@ where
         }))
     }
 
+    /// The current runtime, or else the one the tracker's tasks run on.
+    pub(crate) fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime.get().cloned())
+    }
+
     /// Marks every live task closing, cancels the scope (the deliverer wakes
-    /// each task once) and runs the ladder over all of them.
+    /// each task once) and runs the ladder over all of them. Concurrent calls
+    /// share one ladder: the later ones wait for it and return its report
+    /// (unless tasks it did not see are alive: then they run the ladder for
+    /// those); a call whose future was dropped mid-ladder leaves no report, so
+    /// the next call runs the rest of the ladder.
     pub(crate) async fn shutdown(&self) -> ShutdownReport {
+        let mut done = self.shutdown.lock().await;
+        if let Some(report) = &*done {
+            // Nothing new to tear down: what is alive was already reported.
+            if self.registry.pending().iter().all(|c| c.is_stuck()) {
+                return report.clone();
+            }
+        }
         let before = self.stats();
         for cell in self.registry.pending() {
             self.registry.mark_closing(&cell);
         }
         self.scope.cancel();
-        self.run_ladder(None, before).await
+        let report = self.run_ladder(None, before).await;
+        *done = Some(report.clone());
+        report
     }
 
     /// The ladder after the first delivery: waits for the target (one task, or
@@ -339,7 +362,16 @@ where
                         self.escalate(&cell);
                     }
                 }
-                Step::GiveUp => {}
+                Step::GiveUp => {
+                    // An escalated task was woken to end as aborted: give it
+                    // one scheduling round before calling it stuck (with
+                    // `abort_grace: 0` the verdict would otherwise come
+                    // before the runtime could even poll it).
+                    tokio::task::yield_now().await;
+                    if wait.until(Instant::now()).await {
+                        ended = true;
+                    }
+                }
             }
         }
         drop(wait);
