@@ -6,7 +6,7 @@
 //!  cancel ──► deliver (one wake per task)
 //!    │
 //!    ├─ t = b, b+2b, b+2b+4b, …  (≤ max_redeliveries, < grace)
-//!    │     re-deliver to tasks polled since their last wake; skip the rest
+//!    │     re-deliver to tasks that parked again after seeing it; skip the rest
 //!    │
 //!    ├─ t = grace        escalate: hook once (panics caught), abort
 //!    │
@@ -122,7 +122,8 @@ impl Default for ShutdownPolicy {
 /// One rung of the ladder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
-    /// Re-deliver to tasks polled since their last wake.
+    /// Re-deliver to tasks that were polled after their delivery and parked
+    /// again (their poll returned `Pending`).
     Redeliver,
     /// Run escalation hooks and abort.
     Escalate,

@@ -88,8 +88,10 @@
 //! # Guarantees
 //!
 //! - **No busy retry**: each task is woken at most `1 + max_redeliveries` times
-//!   by the library, re-deliveries are spaced by timers, a task not polled since
-//!   its last wake is not woken again, and once the last task ends no timer,
+//!   by the library, re-deliveries are spaced by timers, only a task that was
+//!   polled after its delivery and parked again is re-delivered to (never one
+//!   not yet polled, nor one in the middle of the poll that ends it), and
+//!   once the last task ends no timer,
 //!   wakeup or task of the library is left.
 //! - **Done-task skipping**: an ended task is never woken nor counted.
 //! - **Prune on completion**: `len()` is the number of live task futures.

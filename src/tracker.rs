@@ -14,7 +14,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -22,9 +22,9 @@ use tokio::time::Instant;
 
 use crate::ladder::{Schedule, ShutdownPolicy, ShutdownReport, Step, StuckTask};
 use crate::registry::{Counters, EntryGuard, Registry, TaskCell, TaskOutcome};
-use crate::wait_list::WaitKey;
 use crate::scope::{CancelScope, Waiter};
 use crate::task::{Hook, SpawnError, Stats, TaskError, TaskHandle, TaskOptions};
+use crate::wait_list::WaitKey;
 
 /// The tokio layer's data in each task cell.
 pub(crate) struct TaskMeta {
@@ -70,10 +70,13 @@ pub(crate) struct Shared<K: Eq + Hash + Clone> {
     deliverer_armed: AtomicBool,
     /// The runtime of the first spawn, for ladders started outside one.
     runtime: OnceLock<tokio::runtime::Handle>,
-    /// One group-wide ladder at a time: a `shutdown` that finds one running
-    /// waits for it, and every call after a finished one returns its report,
-    /// so no escalation or abort is counted twice.
+    /// One group-wide ladder at a time, holding the report of the one that
+    /// finished last: a `shutdown` that finds one running waits for it and
+    /// returns its report, so concurrent calls never count an escalation or
+    /// an abort twice.
     shutdown: tokio::sync::Mutex<Option<ShutdownReport>>,
+    /// Ladders of `shutdown` that ran to the end.
+    shutdowns_finished: AtomicU64,
 }
 
 /// The one waker a tracker registers on its scope: cancelling the scope wakes
@@ -115,6 +118,7 @@ where
             deliverer_armed: AtomicBool::new(false),
             runtime: OnceLock::new(),
             shutdown: tokio::sync::Mutex::new(None),
+            shutdowns_finished: AtomicU64::new(0),
         });
         shared.register_deliverer();
         shared
@@ -299,15 +303,16 @@ where
 
     /// Marks every live task closing, cancels the scope (the deliverer wakes
     /// each task once) and runs the ladder over all of them. Concurrent calls
-    /// share one ladder: the later ones wait for it and return its report
-    /// (unless tasks it did not see are alive: then they run the ladder for
-    /// those); a call whose future was dropped mid-ladder leaves no report, so
-    /// the next call runs the rest of the ladder.
+    /// share one ladder: a call that finds one running waits for it and
+    /// returns its report. A call whose future was dropped mid-ladder
+    /// finishes nothing, so the next call runs the ladder itself.
     pub(crate) async fn shutdown(&self) -> ShutdownReport {
-        let mut done = self.shutdown.lock().await;
-        if let Some(report) = &*done {
-            // Nothing new to tear down: what is alive was already reported.
-            if self.registry.pending().iter().all(|c| c.is_stuck()) {
+        // A ladder that finishes while this call waits for the lock is the
+        // one it joined. (The mutex orders the count: it is bumped under it.)
+        let seen = self.shutdowns_finished.load(Ordering::Relaxed);
+        let mut last = self.shutdown.lock().await;
+        if self.shutdowns_finished.load(Ordering::Relaxed) > seen {
+            if let Some(report) = &*last {
                 return report.clone();
             }
         }
@@ -317,7 +322,8 @@ where
         }
         self.scope.cancel();
         let report = self.run_ladder(None, before).await;
-        *done = Some(report.clone());
+        *last = Some(report.clone());
+        self.shutdowns_finished.fetch_add(1, Ordering::Relaxed);
         report
     }
 

@@ -1,6 +1,7 @@
 //! The proptest state machine: random programs of operations on a `TaskGroup`
 //! and a `TaskMap` (spawn with behaviours, cancels, aborts, handle drops,
-//! replacement, the paused clock, shutdown), checked after every step against
+//! replacement, the paused clock, shutdown, parked `join` / `join_next`
+//! waiters re-polled in any order), checked after every step against
 //! a reference model (`tests/model/machine.rs`, shared with the fuzz target).
 //!
 //! 256 cases by default; for a long run:
@@ -43,6 +44,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => pick.prop_map(Op::DropHandle),
         4 => ms().prop_map(Op::Advance),
         1 => Just(Op::Shutdown),
+        2 => any::<bool>().prop_map(|next| Op::Wait { next }),
+        3 => any::<u8>().prop_map(|r| Op::Repoll(TaskRef(r))),
     ]
 }
 

@@ -143,7 +143,7 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
                     (counting.clone(), Waker::from(counting))
                 });
                 let g = guard.as_ref().expect("polled after the end");
-                g.cell().begin_poll(cell_waker);
+                let start = g.cell().begin_poll(cell_waker);
                 // Register before checking, so an abort is never missed.
                 abort.waker.register(cx.waker());
                 if abort.requested.load(Ordering::Acquire) {
@@ -154,7 +154,11 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
                     ended.store(true, Ordering::SeqCst);
                     return Poll::Ready(());
                 }
-                // Ignores cancellation: every wake is answered by parking again.
+                // Ignores cancellation: every wake is answered by parking
+                // again (as `Tracked::poll`, which marks it re-deliverable).
+                if start.delivered {
+                    g.cell().parked_after_delivery();
+                }
                 Poll::Pending
             }));
             waker.map_or(0, |(counting, _)| counting.wakes())
@@ -180,7 +184,7 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
 
     // First delivery, as `Shared::shutdown` / `retire`: mark, then one wake.
     registry.mark_closing(&cell);
-    let mut claims = usize::from(cell.schedule());
+    let mut claims = usize::from(cell.deliver());
 
     let mut next = 0;
     let mut polls = 0;
@@ -250,7 +254,8 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
                     }
                 }
                 Step::GiveUp => {
-                    registry.release(&mut idle_slot, &mut ended_slot);
+                    registry.release_idle(&mut idle_slot);
+                    registry.release_ended(cell.id, &mut ended_slot);
                     timer.waker.take();
                     return Poll::Ready(Verdict::Stuck);
                 }

@@ -1,14 +1,16 @@
-//! Models of tracked entries (`registry.rs`): pruning, done-task skipping and
-//! keyed replacement.
+//! Models of tracked entries (`registry.rs`): pruning, done-task skipping,
+//! keyed replacement, re-delivery only to a task parked after its delivery,
+//! and generation-checked join waiters (with its negative control).
 
 use std::task::{Poll, Waker};
 
 use loom::future::block_on;
 use loom::sync::atomic::AtomicBool;
 use loom::thread;
+use std::sync::Arc as StdArc;
 
 use super::{CountingWaker, Seen, check};
-use crate::registry::{Registry, TaskOutcome};
+use crate::registry::{Registry, TaskCell, TaskOutcome};
 use crate::sync::{Arc, Ordering};
 
 /// A canceller's pass, as the deliverer and a re-delivery rung: snapshot,
@@ -153,4 +155,221 @@ fn replace_races_old_completion() {
         assert!(registry.get(&7).is_none());
         assert_eq!(registry.len(), 0);
     });
+}
+
+/// One re-delivery rung; returns whether it claimed a wake and whether the
+/// task's poll had begun when it looked.
+fn rung(
+    cell: &TaskCell<()>,
+    began: &AtomicBool,
+    returned: &AtomicBool,
+    limit: u32,
+) -> (bool, bool) {
+    let woke = cell.redeliver(limit);
+    // The claim's Acquire pairs with the Release of `PARKED`, which follows
+    // the store of `returned` in the task's program order.
+    assert!(
+        !woke || returned.load(Ordering::SeqCst),
+        "re-delivered to a task whose poll had not returned"
+    );
+    (woke, began.load(Ordering::SeqCst))
+}
+
+/// Proves registry invariant 3's `PARKED` rule (Trio: one abort attempt per
+/// blocking call): two ladders' re-delivery rungs race the poll that follows
+/// the first delivery. When that poll ends the task, no rung ever claims a
+/// wake, whether it runs before the poll, in the middle of it or after the
+/// end; when the poll parks again, a rung claims one only after the poll
+/// returned, and one at most however many ladders run.
+fn redelivery_races_poll(ends: bool, seen: &Seen) {
+    const LIMIT: u32 = 2;
+    seen.iteration();
+    let registry = Arc::new(Registry::<(), ()>::new(false));
+    let (mut guard, _) = Registry::insert(&registry, (), None);
+    let cell = guard.cell().clone();
+    // Polled once and parked, then the first delivery wakes it.
+    assert!(!cell.begin_poll(Waker::noop()).delivered);
+    assert!(cell.deliver());
+    let began = Arc::new(AtomicBool::new(false));
+    let returned = Arc::new(AtomicBool::new(false));
+    let task = {
+        let (began, returned) = (began.clone(), returned.clone());
+        thread::spawn(move || {
+            let start = guard.cell().begin_poll(Waker::noop());
+            began.store(true, Ordering::SeqCst);
+            assert!(start.delivered);
+            if ends {
+                guard.outcome = TaskOutcome::Cancelled;
+                drop(guard);
+            } else {
+                returned.store(true, Ordering::SeqCst);
+                guard.cell().parked_after_delivery();
+                // The guard lives on: the task is parked, not ended.
+                std::mem::forget(guard);
+            }
+        })
+    };
+    let other = {
+        let (cell, began, returned) = (cell.clone(), began.clone(), returned.clone());
+        thread::spawn(move || rung(&cell, &began, &returned, LIMIT).0)
+    };
+    let (woke_here, began_seen) = rung(&cell, &began, &returned, LIMIT);
+    task.join().unwrap();
+    let claims = usize::from(woke_here) + usize::from(other.join().unwrap());
+    seen.hit(match (woke_here, began_seen) {
+        (true, _) => "rung_after_park",
+        (false, false) => "rung_before_poll",
+        (false, true) => "rung_during_or_after_poll",
+    });
+    if ends {
+        assert_eq!(
+            claims, 0,
+            "a task that ended at its delivery was re-delivered to"
+        );
+        assert!(cell.is_ended());
+        assert_eq!(registry.len(), 0);
+    } else {
+        assert!(claims <= 1, "{claims} re-deliveries for one park");
+        assert_eq!(cell.redeliveries() as usize, claims);
+    }
+}
+
+#[test]
+fn redelivery_races_the_poll_that_ends_the_task() {
+    let seen = Seen::new(&["rung_before_poll", "rung_during_or_after_poll"]);
+    let tally = seen.clone();
+    check(
+        "redelivery_races_the_poll_that_ends_the_task",
+        &seen,
+        move || redelivery_races_poll(true, &tally),
+    );
+}
+
+#[test]
+fn redelivery_races_the_poll_that_parks_again() {
+    let seen = Seen::new(&[
+        "rung_before_poll",
+        "rung_during_or_after_poll",
+        "rung_after_park",
+    ]);
+    let tally = seen.clone();
+    check(
+        "redelivery_races_the_poll_that_parks_again",
+        &seen,
+        move || redelivery_races_poll(false, &tally),
+    );
+}
+
+/// Proves that a join waiter's stale key never costs a later waiter its
+/// wakeup (tokio-util's `notify_many`): waiter A parks on idleness; one thread
+/// ends the task (the registry goes idle, A is woken), respawns one and parks
+/// waiter B; A re-polls at any moment, before the idle, between it and B's
+/// registration, or after it (B then holds the slab slot A's key points at).
+/// When the respawned task ends, B is woken, and A is done or woken too.
+fn join_waiters(seen: &Seen) {
+    seen.iteration();
+    let registry = Arc::new(Registry::<(), ()>::new(false));
+    let (first, _) = Registry::insert(&registry, (), None);
+    let (wa, wb) = (
+        CountingWaker::new(Waker::noop()),
+        CountingWaker::new(Waker::noop()),
+    );
+    let (wa_waker, wb_waker) = (Waker::from(wa.clone()), Waker::from(wb.clone()));
+    let mut a_key = None;
+    assert!(registry.poll_idle(&wa_waker, &mut a_key).is_pending());
+    let idle_seen = Arc::new(AtomicBool::new(false));
+    let b_parked = Arc::new(AtomicBool::new(false));
+    let other = {
+        let (registry, idle_seen, b_parked) =
+            (registry.clone(), idle_seen.clone(), b_parked.clone());
+        thread::spawn(move || {
+            drop(first);
+            idle_seen.store(true, Ordering::SeqCst);
+            let (respawned, _) = Registry::insert(&registry, (), None);
+            let mut b_key = None;
+            assert!(registry.poll_idle(&wb_waker, &mut b_key).is_pending());
+            b_parked.store(true, Ordering::SeqCst);
+            (respawned, b_key, wb_waker)
+        })
+    };
+    let b_first = b_parked.load(Ordering::SeqCst);
+    let a_again = registry.poll_idle(&wa_waker, &mut a_key);
+    let idle_after = idle_seen.load(Ordering::SeqCst);
+    let (respawned, mut b_key, _wb_waker) = other.join().unwrap();
+    seen.hit(match (b_first, idle_after) {
+        (true, _) => "a_repolled_after_b_parked",
+        (false, false) => "a_repolled_before_the_idle",
+        (false, true) => "a_repolled_around_b",
+    });
+    drop(respawned);
+    assert_eq!(wb.wakes(), 1, "B's registration was lost to A's stale key");
+    if a_again.is_pending() {
+        assert!(wa.wakes() >= 1, "A re-registered and was never woken");
+    }
+    registry.release_idle(&mut a_key);
+    registry.release_idle(&mut b_key);
+    drop(wa_waker);
+    assert_eq!(
+        StdArc::strong_count(&wa),
+        1,
+        "A's waker is still registered"
+    );
+}
+
+#[test]
+fn join_waiters_survive_respawn() {
+    let seen = Seen::new(&[
+        "a_repolled_before_the_idle",
+        "a_repolled_around_b",
+        "a_repolled_after_b_parked",
+    ]);
+    let tally = seen.clone();
+    check("join_waiters_survive_respawn", &seen, move || {
+        join_waiters(&tally)
+    });
+}
+
+/// The negative control's model: `join_waiters_survive_respawn` with the
+/// generation checks off (a plain slab index, as before). It must fail; loom
+/// aborts the process while unwinding out of a failed model, so
+/// [`stale_join_key_is_caught`] runs it in a child process.
+#[test]
+#[ignore = "negative control: must fail; run by stale_join_key_is_caught in a child process"]
+fn stale_join_key_model() {
+    crate::wait_list::IGNORE_GENERATIONS.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = Seen::new(&[
+        "a_repolled_before_the_idle",
+        "a_repolled_around_b",
+        "a_repolled_after_b_parked",
+    ]);
+    let tally = seen.clone();
+    check("stale_join_key_model", &seen, move || join_waiters(&tally));
+}
+
+/// Negative control for `join_waiters_survive_respawn`: without generations
+/// the model finds the overwritten registration.
+#[test]
+fn stale_join_key_is_caught() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "loom_models::registry::stale_join_key_model",
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .output()
+        .expect("run the test binary");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "the model accepted join waiters without generations:\n{text}"
+    );
+    let why = text
+        .lines()
+        .find(|l| l.contains("lost to A's stale key"))
+        .unwrap_or_else(|| panic!("the stale-key model failed for another reason:\n{text}"));
+    super::report(&format!(
+        "negative control stale_join_key_model failed as expected: {why}"
+    ));
 }

@@ -71,6 +71,12 @@ pub enum Op {
     Advance(Ms),
     /// `shutdown()` of the group and then of the map, awaited.
     Shutdown,
+    /// Park a `join()` (or, with `next`, a `join_next()`) of the group on a
+    /// counting waker; it stays pending until re-polled.
+    Wait { next: bool },
+    /// Re-poll one of the parked waiters (modulo their number), in any
+    /// order relative to the others, to idleness and to respawns.
+    Repoll(TaskRef),
 }
 
 /// Decodes a fuzz input into a program (at most `max_ops` steps).

@@ -208,9 +208,36 @@ impl Task {
     }
 }
 
+/// A parked `join()` / `join_next()` of the group, polled by hand.
+struct Waiter {
+    next: bool,
+    fut: Pin<Box<dyn Future<Output = bool> + Send>>,
+    wakes: Arc<WakeCount>,
+    /// Wakes, and ends of group tasks, when it last returned `Pending`.
+    wakes_at_park: usize,
+    ends_at_park: u64,
+}
+
+/// Counts the wakes of a parked waiter.
+#[derive(Default)]
+struct WakeCount(AtomicUsize);
+
+impl std::task::Wake for WakeCount {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn ends(group: &TaskGroup) -> u64 {
+    let s = group.stats();
+    s.completed + s.cancelled + s.aborted + s.panicked
+}
+
 struct World {
     scope: CancelScope,
-    group: TaskGroup,
+    group: Arc<TaskGroup>,
+    /// Parked waiters, re-polled by `Op::Repoll` in any order.
+    waiters: Vec<Waiter>,
     map: TaskMap<u8>,
     tasks: Vec<Task>,
     /// Key → index of the task spawned last under it.
@@ -237,14 +264,18 @@ pub fn run(ops: &[Op]) {
 
 async fn run_on_runtime(ops: &[Op]) {
     let scope = CancelScope::new();
-    let group = TaskGroup::builder()
-        .policy(policy())
-        .scope(scope.clone())
-        .build();
+    let group = Arc::new(
+        TaskGroup::builder()
+            .policy(policy())
+            .scope(scope.clone())
+            .collect_outcomes(true)
+            .build(),
+    );
     let map = TaskMap::with_scope_and_policy(scope.clone(), policy());
     let mut w = World {
         scope,
         group,
+        waiters: Vec::new(),
         map,
         tasks: Vec::new(),
         latest: HashMap::new(),
@@ -373,6 +404,56 @@ impl World {
             }
             Op::Advance(t) => tokio::time::advance(ms(t.millis())).await,
             Op::Shutdown => self.shutdown_both().await,
+            Op::Wait { next } => {
+                let group = self.group.clone();
+                let fut: Pin<Box<dyn Future<Output = bool> + Send>> = if next {
+                    Box::pin(async move { group.join_next().await.is_some() })
+                } else {
+                    Box::pin(async move {
+                        let _ = group.join().await;
+                        true
+                    })
+                };
+                let waiter = Waiter {
+                    next,
+                    fut,
+                    wakes: Arc::default(),
+                    wakes_at_park: 0,
+                    ends_at_park: 0,
+                };
+                self.waiters.push(waiter);
+                let last = self.waiters.len() - 1;
+                self.repoll(last);
+            }
+            Op::Repoll(r) => {
+                if !self.waiters.is_empty() {
+                    let i = usize::from(r.0) % self.waiters.len();
+                    self.repoll(i);
+                }
+            }
+        }
+    }
+
+    /// Polls waiter `i`; a ready one is checked and dropped, a pending one
+    /// remembers what it has seen.
+    fn repoll(&mut self, i: usize) {
+        let at = self.at();
+        let ends_now = ends(&self.group);
+        let empty = self.group.is_empty();
+        let w = &mut self.waiters[i];
+        let waker = std::task::Waker::from(w.wakes.clone());
+        match w.fut.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(took_one) => {
+                if w.next && !took_one {
+                    assert!(empty, "{at}: join_next said None with live tasks");
+                }
+                drop(self.waiters.swap_remove(i));
+            }
+            Poll::Pending => {
+                assert!(!empty, "{at}: a waiter is pending on an empty group");
+                w.wakes_at_park = w.wakes.0.load(Ordering::SeqCst);
+                w.ends_at_park = ends_now;
+            }
         }
     }
 
@@ -463,6 +544,24 @@ impl World {
     /// The checks after every step.
     fn check(&self) {
         let at = self.at();
+        // Property 4 for waiters: a parked `join` is woken once the group is
+        // idle, a parked `join_next` once a task ended since it parked,
+        // whatever order waiters were re-polled in and whatever was spawned
+        // between (tokio-util's `notify_many`).
+        let ends_now = ends(&self.group);
+        for (i, w) in self.waiters.iter().enumerate() {
+            let due = if w.next {
+                ends_now > w.ends_at_park || self.group.is_empty()
+            } else {
+                self.group.is_empty()
+            };
+            let woken = w.wakes.0.load(Ordering::SeqCst) > w.wakes_at_park;
+            assert!(
+                !due || woken,
+                "{at}: parked waiter {i} (join_next: {}) was never woken",
+                w.next
+            );
+        }
         let now = Instant::now();
         let max = policy().max_redeliveries as usize;
         let group_alive = self.alive_in(|h| h == Home::Group).len();
@@ -565,7 +664,13 @@ impl World {
                 assert!(ok, "{at}: task {i} handle said {result:?}: {t:?}");
             }
         }
-        let World { group, map, .. } = self;
+        let World {
+            group,
+            map,
+            waiters,
+            ..
+        } = self;
+        drop(waiters);
         drop(group);
         drop(map);
         settle().await;
