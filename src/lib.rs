@@ -154,7 +154,7 @@ mod tracker;
 pub use ladder::{Backoff, ShutdownPolicy, ShutdownReport, StuckTask};
 pub use registry::{TaskId, TaskOutcome};
 pub use scope::{
-    CancelReason, CancelScope, Cancelled, DropGuard, Elapsed, Run, WaitCancelled,
+    CancelMessage, CancelReason, CancelScope, Cancelled, DropGuard, Elapsed, Run, WaitCancelled,
     WaitCancelledOwned, fail_after, fail_at, move_on_after, move_on_at,
 };
 

@@ -5,6 +5,7 @@
 //! lives in `scope/tree.rs`; this file adds what needs tokio: the clock for
 //! deadlines, and the one timer task per waited-on deadline.
 
+pub(crate) mod message;
 pub(crate) mod tree;
 
 use std::future::Future;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::sync::Arc;
+pub use message::CancelMessage;
 pub use tree::CancelReason;
 use tree::{NO_DEADLINE, Node, TimerStep};
 
@@ -210,6 +212,73 @@ impl CancelScope {
     /// not yet; once `cancel` returns, the whole subtree is.
     pub fn cancel(&self) {
         tree::cancel(&self.node, CancelReason::Requested);
+    }
+
+    /// As [`cancel`](Self::cancel), with a message saying why (as Trio's
+    /// `CancelScope.cancel(reason=...)`): every scope this cancel reaches
+    /// reports it through [`cancel_message`](Self::cancel_message), and so do
+    /// the [`Cancelled`] errors of [`run`](Self::run) and the
+    /// [`TaskError`](crate::TaskError)s of tasks it drops.
+    ///
+    /// The first cancel wins, whatever its kind: on a scope already cancelled
+    /// (by a call, with or without a message, or by a deadline) this changes
+    /// nothing and the message is dropped. Takes a `&'static str` (no
+    /// allocation), a `String`, or anything else that is
+    /// `Into<`[`CancelMessage`]`>`; the message is stored once, at this scope,
+    /// not copied into each descendant.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::{CancelReason, CancelScope};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let server = CancelScope::new();
+    /// let request = server.child().child();
+    /// server.cancel_with("shutting down");
+    /// assert_eq!(request.reason(), Some(CancelReason::Requested));
+    /// assert_eq!(request.cancel_message().as_deref(), Some("shutting down"));
+    ///
+    /// let err = request.run(std::future::pending::<()>()).await.unwrap_err();
+    /// assert_eq!(err.message(), Some("shutting down"));
+    ///
+    /// server.cancel_with(String::from("too late")); // the first cancel won
+    /// assert_eq!(server.cancel_message().as_deref(), Some("shutting down"));
+    /// # }
+    /// ```
+    pub fn cancel_with(&self, message: impl Into<CancelMessage>) {
+        tree::cancel_with(&self.node, CancelReason::Requested, Some(message.into()));
+    }
+
+    /// The message of the cancel that reached this scope, if the scope is
+    /// cancelled and that cancel had one: taken from the scope where the
+    /// cancellation started, as [`reason`](Self::reason). `None` for a scope
+    /// not cancelled, cancelled by [`cancel`](Self::cancel) or by a deadline.
+    /// A [shielded child](Self::shielded_child) never sees its ancestors'.
+    ///
+    /// Cheap: a clone of a [`CancelMessage`] never allocates; finding it
+    /// walks up to the scope where the cancel started, without a lock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::CancelScope;
+    ///
+    /// let root = CancelScope::new();
+    /// let child = root.child();
+    /// let cleanup = root.shielded_child();
+    /// root.cancel_with(format!("session {} closed", 7));
+    /// assert_eq!(child.cancel_message().unwrap(), "session 7 closed");
+    /// assert_eq!(cleanup.cancel_message(), None);
+    /// ```
+    #[must_use]
+    pub fn cancel_message(&self) -> Option<CancelMessage> {
+        if is_cancelled(&self.node) {
+            tree::message(&self.node).cloned()
+        } else {
+            None
+        }
     }
 
     /// Whether the scope is cancelled, by a call or by a passed deadline.
@@ -557,8 +626,7 @@ impl<F: Future> Future for Run<'_, F> {
             }
             this.fut.set(None);
         }
-        let reason = scope.reason().unwrap_or(CancelReason::Requested);
-        Poll::Ready(Err(Cancelled { reason }))
+        Poll::Ready(Err(Cancelled::of(scope)))
     }
 }
 
@@ -598,25 +666,50 @@ impl Drop for DropGuard {
 
 // ===== errors =====
 
-/// The error of [`CancelScope::run`]: the scope was cancelled first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The error of [`CancelScope::run`]: the scope was cancelled first. Carries
+/// the [reason](CancelReason) and the [message](CancelScope::cancel_with) of
+/// the cancel, both from the scope where it started.
+///
+/// Also what [`TaskError::Cancelled`](crate::TaskError::Cancelled) carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cancelled {
     reason: CancelReason,
+    message: Option<CancelMessage>,
 }
 
 impl Cancelled {
+    /// Reads the reason and message of a cancelled `scope` (`Requested` and
+    /// none if it is not cancelled, which callers rule out).
+    pub(crate) fn of(scope: &CancelScope) -> Self {
+        Cancelled {
+            reason: scope.reason().unwrap_or(CancelReason::Requested),
+            message: scope.cancel_message(),
+        }
+    }
+
     /// Why the scope was cancelled.
     #[must_use]
     pub fn reason(&self) -> CancelReason {
         self.reason
+    }
+
+    /// The message given to [`CancelScope::cancel_with`], if the cancel had
+    /// one.
+    #[must_use]
+    pub fn message(&self) -> Option<&str> {
+        self.message.as_deref()
     }
 }
 
 impl std::fmt::Display for Cancelled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.reason {
-            CancelReason::Requested => f.write_str("cancel scope was cancelled"),
-            CancelReason::Deadline => f.write_str("cancel scope deadline passed"),
+            CancelReason::Requested => f.write_str("cancel scope was cancelled")?,
+            CancelReason::Deadline => f.write_str("cancel scope deadline passed")?,
+        }
+        match &self.message {
+            Some(m) => write!(f, ": {m}"),
+            None => Ok(()),
         }
     }
 }

@@ -206,10 +206,12 @@ async fn a_group_deadline_cancels_its_tasks() {
     let group = TaskGroup::with_scope(scope);
     let start = tokio::time::Instant::now();
     let h = group.spawn(std::future::pending::<()>());
+    let err = h.await.unwrap_err();
     assert_eq!(
-        h.await.unwrap_err(),
-        TaskError::Cancelled(cancel_scope::CancelReason::Deadline)
+        err.cancel_reason(),
+        Some(cancel_scope::CancelReason::Deadline)
     );
+    assert_eq!(err.cancel_message(), None);
     assert_eq!(start.elapsed(), Duration::from_secs(2));
 }
 
