@@ -358,7 +358,7 @@ where
                     key = ?key,
                     age_ms = age.as_millis() as u64,
                     // Recorded only when the cancel had a message.
-                    message = message.as_deref(),
+                    cancel_message = message.as_deref(),
                     "task is stuck: it outlived cancellation, escalation and abort; it stays \
                      tracked and prunes itself if it ever ends"
                 );
@@ -412,8 +412,9 @@ where
             name = ?meta.name,
             age_ms = meta.spawned_at.elapsed().as_millis() as u64,
             redeliveries = cell.redeliveries(),
-            // Recorded only when the cancel had a message.
-            message = message.as_deref(),
+            // Recorded only when the cancel had a message. Not `message`:
+            // tracing's name for the event's own text.
+            cancel_message = message.as_deref(),
             "task ignored cancellation for the whole grace period: escalating (hook, then abort)"
         );
         let hook = meta.hook.lock().unwrap_or_else(|e| e.into_inner()).take();
