@@ -66,8 +66,55 @@ fn now_ticks() -> i64 {
 /// [`reason`](Self::reason) says which, taken from the scope where the
 /// cancellation started.
 ///
-/// A [shielded child](Self::shielded_child) ignores its ancestors, as Trio's
-/// `CancelScope(shield=True)`: use it for bounded cleanup, with its own deadline.
+/// A [shielded child](Self::shielded_child) is a scope that its ancestors'
+/// cancellation does not reach; see [below](#what-a-shield-protects) for what
+/// that does and does not protect.
+///
+/// # What a shield protects
+///
+/// A shield protects a scope's *state*, not the code around it. A shielded
+/// scope stays uncancelled when its ancestors are cancelled, so its
+/// `is_cancelled`, `cancelled()` and `run` behave as if nothing happened, and
+/// code that *observes* scopes (the body of a
+/// [`spawn_with_scope`](crate::TaskGroup::spawn_with_scope) task, or any code
+/// that checks a scope instead of being dropped by one) can do its cleanup
+/// under it.
+///
+/// It does not protect code nested inside a future that a cancel *drops*: the
+/// future given to an outer [`run`](Self::run), or to a plain
+/// [`TaskGroup::spawn`](crate::TaskGroup::spawn), is dropped whole at its next
+/// await once that scope is cancelled, shielded parts included. This is where
+/// Trio differs: there cancellation is an exception raised at the next
+/// checkpoint, and a shielded block inside the cancelled one keeps running;
+/// here nothing inside a dropped future can run again.
+///
+/// To run cleanup that must outlive the code (or task) that starts it, move
+/// the cleanup out of that code's future: spawn it as its own
+/// `spawn_with_scope` task, and run it in a shielded child with its own
+/// deadline. The group tracks it (its `shutdown` waits for it, bounded by the
+/// grace like any task), the shield keeps the group's cancel from reaching it,
+/// and the deadline bounds it:
+///
+/// ```
+/// use std::time::Duration;
+/// use cancel_scope::{CancelScope, TaskGroup};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let group = TaskGroup::new();
+/// // Inside some request handler that may be cancelled or dropped any time:
+/// let cleanup = group.spawn_with_scope(|scope: CancelScope| async move {
+///     scope
+///         .shielded_child()
+///         .with_timeout(Duration::from_millis(500)) // bounded: 500 ms at most
+///         .run(async { /* flush, close, notify */ "flushed" })
+///         .await
+/// });
+/// group.cancel(); // the handler's whole world goes away...
+/// // ...the cleanup still runs to its end or its deadline.
+/// assert_eq!(cleanup.await.unwrap(), Ok("flushed"));
+/// # }
+/// ```
 ///
 /// # Examples
 ///
@@ -111,9 +158,20 @@ impl CancelScope {
     }
 
     /// A shielded child: not cancelled by its ancestors, nor bound by their
-    /// deadlines (as Trio's `CancelScope(shield=True)`). It can still be
-    /// cancelled directly or by a deadline of its own, which is how bounded
-    /// cleanup reads:
+    /// deadlines (the scope state of Trio's `CancelScope(shield=True)`). It
+    /// can still be cancelled directly or by a deadline of its own, which is
+    /// how bounded cleanup reads.
+    ///
+    /// The shield protects this scope, not the future its code runs in: if
+    /// that future is dropped by an outer cancel (it runs inside an outer
+    /// [`run`](Self::run) or a plain `TaskGroup::spawn`), the shielded part
+    /// goes with it. Cleanup that must outlive its caller goes into its own
+    /// `spawn_with_scope` task; see
+    /// [What a shield protects](CancelScope#what-a-shield-protects).
+    ///
+    /// # Examples
+    ///
+    /// The code below awaits the shielded scope directly, so nothing drops it:
     ///
     /// ```
     /// use std::time::Duration;
