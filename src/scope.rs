@@ -493,6 +493,7 @@ impl std::fmt::Debug for CancelScope {
             .field("parent", &tree::parent_id(&self.node))
             .field("shielded", &self.node.shielded)
             .field("reason", &self.reason())
+            .field("message", &self.cancel_message())
             .field("deadline", &self.deadline())
             .finish()
     }

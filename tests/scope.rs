@@ -291,6 +291,10 @@ fn debug_shows_state() {
     scope.cancel();
     let s = format!("{scope:?}");
     assert!(s.contains("Requested"), "{s}");
+    let scope = CancelScope::new();
+    scope.cancel_with("bye");
+    let s = format!("{scope:?}");
+    assert!(s.contains("message: Some(\"bye\")"), "{s}");
 }
 
 /// Polls a future by hand, from inside a runtime, to observe registration.
