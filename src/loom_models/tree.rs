@@ -169,7 +169,13 @@ fn cancel_with_races_cancel() {
         tally.iteration();
         let root = CancelScope::new();
         let child = root.child();
-        let snapshot = |s: &CancelScope| (s.reason(), s.cancel_message());
+        // The message is read after the flag was seen: seeing the flag must
+        // mean seeing the winner's message (the two reads are not one step,
+        // so reading the message first could see a cancel the flag read missed).
+        let snapshot = |s: &CancelScope| {
+            let reason = s.reason();
+            (reason, reason.and_then(|_| s.cancel_message()))
+        };
         let other = {
             let root = root.clone();
             let child = child.clone();
