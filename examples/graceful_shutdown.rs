@@ -43,7 +43,10 @@ async fn start_job(
             .name("cooperative-job")
             .spawn_with_scope(|scope| async move {
                 // Work until cancelled, then clean up for at most 200 ms,
-                // shielded from the cancellation that stopped the work.
+                // shielded from the cancellation that stopped the work. This
+                // works because nothing drops a `spawn_with_scope` task's
+                // future on cancel; inside a plain `spawn` (or an outer `run`)
+                // the shielded part would be dropped with the rest.
                 scope.run(std::future::pending::<()>()).await.ok();
                 let cleanup = scope
                     .shielded_child()

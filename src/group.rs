@@ -184,6 +184,28 @@ impl TaskGroup {
         self.shared.scope.cancel();
     }
 
+    /// As [`cancel`](Self::cancel), with a message that every task's
+    /// [`TaskError::Cancelled`] and the ladder's warnings carry; see
+    /// [`CancelScope::cancel_with`] (the first cancel wins). Call it before
+    /// [`shutdown`](Self::shutdown) to give the teardown a message.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::TaskGroup;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::new();
+    /// let task = group.spawn(std::future::pending::<()>());
+    /// group.cancel_with("draining for deploy");
+    /// assert_eq!(task.await.unwrap_err().cancel_message(), Some("draining for deploy"));
+    /// # }
+    /// ```
+    pub fn cancel_with(&self, message: impl Into<crate::CancelMessage>) {
+        self.shared.scope.cancel_with(message);
+    }
+
     /// Waits until every task has ended, without cancelling anything.
     ///
     /// # Errors

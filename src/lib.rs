@@ -30,8 +30,9 @@
 //! let db_call = request.child();
 //! assert_eq!(db_call.deadline(), request.deadline()); // inherited
 //!
-//! request.cancel();
+//! request.cancel_with("client went away"); // or `cancel()`, without a message
 //! assert_eq!(db_call.reason(), Some(CancelReason::Requested));
+//! assert_eq!(db_call.cancel_message().as_deref(), Some("client went away"));
 //!
 //! // Timeouts are scopes too.
 //! assert_eq!(move_on_after(Duration::from_millis(5), std::future::pending::<()>()).await, None);
@@ -85,6 +86,31 @@
 //! # }
 //! ```
 //!
+//! A shield keeps a scope uncancelled, not the code around it: a future
+//! dropped by a cancel is dropped whole, shielded parts included. Cleanup that
+//! must survive the code that starts it goes into its own `spawn_with_scope`
+//! task under a shielded child with a deadline; see
+//! [What a shield protects](CancelScope#what-a-shield-protects).
+//!
+//! # Coming from tokio / tokio-util
+//!
+//! | tokio / tokio-util | here |
+//! | --- | --- |
+//! | `CancellationToken` | [`CancelScope`] (plus deadlines, shields, reasons) |
+//! | `CancellationToken::child_token` | [`CancelScope::child`] |
+//! | `CancellationToken::cancel` | [`CancelScope::cancel`] |
+//! | a cancel with a reason (tokio #5249; Trio's `cancel(reason=...)`) | [`CancelScope::cancel_with`], read back with [`CancelScope::cancel_message`] |
+//! | `TaskTracker` | [`TaskGroup`] |
+//! | `TaskTracker::wait` | [`TaskGroup::join`] (or [`TaskGroup::shutdown`]: cancel, then the bounded ladder) |
+//! | `TaskTracker::close` | `TaskGroup::close` |
+//! | `JoinSet` | a [`TaskGroup`] and the [`TaskHandle`]s it returns, or [`TaskGroup::join_next`] for outcomes |
+//! | `JoinMap` | [`TaskMap`] |
+//! | `JoinError::is_cancelled()` (the task was *aborted*) | [`TaskError::Aborted`], not [`TaskError::Cancelled`] |
+//!
+//! The last row is a trap: in tokio "cancelled" means aborted from outside;
+//! here [`TaskError::Cancelled`] means the task's cancel scope was cancelled
+//! and its future dropped at an await, and it carries the reason and message.
+//!
 //! # Guarantees
 //!
 //! - **No busy retry**: each task is woken at most `1 + max_redeliveries` times
@@ -112,7 +138,11 @@
 //! # Where the semantics come from
 //!
 //! Cancel scopes, shields and deadlines are Trio's (`CancelScope`,
-//! `shield=True`, `move_on_after` / `fail_after`); task groups are Trio's
+//! `shield=True`, `move_on_after` / `fail_after`), with one difference: a
+//! cancel here drops futures rather than raising at checkpoints, so a shield
+//! protects its scope and code that observes it, not code inside a dropped
+//! future. Cancel messages are Trio's and anyio's `cancel(reason=...)`. Task
+//! groups are Trio's
 //! nurseries and anyio's task groups; handles, `join_next`, `abort` and the
 //! runtime are tokio's. The ladder (bounded re-delivery, grace, escalation,
 //! stuck list) is this crate's answer to cancellation delivered on every tick.
@@ -157,7 +187,7 @@ mod tracker;
 pub use ladder::{Backoff, ShutdownPolicy, ShutdownReport, StuckTask};
 pub use registry::{TaskId, TaskOutcome};
 pub use scope::{
-    CancelReason, CancelScope, Cancelled, DropGuard, Elapsed, Run, WaitCancelled,
+    CancelMessage, CancelReason, CancelScope, Cancelled, DropGuard, Elapsed, Run, WaitCancelled,
     WaitCancelledOwned, fail_after, fail_at, move_on_after, move_on_at,
 };
 

@@ -5,6 +5,7 @@
 //! lives in `scope/tree.rs`; this file adds what needs tokio: the clock for
 //! deadlines, and the one timer task per waited-on deadline.
 
+pub(crate) mod message;
 pub(crate) mod tree;
 
 use std::future::Future;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::sync::Arc;
+pub use message::CancelMessage;
 pub use tree::CancelReason;
 use tree::{NO_DEADLINE, Node, TimerStep};
 
@@ -64,8 +66,55 @@ fn now_ticks() -> i64 {
 /// [`reason`](Self::reason) says which, taken from the scope where the
 /// cancellation started.
 ///
-/// A [shielded child](Self::shielded_child) ignores its ancestors, as Trio's
-/// `CancelScope(shield=True)`: use it for bounded cleanup, with its own deadline.
+/// A [shielded child](Self::shielded_child) is a scope that its ancestors'
+/// cancellation does not reach; see [below](#what-a-shield-protects) for what
+/// that does and does not protect.
+///
+/// # What a shield protects
+///
+/// A shield protects a scope's *state*, not the code around it. A shielded
+/// scope stays uncancelled when its ancestors are cancelled, so its
+/// `is_cancelled`, `cancelled()` and `run` behave as if nothing happened, and
+/// code that *observes* scopes (the body of a
+/// [`spawn_with_scope`](crate::TaskGroup::spawn_with_scope) task, or any code
+/// that checks a scope instead of being dropped by one) can do its cleanup
+/// under it.
+///
+/// It does not protect code nested inside a future that a cancel *drops*: the
+/// future given to an outer [`run`](Self::run), or to a plain
+/// [`TaskGroup::spawn`](crate::TaskGroup::spawn), is dropped whole at its next
+/// await once that scope is cancelled, shielded parts included. This is where
+/// Trio differs: there cancellation is an exception raised at the next
+/// checkpoint, and a shielded block inside the cancelled one keeps running;
+/// here nothing inside a dropped future can run again.
+///
+/// To run cleanup that must outlive the code (or task) that starts it, move
+/// the cleanup out of that code's future: spawn it as its own
+/// `spawn_with_scope` task, and run it in a shielded child with its own
+/// deadline. The group tracks it (its `shutdown` waits for it, bounded by the
+/// grace like any task), the shield keeps the group's cancel from reaching it,
+/// and the deadline bounds it:
+///
+/// ```
+/// use std::time::Duration;
+/// use cancel_scope::{CancelScope, TaskGroup};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let group = TaskGroup::new();
+/// // Inside some request handler that may be cancelled or dropped any time:
+/// let cleanup = group.spawn_with_scope(|scope: CancelScope| async move {
+///     scope
+///         .shielded_child()
+///         .with_timeout(Duration::from_millis(500)) // bounded: 500 ms at most
+///         .run(async { /* flush, close, notify */ "flushed" })
+///         .await
+/// });
+/// group.cancel(); // the handler's whole world goes away...
+/// // ...the cleanup still runs to its end or its deadline.
+/// assert_eq!(cleanup.await.unwrap(), Ok("flushed"));
+/// # }
+/// ```
 ///
 /// # Examples
 ///
@@ -109,9 +158,20 @@ impl CancelScope {
     }
 
     /// A shielded child: not cancelled by its ancestors, nor bound by their
-    /// deadlines (as Trio's `CancelScope(shield=True)`). It can still be
-    /// cancelled directly or by a deadline of its own, which is how bounded
-    /// cleanup reads:
+    /// deadlines (the scope state of Trio's `CancelScope(shield=True)`). It
+    /// can still be cancelled directly or by a deadline of its own, which is
+    /// how bounded cleanup reads.
+    ///
+    /// The shield protects this scope, not the future its code runs in: if
+    /// that future is dropped by an outer cancel (it runs inside an outer
+    /// [`run`](Self::run) or a plain `TaskGroup::spawn`), the shielded part
+    /// goes with it. Cleanup that must outlive its caller goes into its own
+    /// `spawn_with_scope` task; see
+    /// [What a shield protects](CancelScope#what-a-shield-protects).
+    ///
+    /// # Examples
+    ///
+    /// The code below awaits the shielded scope directly, so nothing drops it:
     ///
     /// ```
     /// use std::time::Duration;
@@ -210,6 +270,73 @@ impl CancelScope {
     /// not yet; once `cancel` returns, the whole subtree is.
     pub fn cancel(&self) {
         tree::cancel(&self.node, CancelReason::Requested);
+    }
+
+    /// As [`cancel`](Self::cancel), with a message saying why (as Trio's
+    /// `CancelScope.cancel(reason=...)`): every scope this cancel reaches
+    /// reports it through [`cancel_message`](Self::cancel_message), and so do
+    /// the [`Cancelled`] errors of [`run`](Self::run) and the
+    /// [`TaskError`](crate::TaskError)s of tasks it drops.
+    ///
+    /// The first cancel wins, whatever its kind: on a scope already cancelled
+    /// (by a call, with or without a message, or by a deadline) this changes
+    /// nothing and the message is dropped. Takes a `&'static str` (no
+    /// allocation), a `String`, or anything else that is
+    /// `Into<`[`CancelMessage`]`>`; the message is stored once, at this scope,
+    /// not copied into each descendant.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::{CancelReason, CancelScope};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let server = CancelScope::new();
+    /// let request = server.child().child();
+    /// server.cancel_with("shutting down");
+    /// assert_eq!(request.reason(), Some(CancelReason::Requested));
+    /// assert_eq!(request.cancel_message().as_deref(), Some("shutting down"));
+    ///
+    /// let err = request.run(std::future::pending::<()>()).await.unwrap_err();
+    /// assert_eq!(err.message(), Some("shutting down"));
+    ///
+    /// server.cancel_with(String::from("too late")); // the first cancel won
+    /// assert_eq!(server.cancel_message().as_deref(), Some("shutting down"));
+    /// # }
+    /// ```
+    pub fn cancel_with(&self, message: impl Into<CancelMessage>) {
+        tree::cancel_with(&self.node, CancelReason::Requested, Some(message.into()));
+    }
+
+    /// The message of the cancel that reached this scope, if the scope is
+    /// cancelled and that cancel had one: taken from the scope where the
+    /// cancellation started, as [`reason`](Self::reason). `None` for a scope
+    /// not cancelled, cancelled by [`cancel`](Self::cancel) or by a deadline.
+    /// A [shielded child](Self::shielded_child) never sees its ancestors'.
+    ///
+    /// Cheap: a clone of a [`CancelMessage`] never allocates; finding it
+    /// walks up to the scope where the cancel started, without a lock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::CancelScope;
+    ///
+    /// let root = CancelScope::new();
+    /// let child = root.child();
+    /// let cleanup = root.shielded_child();
+    /// root.cancel_with(format!("session {} closed", 7));
+    /// assert_eq!(child.cancel_message().unwrap(), "session 7 closed");
+    /// assert_eq!(cleanup.cancel_message(), None);
+    /// ```
+    #[must_use]
+    pub fn cancel_message(&self) -> Option<CancelMessage> {
+        if is_cancelled(&self.node) {
+            tree::message(&self.node).cloned()
+        } else {
+            None
+        }
     }
 
     /// Whether the scope is cancelled, by a call or by a passed deadline.
@@ -366,6 +493,7 @@ impl std::fmt::Debug for CancelScope {
             .field("parent", &tree::parent_id(&self.node))
             .field("shielded", &self.node.shielded)
             .field("reason", &self.reason())
+            .field("message", &self.cancel_message())
             .field("deadline", &self.deadline())
             .finish()
     }
@@ -558,8 +686,7 @@ impl<F: Future> Future for Run<'_, F> {
             }
             this.fut.set(None);
         }
-        let reason = scope.reason().unwrap_or(CancelReason::Requested);
-        Poll::Ready(Err(Cancelled { reason }))
+        Poll::Ready(Err(Cancelled::of(scope)))
     }
 }
 
@@ -599,25 +726,50 @@ impl Drop for DropGuard {
 
 // ===== errors =====
 
-/// The error of [`CancelScope::run`]: the scope was cancelled first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The error of [`CancelScope::run`]: the scope was cancelled first. Carries
+/// the [reason](CancelReason) and the [message](CancelScope::cancel_with) of
+/// the cancel, both from the scope where it started.
+///
+/// Also what [`TaskError::Cancelled`](crate::TaskError::Cancelled) carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cancelled {
     reason: CancelReason,
+    message: Option<CancelMessage>,
 }
 
 impl Cancelled {
+    /// Reads the reason and message of a cancelled `scope` (`Requested` and
+    /// none if it is not cancelled, which callers rule out).
+    pub(crate) fn of(scope: &CancelScope) -> Self {
+        Cancelled {
+            reason: scope.reason().unwrap_or(CancelReason::Requested),
+            message: scope.cancel_message(),
+        }
+    }
+
     /// Why the scope was cancelled.
     #[must_use]
     pub fn reason(&self) -> CancelReason {
         self.reason
+    }
+
+    /// The message given to [`CancelScope::cancel_with`], if the cancel had
+    /// one.
+    #[must_use]
+    pub fn message(&self) -> Option<&str> {
+        self.message.as_deref()
     }
 }
 
 impl std::fmt::Display for Cancelled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.reason {
-            CancelReason::Requested => f.write_str("cancel scope was cancelled"),
-            CancelReason::Deadline => f.write_str("cancel scope deadline passed"),
+            CancelReason::Requested => f.write_str("cancel scope was cancelled")?,
+            CancelReason::Deadline => f.write_str("cancel scope deadline passed")?,
+        }
+        match &self.message {
+            Some(m) => write!(f, ": {m}"),
+            None => Ok(()),
         }
     }
 }

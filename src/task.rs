@@ -11,7 +11,7 @@ use std::task::{Context, Poll, ready};
 use tokio::task::JoinHandle;
 
 use crate::registry::TaskId;
-use crate::scope::{CancelReason, CancelScope};
+use crate::scope::{CancelReason, CancelScope, Cancelled};
 use crate::tracker::{Mode, Shared, panic_message};
 
 /// An escalation hook: runs once, when a task ignored cancellation for the
@@ -88,11 +88,37 @@ impl<T> Debug for TaskHandle<T> {
 // ===== errors =====
 
 /// Why a tracked task produced no output.
+///
+/// Only [`Cancelled`](Self::Cancelled) means the task observed a cancel scope.
+/// An abort (tokio's `JoinError::is_cancelled()`: [`TaskHandle::abort`],
+/// escalation, runtime shutdown) is [`Aborted`](Self::Aborted) here.
+///
+/// # Examples
+///
+/// ```
+/// use cancel_scope::{CancelReason, TaskError, TaskGroup};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let group = TaskGroup::new();
+/// let task = group.spawn(std::future::pending::<()>());
+/// group.cancel_with("client went away");
+/// match task.await {
+///     Err(TaskError::Cancelled(c)) => {
+///         assert_eq!(c.reason(), CancelReason::Requested);
+///         assert_eq!(c.message(), Some("client went away"));
+///     }
+///     other => panic!("expected a cancel, got {other:?}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TaskError {
-    /// Its scope was cancelled and its future dropped at an await point.
-    Cancelled(CancelReason),
+    /// Its scope was cancelled and its future dropped at an await point; the
+    /// [`Cancelled`] carries the reason and message of that cancel, as the
+    /// error of [`CancelScope::run`] does.
+    Cancelled(Cancelled),
     /// It was aborted ([`TaskHandle::abort`], escalation, or runtime shutdown).
     Aborted,
     /// Its future panicked; the panic message (`&str` or `String` payloads;
@@ -100,12 +126,47 @@ pub enum TaskError {
     Panicked(String),
 }
 
+impl TaskError {
+    /// The reason of the cancel, for [`Cancelled`](Self::Cancelled); `None`
+    /// otherwise.
+    #[must_use]
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        match self {
+            TaskError::Cancelled(c) => Some(c.reason()),
+            _ => None,
+        }
+    }
+
+    /// The message of the cancel (see
+    /// [`CancelScope::cancel_with`](crate::CancelScope::cancel_with)), for
+    /// [`Cancelled`](Self::Cancelled) with one; `None` otherwise.
+    #[must_use]
+    pub fn cancel_message(&self) -> Option<&str> {
+        match self {
+            TaskError::Cancelled(c) => c.message(),
+            _ => None,
+        }
+    }
+}
+
+impl From<Cancelled> for TaskError {
+    fn from(c: Cancelled) -> Self {
+        TaskError::Cancelled(c)
+    }
+}
+
 impl std::fmt::Display for TaskError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TaskError::Cancelled(CancelReason::Requested) => f.write_str("task was cancelled"),
-            TaskError::Cancelled(CancelReason::Deadline) => {
-                f.write_str("task was cancelled by a deadline")
+            TaskError::Cancelled(c) => {
+                match c.reason() {
+                    CancelReason::Requested => f.write_str("task was cancelled")?,
+                    CancelReason::Deadline => f.write_str("task was cancelled by a deadline")?,
+                }
+                match c.message() {
+                    Some(m) => write!(f, ": {m}"),
+                    None => Ok(()),
+                }
             }
             TaskError::Aborted => f.write_str("task was aborted"),
             TaskError::Panicked(msg) => write!(f, "task panicked: {msg}"),
@@ -113,6 +174,7 @@ impl std::fmt::Display for TaskError {
     }
 }
 
+// No `source()`: `Display` already says everything `Cancelled` would.
 impl std::error::Error for TaskError {}
 
 /// Why a `try_spawn` failed. Nothing was tracked or leaked.

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::ladder::{Schedule, ShutdownPolicy, ShutdownReport, Step, StuckTask};
 use crate::registry::{Counters, EntryGuard, Registry, TaskCell, TaskOutcome};
-use crate::scope::{CancelScope, Waiter};
+use crate::scope::{CancelMessage, CancelScope, Cancelled, Waiter};
 use crate::task::{Hook, SpawnError, Stats, TaskError, TaskHandle, TaskOptions};
 use crate::wait_list::WaitKey;
 
@@ -390,11 +390,14 @@ where
                 }
                 self.registry.mark_stuck(&cell);
                 let age = cell.meta.spawned_at.elapsed();
+                let message = self.cancel_message(&cell);
                 tracing::warn!(
                     task = %cell.id,
                     name = ?cell.meta.name,
                     key = ?key,
                     age_ms = age.as_millis() as u64,
+                    // Recorded only when the cancel had a message.
+                    cancel_message = message.as_deref(),
                     "task is stuck: it outlived cancellation, escalation and abort; it stays \
                      tracked and prunes itself if it ever ends"
                 );
@@ -421,6 +424,16 @@ where
         }
     }
 
+    /// The message of the cancel that reached `cell`'s task: its own scope's
+    /// when it keeps one (a keyed task), else the tracker's.
+    fn cancel_message(&self, cell: &Cell) -> Option<CancelMessage> {
+        cell.meta
+            .scope
+            .as_ref()
+            .unwrap_or(&self.scope)
+            .cancel_message()
+    }
+
     /// Runs the task's escalation hook once (a panic in it is caught and
     /// logged: the hook runs under no lock, so nothing is left half-updated)
     /// and aborts the task: the `ESCALATED` bit makes its next poll end it
@@ -432,11 +445,15 @@ where
         }
         Counters::bump(&self.registry.counters.escalations);
         let meta = &cell.meta;
+        let message = self.cancel_message(cell);
         tracing::warn!(
             task = %cell.id,
             name = ?meta.name,
             age_ms = meta.spawned_at.elapsed().as_millis() as u64,
             redeliveries = cell.redeliveries(),
+            // Recorded only when the cancel had a message. Not `message`:
+            // tracing's name for the event's own text.
+            cancel_message = message.as_deref(),
             "task ignored cancellation for the whole grace period: escalating (hook, then abort)"
         );
         let hook = meta.hook.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -595,9 +612,9 @@ where
             Watch::Own(scope) => Some(&*scope),
             Watch::Nothing => None,
         };
-        if let Some(reason) = watched.and_then(CancelScope::reason) {
+        if let Some(scope) = watched.filter(|s| s.is_cancelled()) {
             this.guard.outcome = TaskOutcome::Cancelled;
-            return Poll::Ready(Err(TaskError::Cancelled(reason)));
+            return Poll::Ready(Err(TaskError::Cancelled(Cancelled::of(scope))));
         }
         let mut inner_cx = Context::from_waker(this.cell_waker);
         let fut = this.fut;

@@ -206,10 +206,12 @@ async fn a_group_deadline_cancels_its_tasks() {
     let group = TaskGroup::with_scope(scope);
     let start = tokio::time::Instant::now();
     let h = group.spawn(std::future::pending::<()>());
+    let err = h.await.unwrap_err();
     assert_eq!(
-        h.await.unwrap_err(),
-        TaskError::Cancelled(cancel_scope::CancelReason::Deadline)
+        err.cancel_reason(),
+        Some(cancel_scope::CancelReason::Deadline)
     );
+    assert_eq!(err.cancel_message(), None);
     assert_eq!(start.elapsed(), Duration::from_secs(2));
 }
 
@@ -335,4 +337,126 @@ fn join_next_without_collect_outcomes_names_the_fix() {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap();
     assert!(message.contains("collect_outcomes(true)"), "{message}");
+}
+
+// ===== cancel messages =====
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_task_reports_the_scope_message() {
+    let group = TaskGroup::new();
+    let plain = group.spawn(std::future::pending::<()>());
+    let seen = group.spawn_with_scope(|scope| async move {
+        scope.cancelled().await;
+        scope.cancel_message()
+    });
+    tokio::task::yield_now().await;
+    group.scope().cancel_with("x");
+    let err = plain.await.unwrap_err();
+    assert_eq!(err.cancel_message(), Some("x"));
+    assert_eq!(
+        err.cancel_reason(),
+        Some(cancel_scope::CancelReason::Requested)
+    );
+    assert_eq!(err.to_string(), "task was cancelled: x");
+    match &err {
+        TaskError::Cancelled(c) => assert_eq!(c.message(), Some("x")),
+        other => panic!("expected Cancelled, got {other:?}"),
+    }
+    assert_eq!(seen.await.unwrap().as_deref(), Some("x"));
+    // Spawned after the cancel: never polled, same error.
+    let late = group.spawn(async {});
+    assert_eq!(late.await.unwrap_err(), err);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_with_then_shutdown_keeps_the_message() {
+    let group = TaskGroup::new();
+    let h = group.spawn(std::future::pending::<()>());
+    group.cancel_with(String::from("deploy"));
+    let report = group.shutdown().await;
+    assert_eq!(report.cancelled, 1);
+    assert_eq!(h.await.unwrap_err().cancel_message(), Some("deploy"));
+    // A plain cancel has no message, and the error says so.
+    let group = TaskGroup::new();
+    let h = group.spawn(std::future::pending::<()>());
+    group.cancel();
+    let err = h.await.unwrap_err();
+    assert_eq!(err.cancel_message(), None);
+    assert_eq!(err.to_string(), "task was cancelled");
+    assert_eq!(TaskError::Aborted.cancel_message(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_map_task_reports_the_map_scope_message() {
+    let map = cancel_scope::TaskMap::new();
+    let h = map.spawn("alice", std::future::pending::<()>());
+    map.scope().cancel_with("map closed");
+    assert_eq!(h.await.unwrap_err().cancel_message(), Some("map closed"));
+}
+
+/// A `MakeWriter` that keeps what the subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn ladder_warnings_carry_the_cancel_message() {
+    let out = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(out.clone())
+        .with_ansi(false)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let group = TaskGroup::builder()
+        .policy(ShutdownPolicy {
+            grace: Duration::from_secs(1),
+            abort_grace: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .build();
+    // Ignores its scope: escalated after the grace.
+    group.spawn_with_scope(|_scope| std::future::pending::<()>());
+    tokio::task::yield_now().await;
+    group.cancel_with("deploy 42");
+    let report = group.shutdown().await;
+    assert_eq!(report.escalations, 1);
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let escalated = text
+        .lines()
+        .find(|l| l.contains("escalating"))
+        .expect("an escalation warning");
+    assert!(
+        escalated.contains("cancel_message=\"deploy 42\""),
+        "{escalated}"
+    );
+    // Without a message the field is absent.
+    let quiet = TaskGroup::builder()
+        .policy(ShutdownPolicy {
+            grace: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .build();
+    quiet.spawn_with_scope(|_scope| std::future::pending::<()>());
+    tokio::task::yield_now().await;
+    out.0.lock().unwrap().clear();
+    quiet.shutdown().await;
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("escalating"), "{text}");
+    assert!(!text.contains("cancel_message"), "{text}");
 }

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cancel_scope::{
-    CancelReason, CancelScope, Elapsed, fail_after, fail_at, move_on_after, move_on_at,
+    CancelMessage, CancelReason, CancelScope, Elapsed, TaskGroup, fail_after, fail_at,
+    move_on_after, move_on_at,
 };
 use common::alive_tasks;
 use tokio::time::Instant;
@@ -290,6 +291,10 @@ fn debug_shows_state() {
     scope.cancel();
     let s = format!("{scope:?}");
     assert!(s.contains("Requested"), "{s}");
+    let scope = CancelScope::new();
+    scope.cancel_with("bye");
+    let s = format!("{scope:?}");
+    assert!(s.contains("message: Some(\"bye\")"), "{s}");
 }
 
 /// Polls a future by hand, from inside a runtime, to observe registration.
@@ -343,4 +348,284 @@ fn a_woken_waiter_sees_the_whole_subtree_cancelled() {
             );
         }
     });
+}
+
+// ===== cancel messages =====
+
+#[test]
+fn a_message_is_visible_from_every_cancelled_descendant() {
+    let root = CancelScope::new();
+    let mut deep = root.child();
+    let mid = deep.clone();
+    for _ in 0..50 {
+        deep = deep.child();
+    }
+    // An intermediate scope whose handles are all gone still links the leaf
+    // to the origin.
+    let leaf = mid.child().child();
+    drop(mid);
+    assert_eq!(deep.cancel_message(), None, "not cancelled yet");
+    root.cancel_with("shutting down");
+    for scope in [&root, &deep, &leaf] {
+        assert_eq!(scope.reason(), Some(CancelReason::Requested));
+        assert_eq!(scope.cancel_message().as_deref(), Some("shutting down"));
+    }
+    // Born under a cancelled parent: same message.
+    assert_eq!(
+        deep.child().child().cancel_message().unwrap(),
+        "shutting down"
+    );
+}
+
+#[test]
+fn plain_cancel_has_no_message() {
+    let root = CancelScope::new();
+    let child = root.child();
+    root.cancel();
+    assert!(child.is_cancelled());
+    assert_eq!(child.cancel_message(), None);
+    assert_eq!(root.cancel_message(), None);
+}
+
+#[test]
+fn the_first_cancel_wins_the_message() {
+    // A later message does not replace an earlier one, nor fill in a cancel
+    // that had none.
+    let a = CancelScope::new();
+    a.cancel_with("first");
+    a.cancel_with("second");
+    assert_eq!(a.cancel_message().unwrap(), "first");
+    let b = CancelScope::new();
+    b.cancel();
+    b.cancel_with("late");
+    assert_eq!(b.cancel_message(), None);
+    // A child cancelled on its own keeps its message when the parent goes
+    // later; a sibling gets the parent's.
+    let root = CancelScope::new();
+    let early = root.child();
+    let under_early = early.child();
+    let sibling = root.child();
+    early.cancel_with("child closed");
+    root.cancel_with(String::from("server closed"));
+    assert_eq!(early.cancel_message().unwrap(), "child closed");
+    assert_eq!(under_early.cancel_message().unwrap(), "child closed");
+    assert_eq!(sibling.cancel_message().unwrap(), "server closed");
+    assert_eq!(root.cancel_message().unwrap(), "server closed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_and_message_race_first_wins() {
+    // Deadline first: a later message changes nothing.
+    let timed = CancelScope::new().with_timeout(Duration::from_secs(1));
+    let child = timed.child();
+    child.cancelled().await;
+    timed.cancel_with("too late");
+    assert_eq!(child.reason(), Some(CancelReason::Deadline));
+    assert_eq!(child.cancel_message(), None);
+    assert_eq!(timed.cancel_message(), None);
+    // Message first: the deadline passing later changes nothing either.
+    let timed = CancelScope::new().with_timeout(Duration::from_secs(1));
+    let child = timed.child();
+    timed.cancel_with("operator said stop");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(child.reason(), Some(CancelReason::Requested));
+    assert_eq!(child.cancel_message().unwrap(), "operator said stop");
+    // A child's own deadline, once it cancelled the child, is its origin: the
+    // parent's later message does not reach it.
+    let root = CancelScope::new();
+    let child = root.child().with_timeout(Duration::from_millis(10));
+    child.cancelled().await;
+    root.cancel_with("after the child's deadline");
+    assert_eq!(child.reason(), Some(CancelReason::Deadline));
+    assert_eq!(child.cancel_message(), None);
+    assert_eq!(root.cancel_message().unwrap(), "after the child's deadline");
+}
+
+#[test]
+fn static_str_string_and_shared_messages_all_work() {
+    let scopes: Vec<CancelScope> = (0..4).map(|_| CancelScope::new()).collect();
+    scopes[0].cancel_with("static");
+    scopes[1].cancel_with(format!("owned {}", 1));
+    scopes[2].cancel_with(Arc::<str>::from("shared"));
+    scopes[3].cancel_with(CancelMessage::from_static("const"));
+    let got: Vec<String> = scopes
+        .iter()
+        .map(|s| s.cancel_message().unwrap().to_string())
+        .collect();
+    assert_eq!(got, ["static", "owned 1", "shared", "const"]);
+}
+
+#[test]
+fn shields_do_not_see_the_parents_message() {
+    let root = CancelScope::new();
+    let shield = root.shielded_child();
+    let under_shield = shield.child();
+    root.cancel_with("parent");
+    assert!(!shield.is_cancelled());
+    assert_eq!(shield.cancel_message(), None);
+    assert_eq!(under_shield.cancel_message(), None);
+    // Cancelled on its own, a shield is the origin of its own message.
+    shield.cancel_with("cleanup budget spent");
+    assert_eq!(
+        under_shield.cancel_message().unwrap(),
+        "cleanup budget spent"
+    );
+    assert_eq!(root.cancel_message().unwrap(), "parent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_errors_carry_the_message() {
+    let server = CancelScope::new();
+    let request = server.child();
+    let canceller = server.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        canceller.cancel_with("draining");
+    });
+    let err = request.run(std::future::pending::<()>()).await.unwrap_err();
+    assert_eq!(err.reason(), CancelReason::Requested);
+    assert_eq!(err.message(), Some("draining"));
+    assert_eq!(err.to_string(), "cancel scope was cancelled: draining");
+    // Already cancelled: same error without polling.
+    assert_eq!(request.run(async {}).await.unwrap_err(), err);
+    // A deadline has no message.
+    let timed = CancelScope::new().with_timeout(Duration::from_millis(1));
+    let err = timed.run(std::future::pending::<()>()).await.unwrap_err();
+    assert_eq!(err.message(), None);
+    assert_eq!(err.to_string(), "cancel scope deadline passed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_after_inside_a_cancelled_scope_reports_the_scope_message() {
+    // `fail_after` runs in a scope of its own, cancelled only by its deadline,
+    // so its error is `Elapsed`; a message given to an enclosing scope shows
+    // in that scope's `run` error, which drops the `fail_after` future whole.
+    let outer = CancelScope::new();
+    let canceller = outer.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        canceller.cancel_with("client went away");
+    });
+    let res = outer
+        .run(fail_after(
+            Duration::from_secs(10),
+            std::future::pending::<()>(),
+        ))
+        .await;
+    assert_eq!(res.unwrap_err().message(), Some("client went away"));
+    let inner: Result<(), Elapsed> =
+        fail_after(Duration::from_millis(1), std::future::pending()).await;
+    assert!(inner.is_err());
+}
+
+#[test]
+fn concurrent_cancels_agree_on_reason_and_message() {
+    for _ in 0..200 {
+        let root = CancelScope::new();
+        let child = root.child().child();
+        let threads: Vec<_> = (0..3)
+            .map(|i| {
+                let root = root.clone();
+                let child = child.clone();
+                std::thread::spawn(move || {
+                    match i {
+                        0 => root.cancel_with("a"),
+                        1 => root.cancel_with(String::from("b")),
+                        _ => root.cancel(),
+                    }
+                    (child.reason(), child.cancel_message())
+                })
+            })
+            .collect();
+        let seen: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let winner = (root.reason(), root.cancel_message());
+        assert!(seen.iter().all(|s| *s == winner), "{seen:?} vs {winner:?}");
+    }
+}
+
+// ===== what a shield protects =====
+
+#[tokio::test(start_paused = true)]
+async fn a_shield_inside_a_dropped_future_does_not_save_it() {
+    // The trap: a shielded scope's `run` nested inside an outer `run` is part
+    // of the outer future, and cancelling the outer scope drops it whole.
+    let outer = CancelScope::new();
+    let flushed = Arc::new(AtomicBool::new(false));
+    let work = {
+        let outer = outer.clone();
+        let flushed = flushed.clone();
+        tokio::spawn(async move {
+            let shield = outer.shielded_child();
+            outer
+                .run(async {
+                    shield
+                        .run(async {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            flushed.store(true, Ordering::SeqCst);
+                        })
+                        .await
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    outer.cancel();
+    assert!(work.await.unwrap().is_err());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !flushed.load(Ordering::SeqCst),
+        "the shielded part was dropped with the outer future"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn spawned_shielded_cleanup_survives_its_starter_and_is_bounded() {
+    // The documented way: spawn the cleanup as its own cooperative task and
+    // run it in a shielded child with its own deadline.
+    let group = Arc::new(TaskGroup::new());
+    let flushed = Arc::new(AtomicBool::new(false));
+    let (handles_tx, handles_rx) = tokio::sync::oneshot::channel();
+    let starter = {
+        let group = group.clone();
+        let flushed = flushed.clone();
+        tokio::spawn(async move {
+            let quick = group.spawn_with_scope(move |scope| async move {
+                scope
+                    .shielded_child()
+                    .with_timeout(Duration::from_millis(100))
+                    .run(async move {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        flushed.store(true, Ordering::SeqCst);
+                        "flushed"
+                    })
+                    .await
+            });
+            let slow = group.spawn_with_scope(|scope| async move {
+                scope
+                    .shielded_child()
+                    .with_timeout(Duration::from_millis(100))
+                    .run(tokio::time::sleep(Duration::from_secs(3600)))
+                    .await
+            });
+            handles_tx.send((quick, slow)).unwrap();
+            std::future::pending::<()>().await
+        })
+    };
+    let (quick, slow) = handles_rx.await.unwrap();
+    let start = Instant::now();
+    // Cancel everything above the cleanup: the group's scope, and the task
+    // that started it (dropped whole).
+    group.cancel_with("shutting down");
+    starter.abort();
+    assert!(starter.await.unwrap_err().is_cancelled());
+    assert_eq!(quick.await.unwrap().unwrap(), "flushed");
+    assert!(flushed.load(Ordering::SeqCst));
+    assert_eq!(start.elapsed(), Duration::from_millis(50));
+    // Bounded: the slow cleanup is cut at its own deadline, not the group's
+    // cancel, and never by the parent's message.
+    let cut = slow.await.unwrap().unwrap_err();
+    assert_eq!(cut.reason(), CancelReason::Deadline);
+    assert_eq!(cut.message(), None);
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    assert!(group.is_empty());
 }

@@ -468,8 +468,10 @@ impl AppState {
                             let mut sub = sub;
                             let _ = scope.run(forward(&mut sub, &tx, send_timeout)).await;
                             // The flush must survive the cancel that brought us
-                            // here, so it runs shielded; its own deadline keeps
-                            // it well inside the grace, so it never escalates.
+                            // here, so it runs shielded (this task's future is
+                            // not dropped on cancel: `spawn_with_scope`); its own
+                            // deadline keeps it well inside the grace, so it
+                            // never escalates.
                             let flush = scope.shielded_child().with_timeout(cleanup_deadline);
                             let _ = flush.run(tokio::time::sleep(cleanup)).await;
                         });

@@ -155,3 +155,51 @@ fn deadline_races_cancel() {
         assert_eq!(root.reason(), Some(winner));
     });
 }
+
+/// A cancel with a message racing a plain cancel of the same scope leaves one
+/// (reason, message) pair (invariants 1 and 7): each racer reads the winner's
+/// at the root; a child read during the race is either not cancelled yet or
+/// already has the winner's message (the message is published with the flag);
+/// after both, the child has it too.
+#[test]
+fn cancel_with_races_cancel() {
+    let seen = Seen::new(&["message_first", "plain_first"]);
+    let tally = seen.clone();
+    check("cancel_with_races_cancel", &seen, move || {
+        tally.iteration();
+        let root = CancelScope::new();
+        let child = root.child();
+        // The message is read after the flag was seen: seeing the flag must
+        // mean seeing the winner's message (the two reads are not one step,
+        // so reading the message first could see a cancel the flag read missed).
+        let snapshot = |s: &CancelScope| {
+            let reason = s.reason();
+            (reason, reason.and_then(|_| s.cancel_message()))
+        };
+        let other = {
+            let root = root.clone();
+            let child = child.clone();
+            thread::spawn(move || {
+                root.cancel_with("a");
+                (snapshot(&root), snapshot(&child))
+            })
+        };
+        root.cancel();
+        let here = (snapshot(&root), snapshot(&child));
+        let there = other.join().unwrap();
+        let winner = snapshot(&root);
+        tally.hit(match winner.1 {
+            Some(_) => "message_first",
+            None => "plain_first",
+        });
+        assert_eq!(winner.0, Some(CancelReason::Requested));
+        for (at_root, at_child) in [here, there] {
+            assert_eq!(at_root, winner, "a racer read another message");
+            assert!(
+                at_child == (None, None) || at_child == winner,
+                "the child's message disagrees with its flag: {at_child:?}"
+            );
+        }
+        assert_eq!(snapshot(&child), winner);
+    });
+}

@@ -16,8 +16,10 @@
 //! # Invariants
 //!
 //! 1. `CANCELLED` is set once, under the node's lock, and never cleared; the
-//!    reason bit is written in the same store, so readers that see `CANCELLED`
-//!    see the reason that won.
+//!    reason bit and the `ORIGIN` bit are written in the same store, and the
+//!    origin's `message` slot is filled before that store in the same critical
+//!    section, so readers that see `CANCELLED` see the reason, and (at the
+//!    origin, invariant 7) the message, that won.
 //! 2. The waiter slab is drained under the lock in the same critical section that
 //!    sets `CANCELLED`, and no waiter is registered on a cancelled node. A waiter
 //!    that checks `CANCELLED` under the lock therefore either registers before the
@@ -37,6 +39,24 @@
 //!    nothing registers on a detached node. The only waiters a detached node
 //!    can have hold no handle (a `CancellationToken` link, a token watcher):
 //!    they learn that the scope is gone and can never be cancelled.
+//! 7. `ORIGIN` marks the one node of a cancel where it started (the node
+//!    `cancel` was called on); a born-cancelled child (invariant 3) copies its
+//!    parent's bits without it. So a cancelled node without `ORIGIN` was marked
+//!    by a walk from an ancestor or born under a cancelled parent: in both cases
+//!    its parent is cancelled by that same cancel, and the walk up the `parent`
+//!    links from any cancelled node ends at its origin. A shielded node is only
+//!    ever cancelled as an origin.
+//!
+//! # Messages
+//!
+//! A cancel's message is stored once, in the origin's `message` slot, and read
+//! by walking up to the origin (invariant 7) rather than copied into every
+//! node the cancel reaches. The walk down then costs a message-less cancel
+//! nothing, and a cancel with a message no per-descendant reference-count
+//! update: both run O(descendants) lock/store steps, as before. A reader pays
+//! O(depth to the origin) atomic loads, without a lock, and only when it asks
+//! (typically once per cancelled task, when it builds its error, at depth one
+//! or two). `is_cancelled` is untouched: one load.
 //!
 //! # Deadlock safety
 //!
@@ -47,10 +67,12 @@
 //! removed or drained ones leave through an [`AfterUnlock`], so a waker whose
 //! `drop` or `wake` re-enters the tree (makes a child, cancels) cannot deadlock.
 
+use std::sync::OnceLock;
 use std::task::Waker;
 
 use slab::Slab;
 
+use super::message::CancelMessage;
 use crate::sync::{AfterUnlock, Arc, AtomicI64, AtomicU8, AtomicUsize, Mutex, Ordering, lock};
 
 /// The scope is cancelled (for good: invariant 1).
@@ -58,6 +80,9 @@ const CANCELLED: u8 = 0b01;
 /// Set together with `CANCELLED` when the cancellation came from a deadline;
 /// never set alone.
 const BY_DEADLINE: u8 = 0b10;
+/// Set together with `CANCELLED` on the node where the cancel started, never
+/// alone, never copied to a child (invariant 7).
+const ORIGIN: u8 = 0b100;
 
 /// Deadline value meaning "no deadline".
 pub(crate) const NO_DEADLINE: i64 = i64::MAX;
@@ -97,8 +122,13 @@ pub(crate) struct Node {
     /// shielded child only a record (it is not attached there).
     parent: Option<Arc<Node>>,
     pub(crate) shielded: bool,
-    /// `CANCELLED | BY_DEADLINE` bits; see invariant 1.
+    /// `CANCELLED | BY_DEADLINE | ORIGIN` bits; see invariants 1 and 7.
     state: AtomicU8,
+    /// The message of a cancel that started here (`ORIGIN`). Written at most
+    /// once, under the lock, before `CANCELLED` is stored (invariant 1); read
+    /// without a lock by whoever saw `ORIGIN`. (A std `OnceLock` also under
+    /// loom: the models check the `state` store that publishes it.)
+    message: OnceLock<CancelMessage>,
     /// Effective deadline in ticks (see `crate::clock`), `NO_DEADLINE` if none.
     deadline: AtomicI64,
     /// This node's own deadline in ticks; `deadline <= own_deadline` always.
@@ -137,7 +167,9 @@ fn node(
         id: next_id(),
         parent,
         shielded,
-        state: AtomicU8::new(state),
+        // A born-cancelled child is not an origin (invariant 7).
+        state: AtomicU8::new(state & !ORIGIN),
+        message: OnceLock::new(),
         deadline: AtomicI64::new(deadline),
         own_deadline: AtomicI64::new(NO_DEADLINE),
         handles: AtomicUsize::new(1),
@@ -210,6 +242,17 @@ pub(crate) fn deadline(node: &Node) -> i64 {
 /// Returns whether this call did
 /// it (`false` if the node was already cancelled: the first reason stays).
 pub(crate) fn cancel(node: &Arc<Node>, reason: CancelReason) -> bool {
+    cancel_with(node, reason, None)
+}
+
+/// As [`cancel`], with an optional message stored at `node`, the origin
+/// (invariant 7). A message that loses (`node` already cancelled) is dropped
+/// after every lock is released.
+pub(crate) fn cancel_with(
+    node: &Arc<Node>,
+    reason: CancelReason,
+    mut message: Option<CancelMessage>,
+) -> bool {
     let bits = reason.bits();
     let mut first = true;
     let mut did = false;
@@ -224,11 +267,19 @@ pub(crate) fn cancel(node: &Arc<Node>, reason: CancelReason) -> bool {
                 first = false;
                 continue;
             }
-            // Release pairs with the Acquire loads in `reason` / `is_cancelled`.
-            n.state.store(bits, Ordering::Release);
             if first {
+                // Invariant 1: the message before the flag that publishes it.
+                if let Some(m) = message.take() {
+                    let set = n.message.set(m);
+                    debug_assert!(set.is_ok(), "an uncancelled node has no message");
+                }
+                // Release pairs with the Acquire loads in `reason` /
+                // `is_cancelled` / `message`.
+                n.state.store(bits | ORIGIN, Ordering::Release);
                 did = true;
                 first = false;
+            } else {
+                n.state.store(bits, Ordering::Release);
             }
             // Invariant 2: drain in the same critical section.
             wake.extend(inner.waiters.drain());
@@ -241,7 +292,36 @@ pub(crate) fn cancel(node: &Arc<Node>, reason: CancelReason) -> bool {
     for w in wake {
         w.wake();
     }
+    // A losing message goes here, under no lock.
+    drop(message);
     did
+}
+
+/// The message of the cancel that reached `node`, if it had one: read at the
+/// origin (invariant 7). Lock-free: one Acquire load per node up to the origin.
+pub(crate) fn message(node: &Node) -> Option<&CancelMessage> {
+    let mut n = node;
+    loop {
+        // Acquire pairs with the Release store in `cancel_with`: seeing a
+        // node's flag (set by the walk after its parent's, or inherited at
+        // birth under the parent's lock) means seeing the parent's too, and
+        // seeing `ORIGIN` means seeing the message stored before it.
+        let state = n.state.load(Ordering::Acquire);
+        if state & CANCELLED == 0 {
+            return None;
+        }
+        if state & ORIGIN != 0 {
+            return n.message.get();
+        }
+        debug_assert!(
+            !n.shielded,
+            "a shielded node is cancelled only as an origin"
+        );
+        if n.shielded {
+            return None;
+        }
+        n = n.parent.as_deref()?;
+    }
 }
 
 // ===== waiters =====
@@ -470,6 +550,8 @@ impl std::fmt::Debug for Node {
             .field("parent", &parent_id(self))
             .field("shielded", &self.shielded)
             .field("cancelled", &CancelReason::from_bits(state))
+            .field("origin", &(state & ORIGIN != 0))
+            .field("message", &self.message.get())
             .field(
                 "deadline_ticks",
                 &(deadline != NO_DEADLINE).then_some(deadline),
