@@ -9,11 +9,12 @@ use std::task::{Context, Poll};
 
 use futures_util::stream::Stream;
 
+use crate::builder::TaskBuilder;
 use crate::ladder::{ShutdownPolicy, ShutdownReport};
 use crate::registry::{Registry, TaskId, TaskOutcome};
 use crate::scope::CancelScope;
-use crate::task::{SpawnError, Stats, TaskBuilder, TaskError, TaskHandle};
-use crate::tracker::{Shared, TaskMeta, idle};
+use crate::task::{SpawnError, Stats, TaskError, TaskHandle, TaskMeta};
+use crate::tracker::{Shared, idle};
 
 /// A group of tracked tasks sharing one cancel scope, as Trio's nursery.
 ///

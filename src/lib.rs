@@ -141,6 +141,8 @@ mod interop;
 mod loom_models;
 
 #[cfg(not(loom))]
+mod builder;
+#[cfg(not(loom))]
 mod group;
 #[cfg(not(loom))]
 mod map;
@@ -159,6 +161,8 @@ pub use scope::{
 };
 
 #[cfg(not(loom))]
+pub use builder::TaskBuilder;
+#[cfg(not(loom))]
 pub use group::{Outcomes, TaskGroup, TaskGroupBuilder};
 #[cfg(not(loom))]
 pub use map::TaskMap;
@@ -169,4 +173,4 @@ pub use process::{
     ProcessPolicy, ProcessStats, ReapReport, ScopedChild, process_stats, reap_orphans,
 };
 #[cfg(not(loom))]
-pub use task::{SpawnError, Stats, TaskBuilder, TaskError, TaskHandle};
+pub use task::{SpawnError, Stats, TaskError, TaskHandle};

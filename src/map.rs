@@ -6,11 +6,12 @@ use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 
+use crate::builder::TaskBuilder;
 use crate::group::drop_tracker;
 use crate::ladder::{ShutdownPolicy, ShutdownReport};
 use crate::registry::TaskOutcome;
 use crate::scope::CancelScope;
-use crate::task::{SpawnError, Stats, TaskBuilder, TaskHandle};
+use crate::task::{SpawnError, Stats, TaskHandle};
 use crate::tracker::Shared;
 
 /// Tracked tasks by key, one live task per key: the session registry of a

@@ -66,10 +66,11 @@ use rustix::process::{Pid, Signal, WaitOptions};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Notify, watch};
 
+use crate::builder::TaskBuilder;
 use crate::group::TaskGroup;
 use crate::map::TaskMap;
 use crate::scope::CancelScope;
-use crate::task::{TaskBuilder, TaskHandle};
+use crate::task::TaskHandle;
 
 // ===== impl ProcessPolicy =====
 

@@ -8,7 +8,6 @@
 //! tracker's scope ([`Deliverer`]): cancelling the scope, or any ancestor, walks
 //! the registry once and wakes each task that is not already scheduled.
 
-use std::any::Any;
 use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
@@ -23,20 +22,9 @@ use tokio::time::Instant;
 use crate::ladder::{Schedule, ShutdownPolicy, ShutdownReport, Step, StuckTask};
 use crate::registry::{Counters, EntryGuard, Registry, TaskCell, TaskOutcome};
 use crate::scope::{CancelScope, Waiter};
-use crate::task::{Hook, SpawnError, Stats, TaskError, TaskHandle, TaskOptions};
-
-/// The tokio layer's data in each task cell.
-pub(crate) struct TaskMeta {
-    pub(crate) name: Option<Arc<str>>,
-    pub(crate) spawned_at: Instant,
-    hook: Mutex<Option<Hook>>,
-    /// The task's own scope when it has one (keyed or cooperative tasks).
-    pub(crate) scope: Option<CancelScope>,
-    /// The task reaps a scoped child process; its completion counts one.
-    owns_process: bool,
-}
-
-pub(crate) type Cell = TaskCell<TaskMeta>;
+use crate::task::{
+    Cell, Mode, SpawnError, Stats, TaskError, TaskHandle, TaskMeta, TaskOptions, panic_message,
+};
 
 impl Wake for Cell {
     fn wake(self: Arc<Self>) {
@@ -46,15 +34,6 @@ impl Wake for Cell {
     fn wake_by_ref(self: &Arc<Self>) {
         TaskCell::schedule(self);
     }
-}
-
-/// How a spawned future reacts to cancellation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
-    /// Dropped at its next poll once its scope is cancelled.
-    Drop,
-    /// Handed its scope; it decides.
-    Cooperative,
 }
 
 /// What `TaskGroup` and `TaskMap` share with their tasks.
@@ -422,16 +401,6 @@ impl<K: Eq + Hash + Clone> Debug for Shared<K> {
             .field("policy", &self.policy)
             .field("cancel_on_panic", &self.cancel_on_panic)
             .finish()
-    }
-}
-
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any>".to_owned()
     }
 }
 
