@@ -94,8 +94,8 @@ where
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime, with a message naming the fix; see
-    /// [`try_spawn`](Self::try_spawn).
+    /// Outside a tokio runtime or on a closed group or map, with a message
+    /// naming the fix; see [`try_spawn`](Self::try_spawn).
     #[track_caller]
     pub fn spawn<F>(self, fut: F) -> TaskHandle<F::Output>
     where
@@ -104,7 +104,9 @@ where
     {
         match self.try_spawn(fut) {
             Ok(handle) => handle,
-            Err(e) => panic!("cancel_scope: cannot spawn: {e}"),
+            Err(e) => {
+                panic!("cancel_scope: cannot spawn: {e} (try_spawn returns this as an error)")
+            }
         }
     }
 
@@ -112,7 +114,8 @@ where
     ///
     /// # Errors
     ///
-    /// [`SpawnError::NoRuntime`] outside a tokio runtime; nothing is tracked.
+    /// [`SpawnError::NoRuntime`] outside a tokio runtime,
+    /// [`SpawnError::Closed`] on a closed group or map; nothing is tracked.
     pub fn try_spawn<F>(self, fut: F) -> Result<TaskHandle<F::Output>, SpawnError>
     where
         F: Future + Send + 'static,
@@ -127,7 +130,8 @@ where
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime, with a message naming the fix.
+    /// Outside a tokio runtime or on a closed group or map, with a message
+    /// naming the fix; see [`try_spawn_with_scope`](Self::try_spawn_with_scope).
     #[track_caller]
     pub fn spawn_with_scope<F, Fut>(self, f: F) -> TaskHandle<Fut::Output>
     where
@@ -137,7 +141,9 @@ where
     {
         match self.try_spawn_with_scope(f) {
             Ok(handle) => handle,
-            Err(e) => panic!("cancel_scope: cannot spawn: {e}"),
+            Err(e) => {
+                panic!("cancel_scope: cannot spawn: {e} (try_spawn returns this as an error)")
+            }
         }
     }
 
@@ -146,7 +152,8 @@ where
     ///
     /// # Errors
     ///
-    /// [`SpawnError::NoRuntime`] outside a tokio runtime; `f` is not called.
+    /// [`SpawnError::NoRuntime`] outside a tokio runtime,
+    /// [`SpawnError::Closed`] on a closed group or map; `f` is not called.
     pub fn try_spawn_with_scope<F, Fut>(self, f: F) -> Result<TaskHandle<Fut::Output>, SpawnError>
     where
         F: FnOnce(CancelScope) -> Fut,

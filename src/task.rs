@@ -7,7 +7,7 @@ use std::any::Any;
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 
 use tokio::task::JoinHandle;
@@ -37,11 +37,32 @@ pub(crate) type Hook = Box<dyn FnOnce() + Send + 'static>;
 pub struct TaskHandle<T> {
     id: TaskId,
     join: JoinHandle<Result<T, TaskError>>,
+    // Weak both: a handle keeps neither the task's data (its hook may own a
+    // transport) nor its group alive; an ended task's cell may be gone.
+    cell: Weak<Cell>,
+    tracker: Weak<dyn Retire>,
+}
+
+/// A tracker, type-erased for [`TaskHandle`] (which is not generic over the
+/// key): how a handle cancels its own task.
+pub(crate) trait Retire: Send + Sync {
+    /// Cancels the task of `cell` and runs its ladder in the background.
+    fn retire_in_background(self: Arc<Self>, cell: Arc<Cell>);
 }
 
 impl<T> TaskHandle<T> {
-    pub(crate) fn new(id: TaskId, join: JoinHandle<Result<T, TaskError>>) -> Self {
-        TaskHandle { id, join }
+    pub(crate) fn new(
+        id: TaskId,
+        join: JoinHandle<Result<T, TaskError>>,
+        cell: Weak<Cell>,
+        tracker: Weak<dyn Retire>,
+    ) -> Self {
+        TaskHandle {
+            id,
+            join,
+            cell,
+            tracker,
+        }
     }
 
     /// The task's id.
@@ -54,8 +75,56 @@ impl<T> TaskHandle<T> {
     /// is idle), its entry pruned, and this handle resolves to
     /// [`TaskError::Aborted`] unless it finished first. Like tokio's
     /// `JoinHandle::abort`, this cannot stop a task that blocks its thread.
+    ///
+    /// A task with its own scope (a cooperative or keyed task) has that scope
+    /// cancelled right before its future is dropped, so a scoped child
+    /// process it owns ([`TaskMap::spawn_with_process`]) is torn down, its
+    /// whole process group with it, instead of being left an orphan.
+    ///
+    /// [`TaskMap::spawn_with_process`]: crate::TaskMap::spawn_with_process
     pub fn abort(&self) {
         self.join.abort();
+    }
+
+    /// Cancels this task, and only this one: its scope is cancelled (a task
+    /// from [`spawn`](crate::TaskGroup::spawn) is dropped at its next await, a
+    /// cooperative one sees its scope cancelled) and it is woken once; its
+    /// ladder (re-delivery, escalation with its hook, the stuck verdict) runs
+    /// in the background, by the policy of its group or map, as
+    /// [`TaskMap::begin_cancel`] does for a key. Returns at once.
+    ///
+    /// The handle names this task, not whatever runs under its key later: a
+    /// newer task under the same key is never touched. A no-op once the task
+    /// has ended.
+    ///
+    /// [`TaskMap::begin_cancel`]: crate::TaskMap::begin_cancel
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::{TaskError, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let group = TaskGroup::new();
+    /// let one = group.spawn(std::future::pending::<()>());
+    /// let other = group.spawn(std::future::pending::<()>());
+    /// one.cancel();
+    /// assert!(matches!(one.await, Err(TaskError::Cancelled(_))));
+    /// assert!(!other.is_finished()); // the group and its other tasks go on
+    /// assert_eq!(group.len(), 1);
+    /// # }
+    /// ```
+    pub fn cancel(&self) {
+        let Some(cell) = self.cell.upgrade() else {
+            return; // ended, and nothing refers to it any more
+        };
+        if cell.is_ended() {
+            return;
+        }
+        if let Some(tracker) = self.tracker.upgrade() {
+            tracker.retire_in_background(cell);
+        }
     }
 
     /// Whether the task has ended.
@@ -123,6 +192,10 @@ impl std::error::Error for TaskError {}
 pub enum SpawnError {
     /// Called outside a tokio runtime.
     NoRuntime,
+    /// The group or map is closed: [`close`](crate::TaskGroup::close) or
+    /// [`shutdown`](crate::TaskGroup::shutdown) was called, or its last
+    /// handle was dropped (as spawning into a closed Trio nursery).
+    Closed,
 }
 
 impl std::fmt::Display for SpawnError {
@@ -131,6 +204,10 @@ impl std::fmt::Display for SpawnError {
             SpawnError::NoRuntime => f.write_str(
                 "no tokio runtime: spawn tracked tasks from inside a runtime \
                  (within #[tokio::main], Runtime::block_on or Handle::enter)",
+            ),
+            SpawnError::Closed => f.write_str(
+                "the group or map is closed (close() or shutdown() was called): spawn \
+                 before closing it, or use a new group for new work",
             ),
         }
     }
