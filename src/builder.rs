@@ -74,6 +74,12 @@ where
         self
     }
 
+    /// The tracker this builder spawns into.
+    #[cfg_attr(not(all(unix, feature = "process")), allow(dead_code))]
+    pub(crate) fn tracker(&self) -> &Arc<Shared<K>> {
+        self.shared
+    }
+
     /// Names the task, for logs and [`StuckTask`](crate::StuckTask) reports.
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.opts.name = Some(name.into());

@@ -13,23 +13,33 @@ use rustix::process::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Notify, watch};
 
+use rustix::process::Signal;
+
+use super::kill::signal_group;
 use super::orphans::adopt_orphan;
 use super::reap::{ALIVE, End, Inner, ProcessPolicy, State, reap};
 use crate::builder::TaskBuilder;
 use crate::group::TaskGroup;
 use crate::map::TaskMap;
 use crate::scope::CancelScope;
-use crate::task::TaskHandle;
+use crate::task::{SpawnError, TaskHandle};
+use crate::tracker::Shared;
 
 // ===== impl ScopedChild =====
 
 /// A child process owned by a cancel scope, running in its own process group;
 /// like tokio's `Child`, with a teardown that reaches the grandchildren.
 ///
-/// From [`TaskGroup::spawn_process`] or [`TaskMap::spawn_with_process`]. The
+/// From [`TaskGroup::spawn_process`], [`TaskGroup::spawn_with_process`] or
+/// [`TaskMap::spawn_with_process`]. The
 /// child is torn down (`SIGTERM` to its group, [`term_grace`], `SIGKILL`,
 /// reaped) when its scope is cancelled, when [`shutdown`](Self::shutdown) is
 /// called, or, once it is an orphan, by [`reap_orphans`](crate::reap_orphans).
+///
+/// **Zombies:** the teardown reaps the child itself; grandchildren it killed
+/// are re-parented to PID 1 and stay zombies until PID 1 reaps them, unless
+/// this process called [`become_subreaper`](crate::become_subreaper) (Linux),
+/// in which case the teardown reaps them too.
 ///
 /// This handle is the child's *owner*. Dropping it never leaks the group: if
 /// the child has ended or its scope is cancelled, nothing more is needed;
@@ -152,11 +162,29 @@ impl fmt::Debug for ScopedChild {
 
 // ===== spawning =====
 
-/// A started child, not yet owned by a scope.
+/// A started child, not yet owned by a scope. Dropped before
+/// [`attach`](Started::attach) (a spawn refused after the start, when a
+/// `close` raced with it), it kills the group: a started child is never left
+/// running unowned.
 struct Started {
-    child: Child,
+    /// Taken by `attach`.
+    child: Option<Child>,
     pid: u32,
     pgid: Pid,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            tracing::debug!(
+                pid = self.pid,
+                "started child never owned: SIGKILL to its group"
+            );
+            // Not reaped yet (tokio's `Child`, dropped right after this,
+            // reaps the leader in the background), so the group id is ours.
+            let _ = signal_group(self.pgid, Signal::KILL);
+        }
+    }
 }
 
 fn no_runtime() -> io::Error {
@@ -166,8 +194,21 @@ fn no_runtime() -> io::Error {
     )
 }
 
-fn scope_cancelled() -> io::Error {
-    io::Error::other("cancel_scope: the scope is cancelled; no process was started")
+/// The one check every process spawner makes before starting anything: a
+/// closed or cancelled group or map refuses, and no child is started.
+fn refuse_if_closed<K>(shared: &Shared<K>) -> io::Result<()>
+where
+    K: Eq + std::hash::Hash + Clone + fmt::Debug + Send + Sync + 'static,
+{
+    if shared.is_closed() {
+        return Err(io::Error::other(SpawnError::Closed));
+    }
+    if shared.scope.is_cancelled() {
+        return Err(io::Error::other(
+            "cancel_scope: the group or map is cancelled; no process was started",
+        ));
+    }
+    Ok(())
 }
 
 /// Starts `cmd` in a new process group.
@@ -186,7 +227,11 @@ fn start(mut cmd: Command) -> io::Result<Started> {
         .ok()
         .and_then(Pid::from_raw)
         .ok_or_else(|| io::Error::other(format!("pid {pid} out of range")))?;
-    Ok(Started { child, pid, pgid })
+    Ok(Started {
+        child: Some(child),
+        pid,
+        pgid,
+    })
 }
 
 impl Started {
@@ -212,14 +257,15 @@ impl Started {
             end: tx,
         });
         ALIVE.fetch_add(1, Ordering::Relaxed);
+        let mut child = self.child.take().expect("attached once");
         let handle = ScopedChild {
-            stdin: self.child.stdin.take(),
-            stdout: self.child.stdout.take(),
-            stderr: self.child.stderr.take(),
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
             inner: inner.clone(),
             end: rx,
         };
-        let reaper = reap(self.child, inner.clone());
+        let reaper = reap(child, inner.clone());
         tracing::debug!(pid = self.pid, ?policy, "spawned scoped child");
         (handle, inner, reaper)
     }
@@ -233,9 +279,11 @@ impl TaskGroup {
     /// The child is torn down, grandchildren included, when the group is
     /// cancelled or shut down: `SIGTERM` to its process group, up to
     /// `term_grace` for it to exit, `SIGKILL` to the group, then reaped, so no
-    /// zombie remains and every copy of its stdio pipes is closed. (Killed
-    /// grandchildren are re-parented and reaped by init, or by this process
-    /// after [`become_subreaper`](crate::become_subreaper) where init does not reap.) A small
+    /// zombie of the leader remains and every copy of its stdio pipes is
+    /// closed. **Killed grandchildren stay zombies until reaped**: PID 1 reaps
+    /// them where it is an init; where it is not (a container running your
+    /// server as PID 1), call [`become_subreaper`](crate::become_subreaper)
+    /// at start-up and the teardown reaps them too. A small
     /// tracked task of the group (named `process <pid>`) does this, so
     /// [`shutdown`](Self::shutdown) waits for it within the ladder (the report
     /// counts it in `processes`, and as one completed task). The child's own exit is reaped
@@ -275,9 +323,10 @@ impl TaskGroup {
     ///
     /// # Errors
     ///
-    /// The error of starting `cmd` (e.g. `NotFound`); an error if called
-    /// outside a tokio runtime or after the group was cancelled (then no
-    /// process is started).
+    /// As every process spawner: the error of starting `cmd` (e.g.
+    /// `NotFound`), or an error outside a tokio runtime or on a cancelled or
+    /// [closed](Self::close) group (wrapping [`SpawnError::Closed`]); then no
+    /// process was started.
     pub fn spawn_process(&self, cmd: Command) -> io::Result<ScopedChild> {
         self.spawn_process_with(cmd, ProcessPolicy::default())
     }
@@ -292,12 +341,11 @@ impl TaskGroup {
         cmd: Command,
         policy: ProcessPolicy,
     ) -> io::Result<ScopedChild> {
-        if self.scope().is_cancelled() {
-            return Err(scope_cancelled());
-        }
+        refuse_if_closed(self.build_task().tracker())?;
         let started = start(cmd)?;
         let pid = started.pid;
         let (handle, inner, reaper) = started.attach(self.scope().clone(), policy);
+        let mut reaper = Some(reaper);
         let hook = inner.clone();
         let spawned = self
             .build_task()
@@ -307,13 +355,76 @@ impl TaskGroup {
             // first, so the abort cannot leave it running.
             .on_escalate(move || hook.kill_now("ladder escalated on the reaper"))
             // Cooperative: the reaper must survive the cancellation it reacts to.
-            .try_spawn_with_scope(move |_task_scope| reaper);
+            .try_spawn_with_scope(|_task_scope| reaper.take().expect("called once"));
         if let Err(e) = spawned {
-            // Not reachable after `start` found a runtime; never leak the group.
-            inner.kill_now("reaper could not be spawned");
+            // A `close` raced with this call: tear the child down on a plain
+            // tokio task, so it is neither left running nor leaked.
+            if let Some(reaper) = reaper.take() {
+                inner.teardown.notify_one();
+                tokio::spawn(reaper);
+            }
+            drop(handle);
             return Err(io::Error::other(e));
         }
         Ok(handle)
+    }
+
+    /// Starts `cmd` as a child process and spawns the task `f(scope, child)`
+    /// in the group, the child owned by that task's own scope, as
+    /// [`TaskMap::spawn_with_process`] without a key (this is
+    /// [`TaskBuilder::spawn_with_process`] on [`build_task`](Self::build_task)).
+    ///
+    /// The process follows the task: cancelling it
+    /// ([`TaskHandle::cancel`], or the group's [`cancel`](Self::cancel) /
+    /// [`shutdown`](Self::shutdown)) or aborting it ([`TaskHandle::abort`])
+    /// tears the child's process group down (`SIGTERM`, `policy.term_grace`,
+    /// `SIGKILL`, reaped). A cancelled task stays alive until the child is
+    /// reaped, so the group's ladder covers the teardown. Use
+    /// [`spawn_process`](Self::spawn_process) for a child owned by the group
+    /// itself, without a task of yours around it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::{ProcessPolicy, TaskGroup};
+    /// use tokio::process::Command;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let group = TaskGroup::new();
+    /// let mut cmd = Command::new("sh");
+    /// cmd.args(["-c", "sleep 100"]);
+    /// let job = group.spawn_with_process(cmd, ProcessPolicy::default(), |scope, mut child| async move {
+    ///     tokio::select! {
+    ///         _ = scope.cancelled() => "cancelled",
+    ///         _ = child.wait() => "exited",
+    ///     }
+    /// })?;
+    /// job.cancel(); // this task only: its child's group gets SIGTERM
+    /// assert_eq!(job.await.unwrap(), "cancelled");
+    /// assert!(group.is_empty()); // the child was reaped before the task ended
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As every process spawner: the error of starting `cmd`, or an error
+    /// outside a tokio runtime or on a cancelled or [closed](Self::close)
+    /// group (wrapping [`SpawnError::Closed`]); then no process was started
+    /// and nothing was spawned.
+    pub fn spawn_with_process<F, Fut>(
+        &self,
+        cmd: Command,
+        policy: ProcessPolicy,
+        f: F,
+    ) -> io::Result<TaskHandle<Fut::Output>>
+    where
+        F: FnOnce(CancelScope, ScopedChild) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        self.build_task().spawn_with_process(cmd, policy, f)
     }
 }
 
@@ -362,8 +473,9 @@ where
     /// # Errors
     ///
     /// The error of starting `cmd`, or an error outside a tokio runtime or on
-    /// a cancelled map; then nothing was spawned and the task under `key`, if
-    /// any, is left alone.
+    /// a cancelled or [closed](Self::close) map (wrapping
+    /// [`SpawnError::Closed`]); then no process was started, nothing was
+    /// spawned, and the task under `key`, if any, is left alone.
     pub fn spawn_with_process<F, Fut>(
         &self,
         key: K,
@@ -376,9 +488,6 @@ where
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        if self.scope().is_cancelled() {
-            return Err(scope_cancelled());
-        }
         self.build_task(key).spawn_with_process(cmd, policy, f)
     }
 }
@@ -394,12 +503,15 @@ where
     /// [`TaskMap::build_task`]), with the builder's name and escalation hook.
     /// In a [`TaskGroup`], the task's scope is cancelled with the group.
     ///
-    /// On a cancelled group or map the child starts and is torn down at once;
-    /// [`TaskMap::spawn_with_process`] refuses that case instead.
+    /// Cancelling the task ([`TaskHandle::cancel`], its key, its group) or
+    /// aborting it ([`TaskHandle::abort`]) tears the child's process group
+    /// down: the process follows the task.
     ///
     /// # Errors
     ///
-    /// The error of starting `cmd`, or an error outside a tokio runtime; then
+    /// As every process spawner: the error of starting `cmd`, or an error
+    /// outside a tokio runtime or on a cancelled or closed group or map
+    /// (wrapping [`SpawnError::Closed`]); then no process was started and
     /// nothing was spawned.
     pub fn spawn_with_process<F, Fut>(
         self,
@@ -412,12 +524,15 @@ where
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        let started = start(cmd)?;
-        // `spawn_with_scope` calls this at once, with the task's own scope:
-        // the only place that scope is handed out. `start` found a runtime,
-        // so it does not panic.
-        // The session task waits for the teardown, so its end counts the child.
-        let handle = self.owns_process().spawn_with_scope(move |scope| {
+        refuse_if_closed(self.tracker())?;
+        let mut started = Some(start(cmd)?);
+        // `try_spawn_with_scope` calls this at once, with the task's own
+        // scope: the only place that scope is handed out. If it refuses (a
+        // `close` raced with this call) `started` is left here and its drop
+        // kills the group. The session task waits for the teardown, so its
+        // end counts the child.
+        let spawned = self.owns_process().try_spawn_with_scope(|scope| {
+            let started = started.take().expect("called once");
             let (child, inner, reaper) = started.attach(scope.clone(), policy);
             tokio::spawn(reaper);
             let session = f(scope.clone(), child);
@@ -432,6 +547,6 @@ where
                 out
             }
         });
-        Ok(handle)
+        spawned.map_err(io::Error::other)
     }
 }
