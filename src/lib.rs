@@ -70,7 +70,9 @@
 //! # }
 //! ```
 //!
-//! A map keeps one task per key, and tears one key down alone:
+//! A map keeps one task per key, and tears one key down alone. A key names a
+//! slot; a task id names one task, so a late disconnect never tears down the
+//! session of a client that reconnected under the same key:
 //!
 //! ```
 //! use cancel_scope::{TaskMap, TaskOutcome};
@@ -79,11 +81,20 @@
 //! # async fn main() {
 //! let sessions = TaskMap::new();
 //! sessions.spawn("alice", std::future::pending::<()>());
-//! sessions.spawn("bob", std::future::pending::<()>());
+//! let bob = sessions.spawn("bob", std::future::pending::<()>()).id();
 //! assert_eq!(sessions.cancel(&"alice").await, Some(TaskOutcome::Cancelled));
 //! assert_eq!(sessions.len(), 1);
+//!
+//! let bob_again = sessions.spawn("bob", std::future::pending::<()>()).id(); // reconnect
+//! assert!(!sessions.begin_cancel_task(&"bob", bob)); // the old connection's guard: no-op
+//! assert_eq!(sessions.task_id(&"bob"), Some(bob_again));
 //! # }
 //! ```
+//!
+//! Groups and maps are cheap handles (`Clone`, one `Arc`): clones share one
+//! group, and only the last handle's drop closes and cancels it.
+//! [`close`](TaskGroup::close) refuses new tasks; [`shutdown`](TaskGroup::shutdown)
+//! closes first.
 //!
 //! # Guarantees
 //!
