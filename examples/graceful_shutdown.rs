@@ -17,7 +17,6 @@
 //! `stubborn` (ignores its scope; its escalation hook closes what it waits on).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -33,7 +32,7 @@ struct JobQuery {
 }
 
 async fn start_job(
-    State(group): State<Arc<TaskGroup>>,
+    State(group): State<TaskGroup>,
     Query(q): Query<JobQuery>,
 ) -> axum::Json<serde_json::Value> {
     let kind = q.kind.unwrap_or_else(|| "cancellable".into());
@@ -120,16 +119,15 @@ async fn demo(addr: SocketAddr, root: CancelScope) {
 async fn main() -> std::io::Result<()> {
     let demo_mode = std::env::args().any(|a| a == "--demo");
     let root = CancelScope::new();
-    let group = Arc::new(
-        TaskGroup::builder()
-            .scope(root.clone())
-            .policy(ShutdownPolicy {
-                grace: Duration::from_millis(500),
-                abort_grace: Duration::from_millis(500),
-                ..Default::default()
-            })
-            .build(),
-    );
+    // A `TaskGroup` is a cheap handle: the router's state is a clone of it.
+    let group = TaskGroup::builder()
+        .scope(root.clone())
+        .policy(ShutdownPolicy {
+            grace: Duration::from_millis(500),
+            abort_grace: Duration::from_millis(500),
+            ..Default::default()
+        })
+        .build();
     let app = Router::new()
         .route("/job", get(start_job))
         .with_state(group.clone());

@@ -18,7 +18,7 @@
 //!   child's process group, waits `term_grace`, sends SIGKILL, and reaps it.
 //!
 //! When a client disconnects, hyper drops the response body, whose guard calls
-//! `TaskMap::begin_cancel`: the ladder (cancel, timer-spaced re-delivery,
+//! `TaskMap::begin_cancel_task` (by task id): the ladder (cancel, timer-spaced re-delivery,
 //! escalation at grace, stuck report) runs in the background, and the session's
 //! entry prunes itself when its task ends. The shared backend context is built
 //! once, by whichever first connection gets there, with `tokio::sync::OnceCell`.

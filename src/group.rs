@@ -9,14 +9,52 @@ use std::task::{Context, Poll};
 
 use futures_util::stream::Stream;
 
+use crate::builder::TaskBuilder;
 use crate::ladder::{ShutdownPolicy, ShutdownReport};
 use crate::registry::{Registry, TaskId, TaskOutcome};
 use crate::scope::CancelScope;
-use crate::task::{SpawnError, Stats, TaskBuilder, TaskError, TaskHandle};
-use crate::tracker::{Shared, TaskMeta, idle};
+use crate::task::{SpawnError, Stats, TaskError, TaskHandle, TaskMeta};
+use crate::tracker::{Owner, Shared, idle};
 use crate::wait_list::WaitKey;
 
 /// A group of tracked tasks sharing one cancel scope, as Trio's nursery.
+///
+/// **[`spawn`](Self::spawn) drops its future at the next await after the
+/// group is cancelled**, so code after `scope.cancelled().await` inside it
+/// never runs. A task that must clean up uses
+/// [`spawn_with_scope`](Self::spawn_with_scope): it is handed its scope and
+/// ends when it decides to (the ladder still escalates on it past grace).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use cancel_scope::TaskGroup;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let group = TaskGroup::new();
+/// let (dropped_cleanup, ran_cleanup) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+///
+/// // `spawn`: dropped at its await; the line after it never runs.
+/// let scope = group.scope().clone();
+/// let flag = dropped_cleanup.clone();
+/// group.spawn(async move {
+///     scope.cancelled().await;
+///     flag.store(true, Ordering::SeqCst); // never reached
+/// });
+///
+/// // `spawn_with_scope`: the task sees the cancel and cleans up.
+/// let flag = ran_cleanup.clone();
+/// group.spawn_with_scope(|scope| async move {
+///     scope.cancelled().await;
+///     flag.store(true, Ordering::SeqCst); // runs
+/// });
+///
+/// group.shutdown().await;
+/// assert!(!dropped_cleanup.load(Ordering::SeqCst));
+/// assert!(ran_cleanup.load(Ordering::SeqCst));
+/// # }
+/// ```
 ///
 /// Every task spawned here is tracked until its future is gone, and removes
 /// its own entry the moment it ends, however it ends (completion, panic,
@@ -33,8 +71,25 @@ use crate::wait_list::WaitKey;
 /// [`cancel_on_panic(false)`](TaskGroupBuilder::cancel_on_panic)); its panic is
 /// returned by its handle and by [`join`](Self::join).
 ///
-/// Dropping the group cancels its scope and never blocks; inside a runtime the
-/// ladder then finishes in the background and logs what stayed stuck.
+/// # Handles
+///
+/// `TaskGroup` is a cheap handle (one `Arc`), `Clone` like tokio-util's
+/// `TaskTracker`: clones share one group, so an accept loop and its
+/// connection tasks can spawn into it without an `Arc` around it. Dropping a
+/// clone does nothing; dropping the **last** handle closes the group (nothing
+/// could spawn into it any more), cancels its scope and never blocks: inside a
+/// runtime the ladder then finishes in the background and logs what stayed
+/// stuck. Only these user handles count: tasks of the group and their
+/// [`TaskHandle`]s do not keep it open.
+///
+/// # Closing
+///
+/// [`close`](Self::close) refuses new tasks (as tokio-util's
+/// `TaskTracker::close`, and Trio's closed nursery) without cancelling the
+/// running ones; [`shutdown`](Self::shutdown) closes first. Spawning into a
+/// closed group panics (`spawn*`) or errs with [`SpawnError::Closed`]
+/// (`try_spawn*`), and the process spawners return an error without starting
+/// a child.
 ///
 /// # Examples
 ///
@@ -55,7 +110,7 @@ use crate::wait_list::WaitKey;
 /// # }
 /// ```
 pub struct TaskGroup {
-    shared: Arc<Shared<()>>,
+    owner: Arc<Owner<()>>,
 }
 
 impl TaskGroup {
@@ -87,17 +142,20 @@ impl TaskGroup {
     /// it is cancelled with the group.
     #[must_use]
     pub fn scope(&self) -> &CancelScope {
-        &self.shared.scope
+        &self.owner.shared.scope
     }
 
     /// Spawns `fut` as a tracked task. Once the group's scope is cancelled the
     /// future is dropped at its next await (it is never polled again), and its
-    /// handle resolves to [`TaskError::Cancelled`].
+    /// handle resolves to [`TaskError::Cancelled`]: cleanup after an await
+    /// never runs (see [`spawn_with_scope`](Self::spawn_with_scope) for a
+    /// task that must clean up).
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime, with a message naming the fix; use
-    /// [`try_spawn`](Self::try_spawn) to get an error instead.
+    /// Outside a tokio runtime or on a [closed](Self::close) group, with a
+    /// message naming the fix; use [`try_spawn`](Self::try_spawn) to get an
+    /// error instead.
     #[track_caller]
     pub fn spawn<F>(&self, fut: F) -> TaskHandle<F::Output>
     where
@@ -111,7 +169,9 @@ impl TaskGroup {
     ///
     /// # Errors
     ///
-    /// [`SpawnError::NoRuntime`] outside a tokio runtime; nothing is tracked.
+    /// [`SpawnError::NoRuntime`] outside a tokio runtime,
+    /// [`SpawnError::Closed`] on a [closed](Self::close) group; nothing is
+    /// tracked.
     pub fn try_spawn<F>(&self, fut: F) -> Result<TaskHandle<F::Output>, SpawnError>
     where
         F: Future + Send + 'static,
@@ -128,7 +188,9 @@ impl TaskGroup {
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime, with a message naming the fix.
+    /// Outside a tokio runtime or on a [closed](Self::close) group, with a
+    /// message naming the fix; use
+    /// [`try_spawn_with_scope`](Self::try_spawn_with_scope) to get an error.
     ///
     /// # Examples
     ///
@@ -161,15 +223,32 @@ impl TaskGroup {
         self.build_task().spawn_with_scope(f)
     }
 
+    /// As [`spawn_with_scope`](Self::spawn_with_scope), returning an error
+    /// instead of panicking.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::NoRuntime`] outside a tokio runtime,
+    /// [`SpawnError::Closed`] on a [closed](Self::close) group; `f` is not
+    /// called.
+    pub fn try_spawn_with_scope<F, Fut>(&self, f: F) -> Result<TaskHandle<Fut::Output>, SpawnError>
+    where
+        F: FnOnce(CancelScope) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        self.build_task().try_spawn_with_scope(f)
+    }
+
     /// A [`TaskBuilder`] to name the task or give it an escalation hook.
     pub fn build_task(&self) -> TaskBuilder<'_> {
-        TaskBuilder::new(&self.shared, None)
+        TaskBuilder::new(&self.owner.shared, None)
     }
 
     /// Tasks whose futures are still alive (stuck ones included).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.shared.len()
+        self.owner.shared.len()
     }
 
     /// Whether no task is alive.
@@ -180,8 +259,43 @@ impl TaskGroup {
 
     /// Cancels the group's scope: every task is woken once and sees it. Does
     /// not wait; see [`shutdown`](Self::shutdown) for the bounded teardown.
+    /// Does not [close](Self::close) the group: tasks spawned later start
+    /// cancelled.
     pub fn cancel(&self) {
-        self.shared.scope.cancel();
+        self.owner.shared.scope.cancel();
+    }
+
+    /// Closes the group: every later spawn is refused
+    /// ([`SpawnError::Closed`] from `try_spawn*`, a panic from `spawn*`, an
+    /// error from the process spawners), while the tasks already running go
+    /// on. Idempotent; a closed group never reopens. As tokio-util's
+    /// `TaskTracker::close` and Trio's closed nursery.
+    /// [`shutdown`](Self::shutdown) closes first; dropping the last handle
+    /// closes too.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::{SpawnError, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::new();
+    /// let running = group.spawn(async { 1 });
+    /// group.close();
+    /// assert!(group.is_closed());
+    /// assert_eq!(group.try_spawn(async { 2 }).unwrap_err(), SpawnError::Closed);
+    /// assert_eq!(running.await.unwrap(), 1); // not cancelled
+    /// # }
+    /// ```
+    pub fn close(&self) {
+        self.owner.shared.close();
+    }
+
+    /// Whether the group is [closed](Self::close).
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.owner.shared.is_closed()
     }
 
     /// As [`cancel`](Self::cancel), with a message that every task's
@@ -203,7 +317,7 @@ impl TaskGroup {
     /// # }
     /// ```
     pub fn cancel_with(&self, message: impl Into<crate::CancelMessage>) {
-        self.shared.scope.cancel_with(message);
+        self.owner.shared.scope.cancel_with(message);
     }
 
     /// Waits until every task has ended, without cancelling anything.
@@ -217,8 +331,8 @@ impl TaskGroup {
     ///
     /// Cancel safe.
     pub async fn join(&self) -> Result<(), TaskError> {
-        idle(&self.shared.registry).await;
-        match self.shared.take_panic() {
+        idle(&self.owner.shared.registry).await;
+        match self.owner.shared.take_panic() {
             Some(message) => Err(TaskError::Panicked(message)),
             None => Ok(()),
         }
@@ -269,14 +383,14 @@ impl TaskGroup {
     /// As [`join_next`](Self::join_next): the group must collect outcomes.
     #[track_caller]
     pub fn outcomes(&self) -> Outcomes<'_> {
-        if !self.shared.registry.records_ends() {
+        if !self.owner.shared.registry.records_ends() {
             panic!(
                 "cancel_scope: TaskGroup::join_next / outcomes need a group that records outcomes: \
                  build it with TaskGroup::builder().collect_outcomes(true).build()"
             );
         }
         Outcomes {
-            registry: &self.shared.registry,
+            registry: &self.owner.shared.registry,
             key: None,
         }
     }
@@ -288,21 +402,34 @@ impl TaskGroup {
     /// Returns as soon as every task has ended, and within `grace +
     /// abort_grace` (plus scheduling noise) whatever the tasks do.
     ///
-    /// Tasks spawned afterwards start cancelled. Stuck tasks stay tracked and
-    /// prune themselves if they ever end.
+    /// Closes the group first: spawning afterwards is refused (see
+    /// [`close`](Self::close)). Stuck tasks stay tracked and prune themselves
+    /// if they ever end. The report counts every task that ended since the
+    /// group's scope was first cancelled (by this call, [`cancel`](Self::cancel),
+    /// an enclosing scope or a deadline), not only those that ended while this
+    /// call ran.
     ///
     /// # Cancel safety
     ///
     /// Dropping the future stops the ladder where it is (the scope stays
     /// cancelled); call `shutdown` again to finish it.
     pub async fn shutdown(&self) -> ShutdownReport {
-        self.shared.shutdown().await
+        self.owner.shared.shutdown().await
     }
 
     /// A snapshot of the group's counters.
     #[must_use]
     pub fn stats(&self) -> Stats {
-        self.shared.stats()
+        self.owner.shared.stats()
+    }
+}
+
+impl Clone for TaskGroup {
+    /// Another handle to the same group (see [Handles](Self#handles)).
+    fn clone(&self) -> Self {
+        TaskGroup {
+            owner: self.owner.clone(),
+        }
     }
 }
 
@@ -312,47 +439,10 @@ impl Default for TaskGroup {
     }
 }
 
-impl Drop for TaskGroup {
-    fn drop(&mut self) {
-        drop_tracker(&self.shared);
-    }
-}
-
-/// Dropping a group or map: cancel, and finish the ladder in the background
-/// when there is a runtime to do it on.
-pub(crate) fn drop_tracker<K>(shared: &Arc<Shared<K>>)
-where
-    K: Eq + std::hash::Hash + Clone + std::fmt::Debug + Send + Sync + 'static,
-{
-    let before = shared.stats();
-    shared.scope.cancel();
-    if shared.len() == 0 {
-        return;
-    }
-    // On the current runtime or else the one the tasks run on, so a group
-    // dropped on a plain thread still escalates its stubborn tasks.
-    match shared.runtime() {
-        Some(rt) => {
-            let shared = shared.clone();
-            rt.spawn(async move {
-                let report = shared.run_ladder(None, before).await;
-                if !report.is_clean() {
-                    tracing::warn!(%report, "tasks of a dropped group are stuck");
-                }
-            });
-        }
-        None => tracing::warn!(
-            tracked = shared.len(),
-            "a dropped group has live tasks and no runtime to run its ladder on: they are \
-             cancelled but will not be escalated"
-        ),
-    }
-}
-
 impl std::fmt::Debug for TaskGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskGroup")
-            .field("shared", &self.shared)
+            .field("shared", &self.owner.shared)
             .finish()
     }
 }
@@ -409,12 +499,14 @@ impl TaskGroupBuilder {
             None => CancelScope::new(),
         };
         TaskGroup {
-            shared: Shared::new(
-                scope,
-                self.policy,
-                self.cancel_on_panic,
-                self.collect_outcomes,
-            ),
+            owner: Arc::new(Owner {
+                shared: Shared::new(
+                    scope,
+                    self.policy,
+                    self.cancel_on_panic,
+                    self.collect_outcomes,
+                ),
+            }),
         }
     }
 }

@@ -186,16 +186,36 @@ pub struct StuckTask {
     pub id: TaskId,
     /// Its name, if it was spawned with [`TaskBuilder::name`](crate::TaskBuilder::name).
     pub name: Option<Arc<str>>,
-    /// Its key's `Debug` form, for a task in a [`TaskMap`](crate::TaskMap).
+    /// Its key's `Debug` form, for a task in a [`TaskMap`](crate::TaskMap):
+    /// `"blocker"` for the key `"blocker"`, `7` for the key `7`.
     pub key: Option<String>,
     /// Time since it was spawned, at the moment it was reported.
     pub age: Duration,
 }
 
+impl std::fmt::Display for StuckTask {
+    /// `stuck task#3 name="listener" key="blocker" age=6s`: the name quoted
+    /// once, the key in its `Debug` form as stored (not quoted again), absent
+    /// fields left out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stuck {}", self.id)?;
+        if let Some(name) = &self.name {
+            write!(f, " name={:?}", &**name)?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, " key={key}")?;
+        }
+        write!(f, " age={:?}", self.age)
+    }
+}
+
 /// What a shutdown did: how each task ended, what is stuck, how long it took.
 ///
-/// Counts cover the tasks that ended while the ladder ran. A stuck task is still
-/// tracked (it counts in `len()`) and prunes itself when it finally ends.
+/// Counts cover every task that ended since the group's (or map's) scope was
+/// first cancelled, whoever cancelled it (the shutdown itself, `cancel`, an
+/// enclosing scope, a deadline), so tasks that ended before `shutdown` was
+/// called are in the report too. A stuck task is still tracked (it counts in
+/// `len()`) and prunes itself when it finally ends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShutdownReport {
@@ -248,11 +268,7 @@ impl std::fmt::Display for ShutdownReport {
             self.processes
         )?;
         for s in &self.stuck {
-            write!(
-                f,
-                "\n  stuck {} name={:?} key={:?} age={:?}",
-                s.id, s.name, s.key, s.age
-            )?;
+            write!(f, "\n  {s}")?;
         }
         Ok(())
     }

@@ -71,7 +71,9 @@
 //! # }
 //! ```
 //!
-//! A map keeps one task per key, and tears one key down alone:
+//! A map keeps one task per key, and tears one key down alone. A key names a
+//! slot; a task id names one task, so a late disconnect never tears down the
+//! session of a client that reconnected under the same key:
 //!
 //! ```
 //! use cancel_scope::{TaskMap, TaskOutcome};
@@ -80,9 +82,13 @@
 //! # async fn main() {
 //! let sessions = TaskMap::new();
 //! sessions.spawn("alice", std::future::pending::<()>());
-//! sessions.spawn("bob", std::future::pending::<()>());
+//! let bob = sessions.spawn("bob", std::future::pending::<()>()).id();
 //! assert_eq!(sessions.cancel(&"alice").await, Some(TaskOutcome::Cancelled));
 //! assert_eq!(sessions.len(), 1);
+//!
+//! let bob_again = sessions.spawn("bob", std::future::pending::<()>()).id(); // reconnect
+//! assert!(!sessions.begin_cancel_task(&"bob", bob)); // the old connection's guard: no-op
+//! assert_eq!(sessions.task_id(&"bob"), Some(bob_again));
 //! # }
 //! ```
 //!
@@ -110,6 +116,11 @@
 //! The last row is a trap: in tokio "cancelled" means aborted from outside;
 //! here [`TaskError::Cancelled`] means the task's cancel scope was cancelled
 //! and its future dropped at an await, and it carries the reason and message.
+//!
+//! Groups and maps are cheap handles (`Clone`, one `Arc`): clones share one
+//! group, and only the last handle's drop closes and cancels it.
+//! [`close`](TaskGroup::close) refuses new tasks; [`shutdown`](TaskGroup::shutdown)
+//! closes first.
 //!
 //! # Guarantees
 //!
@@ -174,6 +185,8 @@ mod interop;
 mod loom_models;
 
 #[cfg(not(loom))]
+mod builder;
+#[cfg(not(loom))]
 mod group;
 #[cfg(not(loom))]
 mod map;
@@ -192,6 +205,8 @@ pub use scope::{
 };
 
 #[cfg(not(loom))]
+pub use builder::TaskBuilder;
+#[cfg(not(loom))]
 pub use group::{Outcomes, TaskGroup, TaskGroupBuilder};
 #[cfg(not(loom))]
 pub use map::TaskMap;
@@ -202,4 +217,4 @@ pub use process::{
     ProcessPolicy, ProcessStats, ReapReport, ScopedChild, process_stats, reap_orphans,
 };
 #[cfg(not(loom))]
-pub use task::{SpawnError, Stats, TaskBuilder, TaskError, TaskHandle};
+pub use task::{SpawnError, Stats, TaskError, TaskHandle};

@@ -6,12 +6,12 @@ use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use crate::group::drop_tracker;
+use crate::builder::TaskBuilder;
 use crate::ladder::{ShutdownPolicy, ShutdownReport};
-use crate::registry::TaskOutcome;
+use crate::registry::{TaskId, TaskOutcome};
 use crate::scope::CancelScope;
-use crate::task::{SpawnError, Stats, TaskBuilder, TaskHandle};
-use crate::tracker::Shared;
+use crate::task::{SpawnError, Stats, TaskHandle};
+use crate::tracker::{Owner, Shared};
 
 /// Tracked tasks by key, one live task per key: the session registry of a
 /// server, with the shutdown ladder per key.
@@ -21,6 +21,17 @@ use crate::tracker::Shared;
 /// ladder runs in the background) and installs the new one at once. Entries
 /// prune themselves when their task ends, and an old task's end never removes a
 /// newer task under the same key.
+///
+/// A key names a *slot*, not a task: after a reconnect the same key holds a
+/// newer task. Code that means one task (a connection's disconnect guard)
+/// keeps its [`TaskId`] and uses [`cancel_task`](Self::cancel_task) /
+/// [`begin_cancel_task`](Self::begin_cancel_task), or its
+/// [`TaskHandle::cancel`], which never touch a newer task under the key.
+///
+/// `TaskMap` is a cheap handle (one `Arc`), `Clone`: clones share one map.
+/// Dropping the last handle [closes](Self::close) the map, cancels its scope
+/// and finishes the ladder in the background (never blocking); tasks and
+/// their handles do not keep the map open.
 ///
 /// # Examples
 ///
@@ -43,7 +54,7 @@ pub struct TaskMap<K>
 where
     K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
 {
-    shared: Arc<Shared<K>>,
+    owner: Arc<Owner<K>>,
 }
 
 impl<K> TaskMap<K>
@@ -68,14 +79,16 @@ where
     pub fn with_scope_and_policy(scope: CancelScope, policy: ShutdownPolicy) -> Self {
         TaskMap {
             // A panicking session must not cancel the others.
-            shared: Shared::new(scope.child(), policy, false, false),
+            owner: Arc::new(Owner {
+                shared: Shared::new(scope.child(), policy, false, false),
+            }),
         }
     }
 
     /// The map's scope: cancelling it cancels every task.
     #[must_use]
     pub fn scope(&self) -> &CancelScope {
-        &self.shared.scope
+        &self.owner.shared.scope
     }
 
     /// Spawns `fut` under `key`; it is dropped at its next await once its
@@ -84,7 +97,8 @@ where
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime, with a message naming the fix.
+    /// Outside a tokio runtime or on a [closed](Self::close) map, with a
+    /// message naming the fix; see [`try_spawn`](Self::try_spawn).
     #[track_caller]
     pub fn spawn<F>(&self, key: K, fut: F) -> TaskHandle<F::Output>
     where
@@ -98,8 +112,9 @@ where
     ///
     /// # Errors
     ///
-    /// [`SpawnError::NoRuntime`] outside a tokio runtime; nothing is tracked
-    /// and the task under `key`, if any, is left alone.
+    /// [`SpawnError::NoRuntime`] outside a tokio runtime,
+    /// [`SpawnError::Closed`] on a [closed](Self::close) map; nothing is
+    /// tracked and the task under `key`, if any, is left alone.
     pub fn try_spawn<F>(&self, key: K, fut: F) -> Result<TaskHandle<F::Output>, SpawnError>
     where
         F: Future + Send + 'static,
@@ -115,7 +130,8 @@ where
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime, with a message naming the fix.
+    /// Outside a tokio runtime or on a [closed](Self::close) map, with a
+    /// message naming the fix.
     #[track_caller]
     pub fn spawn_with_scope<F, Fut>(&self, key: K, f: F) -> TaskHandle<Fut::Output>
     where
@@ -128,7 +144,7 @@ where
 
     /// A [`TaskBuilder`] for a task under `key` (name, escalation hook).
     pub fn build_task(&self, key: K) -> TaskBuilder<'_, K> {
-        TaskBuilder::new(&self.shared, Some(key))
+        TaskBuilder::new(&self.owner.shared, Some(key))
     }
 
     /// Tears down the task under `key` with the ladder and returns how it
@@ -147,8 +163,8 @@ where
     /// future does not stop the teardown.
     ///
     pub async fn cancel(&self, key: &K) -> Option<TaskOutcome> {
-        let cell = self.shared.registry.get(key)?;
-        match self.shared.retire(cell.clone()) {
+        let cell = self.owner.shared.registry.get(key)?;
+        match self.owner.shared.retire(cell.clone()) {
             // The ladder task is ours and never panics; a runtime shutting
             // down is the only way it cannot answer.
             Some(ladder) => ladder.await.unwrap_or_else(|_| cell.outcome()),
@@ -163,20 +179,100 @@ where
     /// Works outside a runtime too: the ladder then runs on the runtime the
     /// map's tasks were spawned on.
     pub fn begin_cancel(&self, key: &K) -> bool {
-        match self.shared.registry.get(key) {
+        match self.owner.shared.registry.get(key) {
             Some(cell) => {
-                drop(self.shared.retire(cell));
+                drop(self.owner.shared.retire(cell));
                 true
             }
             None => false,
         }
     }
 
+    /// Tears down the task under `key` as [`cancel`](Self::cancel) does, but
+    /// only if `key` still maps to task `id`: a stale id (the key was taken
+    /// over by a newer task, or the task ended) does nothing and returns
+    /// `None`, and a newer task under the key is never touched.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`cancel`](Self::cancel).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::{TaskMap, TaskOutcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let sessions = TaskMap::new();
+    /// let old = sessions.spawn(7, std::future::pending::<()>()).id();
+    /// let new = sessions.spawn(7, std::future::pending::<()>()).id(); // reconnect
+    /// // The old connection's late cleanup names its own task: a no-op.
+    /// assert_eq!(sessions.cancel_task(&7, old).await, None);
+    /// assert_eq!(sessions.task_id(&7), Some(new));
+    /// assert_eq!(sessions.cancel_task(&7, new).await, Some(TaskOutcome::Cancelled));
+    /// # }
+    /// ```
+    pub async fn cancel_task(&self, key: &K, id: TaskId) -> Option<TaskOutcome> {
+        let cell = self.owner.shared.registry.get(key).filter(|c| c.id == id)?;
+        match self.owner.shared.retire(cell.clone()) {
+            Some(ladder) => ladder.await.unwrap_or_else(|_| cell.outcome()),
+            None => cell.outcome(),
+        }
+    }
+
+    /// Starts the teardown of task `id` under `key` in the background, as
+    /// [`begin_cancel`](Self::begin_cancel), but only if `key` still maps to
+    /// `id`. Returns whether it did; `false` for a stale id or an unknown key.
+    /// For `Drop` impls of a connection that must not tear down the session of
+    /// a client that reconnected under the same key.
+    pub fn begin_cancel_task(&self, key: &K, id: TaskId) -> bool {
+        match self.owner.shared.registry.get(key).filter(|c| c.id == id) {
+            Some(cell) => {
+                drop(self.owner.shared.retire(cell));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The id of the task under `key`, if any: keep it to cancel that task
+    /// later without touching a newer one (see
+    /// [`cancel_task`](Self::cancel_task)).
+    #[must_use]
+    pub fn task_id(&self, key: &K) -> Option<TaskId> {
+        self.owner.shared.registry.get(key).map(|c| c.id)
+    }
+
+    /// The keys with a live task (closing and stuck ones included), in no
+    /// particular order; a snapshot.
+    #[must_use]
+    pub fn keys(&self) -> Vec<K> {
+        self.owner.shared.registry.keys_where(|_| true)
+    }
+
+    /// Closes the map: every later spawn is refused ([`SpawnError::Closed`]
+    /// from `try_spawn*`, a panic from `spawn*`, an error from
+    /// [`spawn_with_process`](Self::spawn_with_process)), while the running
+    /// tasks go on. Idempotent. [`shutdown`](Self::shutdown) closes first;
+    /// dropping the last handle closes too. See
+    /// [`TaskGroup::close`](crate::TaskGroup::close).
+    pub fn close(&self) {
+        self.owner.shared.close();
+    }
+
+    /// Whether the map is [closed](Self::close).
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.owner.shared.is_closed()
+    }
+
     /// Whether the task under `key` is being torn down (marked before the
     /// first delivery, kept until it ends).
     #[must_use]
     pub fn is_closing(&self, key: &K) -> bool {
-        self.shared
+        self.owner
+            .shared
             .registry
             .get(key)
             .is_some_and(|c| c.is_closing())
@@ -185,13 +281,13 @@ where
     /// Whether a live task is under `key` (closing or stuck ones included).
     #[must_use]
     pub fn contains_key(&self, key: &K) -> bool {
-        self.shared.registry.get(key).is_some()
+        self.owner.shared.registry.get(key).is_some()
     }
 
     /// Live tasks, including replaced ones still winding down.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.shared.len()
+        self.owner.shared.len()
     }
 
     /// Whether no task is alive.
@@ -203,10 +299,10 @@ where
     /// Keys whose task a ladder reported stuck and that are still alive.
     #[must_use]
     pub fn stuck_keys(&self) -> Vec<K> {
-        self.shared.registry.keys_where(|c| c.is_stuck())
+        self.owner.shared.registry.keys_where(|c| c.is_stuck())
     }
 
-    /// Tears down every task with the ladder (see
+    /// Closes the map and tears down every task with the ladder (see
     /// [`TaskGroup::shutdown`](crate::TaskGroup::shutdown)).
     ///
     /// # Cancel safety
@@ -214,13 +310,25 @@ where
     /// Dropping the future stops the ladder where it is (the map's scope
     /// stays cancelled).
     pub async fn shutdown(&self) -> ShutdownReport {
-        self.shared.shutdown().await
+        self.owner.shared.shutdown().await
     }
 
     /// A snapshot of the map's counters.
     #[must_use]
     pub fn stats(&self) -> Stats {
-        self.shared.stats()
+        self.owner.shared.stats()
+    }
+}
+
+impl<K> Clone for TaskMap<K>
+where
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    /// Another handle to the same map.
+    fn clone(&self) -> Self {
+        TaskMap {
+            owner: self.owner.clone(),
+        }
     }
 }
 
@@ -233,22 +341,13 @@ where
     }
 }
 
-impl<K> Drop for TaskMap<K>
-where
-    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
-{
-    fn drop(&mut self) {
-        drop_tracker(&self.shared);
-    }
-}
-
 impl<K> Debug for TaskMap<K>
 where
     K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskMap")
-            .field("shared", &self.shared)
+            .field("shared", &self.owner.shared)
             .finish()
     }
 }

@@ -1,18 +1,20 @@
 //! What a spawn gives back and how it is configured: [`TaskHandle`],
-//! [`TaskError`], [`TaskBuilder`], [`SpawnError`], and the [`Stats`] counters.
+//! [`TaskError`], [`SpawnError`], the [`Stats`] counters, and the per-task data
+//! the tracker keeps (`TaskMeta`). Imports nothing of the tracker: the tracker
+//! and the builder import this.
 
+use std::any::Any;
 use std::fmt::Debug;
 use std::future::Future;
-use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::registry::TaskId;
+use crate::registry::{TaskCell, TaskId};
 use crate::scope::{CancelReason, CancelScope, Cancelled};
-use crate::tracker::{Mode, Shared, panic_message};
 
 /// An escalation hook: runs once, when a task ignored cancellation for the
 /// whole grace period, right before the task is aborted.
@@ -35,11 +37,32 @@ pub(crate) type Hook = Box<dyn FnOnce() + Send + 'static>;
 pub struct TaskHandle<T> {
     id: TaskId,
     join: JoinHandle<Result<T, TaskError>>,
+    // Weak both: a handle keeps neither the task's data (its hook may own a
+    // transport) nor its group alive; an ended task's cell may be gone.
+    cell: Weak<Cell>,
+    tracker: Weak<dyn Retire>,
+}
+
+/// A tracker, type-erased for [`TaskHandle`] (which is not generic over the
+/// key): how a handle cancels its own task.
+pub(crate) trait Retire: Send + Sync {
+    /// Cancels the task of `cell` and runs its ladder in the background.
+    fn retire_in_background(self: Arc<Self>, cell: Arc<Cell>);
 }
 
 impl<T> TaskHandle<T> {
-    pub(crate) fn new(id: TaskId, join: JoinHandle<Result<T, TaskError>>) -> Self {
-        TaskHandle { id, join }
+    pub(crate) fn new(
+        id: TaskId,
+        join: JoinHandle<Result<T, TaskError>>,
+        cell: Weak<Cell>,
+        tracker: Weak<dyn Retire>,
+    ) -> Self {
+        TaskHandle {
+            id,
+            join,
+            cell,
+            tracker,
+        }
     }
 
     /// The task's id.
@@ -52,8 +75,56 @@ impl<T> TaskHandle<T> {
     /// is idle), its entry pruned, and this handle resolves to
     /// [`TaskError::Aborted`] unless it finished first. Like tokio's
     /// `JoinHandle::abort`, this cannot stop a task that blocks its thread.
+    ///
+    /// A task with its own scope (a cooperative or keyed task) has that scope
+    /// cancelled right before its future is dropped, so a scoped child
+    /// process it owns ([`TaskMap::spawn_with_process`]) is torn down, its
+    /// whole process group with it, instead of being left an orphan.
+    ///
+    /// [`TaskMap::spawn_with_process`]: crate::TaskMap::spawn_with_process
     pub fn abort(&self) {
         self.join.abort();
+    }
+
+    /// Cancels this task, and only this one: its scope is cancelled (a task
+    /// from [`spawn`](crate::TaskGroup::spawn) is dropped at its next await, a
+    /// cooperative one sees its scope cancelled) and it is woken once; its
+    /// ladder (re-delivery, escalation with its hook, the stuck verdict) runs
+    /// in the background, by the policy of its group or map, as
+    /// [`TaskMap::begin_cancel`] does for a key. Returns at once.
+    ///
+    /// The handle names this task, not whatever runs under its key later: a
+    /// newer task under the same key is never touched. A no-op once the task
+    /// has ended.
+    ///
+    /// [`TaskMap::begin_cancel`]: crate::TaskMap::begin_cancel
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::{TaskError, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let group = TaskGroup::new();
+    /// let one = group.spawn(std::future::pending::<()>());
+    /// let other = group.spawn(std::future::pending::<()>());
+    /// one.cancel();
+    /// assert!(matches!(one.await, Err(TaskError::Cancelled(_))));
+    /// assert!(!other.is_finished()); // the group and its other tasks go on
+    /// assert_eq!(group.len(), 1);
+    /// # }
+    /// ```
+    pub fn cancel(&self) {
+        let Some(cell) = self.cell.upgrade() else {
+            return; // ended, and nothing refers to it any more
+        };
+        if cell.is_ended() {
+            return;
+        }
+        if let Some(tracker) = self.tracker.upgrade() {
+            tracker.retire_in_background(cell);
+        }
     }
 
     /// Whether the task has ended.
@@ -183,6 +254,10 @@ impl std::error::Error for TaskError {}
 pub enum SpawnError {
     /// Called outside a tokio runtime.
     NoRuntime,
+    /// The group or map is closed: [`close`](crate::TaskGroup::close) or
+    /// [`shutdown`](crate::TaskGroup::shutdown) was called, or its last
+    /// handle was dropped (as spawning into a closed Trio nursery).
+    Closed,
 }
 
 impl std::fmt::Display for SpawnError {
@@ -191,6 +266,10 @@ impl std::fmt::Display for SpawnError {
             SpawnError::NoRuntime => f.write_str(
                 "no tokio runtime: spawn tracked tasks from inside a runtime \
                  (within #[tokio::main], Runtime::block_on or Handle::enter)",
+            ),
+            SpawnError::Closed => f.write_str(
+                "the group or map is closed (close() or shutdown() was called): spawn \
+                 before closing it, or use a new group for new work",
             ),
         }
     }
@@ -233,46 +312,7 @@ pub struct Stats {
     pub tracked: u64,
 }
 
-// ===== impl TaskBuilder =====
-
-/// Configures one task before spawning it: a name (for logs and stuck
-/// reports) and an escalation hook. From [`TaskGroup::build_task`] or
-/// [`TaskMap::build_task`].
-///
-/// [`TaskGroup::build_task`]: crate::TaskGroup::build_task
-/// [`TaskMap::build_task`]: crate::TaskMap::build_task
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use cancel_scope::{ShutdownPolicy, TaskGroup};
-/// use tokio::sync::mpsc;
-///
-/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-/// # async fn main() {
-/// let group = TaskGroup::builder()
-///     .policy(ShutdownPolicy { grace: Duration::from_secs(1), ..Default::default() })
-///     .build();
-/// let (tx, mut rx) = mpsc::channel::<String>(8);
-/// // A task that ignores its scope, like a blocking `pubsub.listen()` loop:
-/// // only closing its transport ends it.
-/// let mut tx = Some(tx);
-/// group
-///     .build_task()
-///     .name("listener")
-///     .on_escalate(move || drop(tx.take())) // close the transport
-///     .spawn_with_scope(|_scope| async move { while rx.recv().await.is_some() {} });
-/// let report = group.shutdown().await;
-/// assert_eq!(report.escalations, 1);
-/// assert!(report.is_clean());
-/// # }
-/// ```
-#[must_use = "a TaskBuilder does nothing until spawned"]
-pub struct TaskBuilder<'a, K: Eq + Hash + Clone = ()> {
-    shared: &'a Arc<Shared<K>>,
-    opts: TaskOptions<K>,
-}
+// ===== spawn options and per-task data =====
 
 /// What a spawn needs besides the future.
 pub(crate) struct TaskOptions<K> {
@@ -283,121 +323,36 @@ pub(crate) struct TaskOptions<K> {
     pub(crate) owns_process: bool,
 }
 
-impl<'a, K> TaskBuilder<'a, K>
-where
-    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
-{
-    pub(crate) fn new(shared: &'a Arc<Shared<K>>, key: Option<K>) -> Self {
-        TaskBuilder {
-            shared,
-            opts: TaskOptions {
-                key,
-                name: None,
-                hook: None,
-                owns_process: false,
-            },
-        }
-    }
-
-    /// Marks the task as the one that reaps a scoped child process, so
-    /// reports count the child (see `ShutdownReport::processes`).
-    #[cfg_attr(not(all(unix, feature = "process")), allow(dead_code))]
-    pub(crate) fn owns_process(mut self) -> Self {
-        self.opts.owns_process = true;
-        self
-    }
-
-    /// Names the task, for logs and [`StuckTask`](crate::StuckTask) reports.
-    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
-        self.opts.name = Some(name.into());
-        self
-    }
-
-    /// Sets the escalation hook: called once, if the task is still alive when
-    /// grace runs out, right before it is aborted. Close the task's transport
-    /// here (drop a subscription, shut a socket) so a task blocked on it ends.
-    /// A panic in the hook is caught and logged; the abort still happens.
-    pub fn on_escalate(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
-        self.opts.hook = Some(Box::new(hook));
-        self
-    }
-
-    /// Spawns `fut`; it is dropped at its next await once its scope is
-    /// cancelled. See [`TaskGroup::spawn`](crate::TaskGroup::spawn).
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime, with a message naming the fix; see
-    /// [`try_spawn`](Self::try_spawn).
-    #[track_caller]
-    pub fn spawn<F>(self, fut: F) -> TaskHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        match self.try_spawn(fut) {
-            Ok(handle) => handle,
-            Err(e) => panic!("cancel_scope: cannot spawn: {e}"),
-        }
-    }
-
-    /// As [`spawn`](Self::spawn), returning an error instead of panicking.
-    ///
-    /// # Errors
-    ///
-    /// [`SpawnError::NoRuntime`] outside a tokio runtime; nothing is tracked.
-    pub fn try_spawn<F>(self, fut: F) -> Result<TaskHandle<F::Output>, SpawnError>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.shared.spawn(self.opts, Mode::Drop, |_| fut)
-    }
-
-    /// Spawns `f(scope)`: the task gets its own child scope and decides how to
-    /// react to it (cooperative cancellation). See
-    /// [`TaskGroup::spawn_with_scope`](crate::TaskGroup::spawn_with_scope).
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime, with a message naming the fix.
-    #[track_caller]
-    pub fn spawn_with_scope<F, Fut>(self, f: F) -> TaskHandle<Fut::Output>
-    where
-        F: FnOnce(CancelScope) -> Fut,
-        Fut: Future + Send + 'static,
-        Fut::Output: Send + 'static,
-    {
-        match self.try_spawn_with_scope(f) {
-            Ok(handle) => handle,
-            Err(e) => panic!("cancel_scope: cannot spawn: {e}"),
-        }
-    }
-
-    /// As [`spawn_with_scope`](Self::spawn_with_scope), returning an error
-    /// instead of panicking.
-    ///
-    /// # Errors
-    ///
-    /// [`SpawnError::NoRuntime`] outside a tokio runtime; `f` is not called.
-    pub fn try_spawn_with_scope<F, Fut>(self, f: F) -> Result<TaskHandle<Fut::Output>, SpawnError>
-    where
-        F: FnOnce(CancelScope) -> Fut,
-        Fut: Future + Send + 'static,
-        Fut::Output: Send + 'static,
-    {
-        self.shared.spawn(self.opts, Mode::Cooperative, |scope| {
-            f(scope.expect("cooperative tasks get their own scope"))
-        })
-    }
+/// How a spawned future reacts to cancellation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Dropped at its next poll once its scope is cancelled.
+    Drop,
+    /// Handed its scope; it decides.
+    Cooperative,
 }
 
-impl<K: Eq + Hash + Clone + Debug> Debug for TaskBuilder<'_, K> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskBuilder")
-            .field("key", &self.opts.key)
-            .field("name", &self.opts.name)
-            .field("on_escalate", &self.opts.hook.is_some())
-            .finish()
+/// The tokio layer's data in each task cell.
+pub(crate) struct TaskMeta {
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) spawned_at: Instant,
+    pub(crate) hook: Mutex<Option<Hook>>,
+    /// The task's own scope when it has one (keyed or cooperative tasks).
+    pub(crate) scope: Option<CancelScope>,
+    /// The task reaps a scoped child process; its completion counts one.
+    pub(crate) owns_process: bool,
+}
+
+pub(crate) type Cell = TaskCell<TaskMeta>;
+
+/// The message of a panic payload (`&str` or `String`; otherwise
+/// `"Box<dyn Any>"`).
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
     }
 }

@@ -8,7 +8,6 @@
 //! tracker's scope ([`Deliverer`]): cancelling the scope, or any ancestor, walks
 //! the registry once and wakes each task that is not already scheduled.
 
-use std::any::Any;
 use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
@@ -23,21 +22,11 @@ use tokio::time::Instant;
 use crate::ladder::{Schedule, ShutdownPolicy, ShutdownReport, Step, StuckTask};
 use crate::registry::{Counters, EntryGuard, Registry, TaskCell, TaskOutcome};
 use crate::scope::{CancelMessage, CancelScope, Cancelled, Waiter};
-use crate::task::{Hook, SpawnError, Stats, TaskError, TaskHandle, TaskOptions};
+use crate::task::{
+    Cell, Mode, Retire, SpawnError, Stats, TaskError, TaskHandle, TaskMeta, TaskOptions,
+    panic_message,
+};
 use crate::wait_list::WaitKey;
-
-/// The tokio layer's data in each task cell.
-pub(crate) struct TaskMeta {
-    pub(crate) name: Option<Arc<str>>,
-    pub(crate) spawned_at: Instant,
-    hook: Mutex<Option<Hook>>,
-    /// The task's own scope when it has one (keyed or cooperative tasks).
-    pub(crate) scope: Option<CancelScope>,
-    /// The task reaps a scoped child process; its completion counts one.
-    owns_process: bool,
-}
-
-pub(crate) type Cell = TaskCell<TaskMeta>;
 
 impl Wake for Cell {
     fn wake(self: Arc<Self>) {
@@ -47,15 +36,6 @@ impl Wake for Cell {
     fn wake_by_ref(self: &Arc<Self>) {
         TaskCell::schedule(self);
     }
-}
-
-/// How a spawned future reacts to cancellation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
-    /// Dropped at its next poll once its scope is cancelled.
-    Drop,
-    /// Handed its scope; it decides.
-    Cooperative,
 }
 
 /// What `TaskGroup` and `TaskMap` share with their tasks.
@@ -77,12 +57,21 @@ pub(crate) struct Shared<K: Eq + Hash + Clone> {
     shutdown: tokio::sync::Mutex<Option<ShutdownReport>>,
     /// Ladders of `shutdown` that ran to the end.
     shutdowns_finished: AtomicU64,
+    /// No task may be spawned any more: `close`, `shutdown`, or the last user
+    /// handle dropped. Never cleared. SeqCst, see `spawn`.
+    closed: AtomicBool,
+    /// The counters when the scope was first seen cancelled (by the
+    /// deliverer, or by `shutdown` / the last handle's drop if it came
+    /// first): a report counts what ended since then, not only what ended
+    /// while the ladder ran.
+    baseline: Arc<OnceLock<Stats>>,
 }
 
 /// The one waker a tracker registers on its scope: cancelling the scope wakes
 /// it, and it delivers to every live task.
 struct Deliverer<K: Eq + Hash + Clone> {
     registry: Weak<Registry<TaskMeta, K>>,
+    baseline: Arc<OnceLock<Stats>>,
 }
 
 impl<K: Eq + Hash + Clone + Send + Sync + 'static> Wake for Deliverer<K> {
@@ -92,6 +81,8 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> Wake for Deliverer<K> {
 
     fn wake_by_ref(self: &Arc<Self>) {
         if let Some(registry) = self.registry.upgrade() {
+            // Before the deliveries, so the report counts them.
+            self.baseline.get_or_init(|| stats_of(&registry));
             let woken = registry.pending().iter().filter(|c| c.deliver()).count();
             Counters::add(&registry.counters.deliveries, woken as u64);
         }
@@ -119,6 +110,8 @@ where
             runtime: OnceLock::new(),
             shutdown: tokio::sync::Mutex::new(None),
             shutdowns_finished: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            baseline: Arc::new(OnceLock::new()),
         });
         shared.register_deliverer();
         shared
@@ -130,6 +123,7 @@ where
     fn register_deliverer(&self) {
         let waker = Waker::from(Arc::new(Deliverer {
             registry: Arc::downgrade(&self.registry),
+            baseline: self.baseline.clone(),
         }));
         let has_deadline = self.scope.deadline().is_some();
         let in_runtime = tokio::runtime::Handle::try_current().is_ok();
@@ -150,21 +144,23 @@ where
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let c = &self.registry.counters;
-        Stats {
-            spawned: Counters::get(&c.spawned),
-            completed: Counters::get(&c.completed),
-            cancelled: Counters::get(&c.cancelled),
-            aborted: Counters::get(&c.aborted),
-            panicked: Counters::get(&c.panicked),
-            stuck: Counters::get(&c.stuck),
-            closing: Counters::get(&c.closing),
-            deliveries: Counters::get(&c.deliveries),
-            redeliveries: Counters::get(&c.redeliveries),
-            escalations: Counters::get(&c.escalations),
-            processes: Counters::get(&c.processes),
-            tracked: self.registry.len() as u64,
-        }
+        stats_of(&self.registry)
+    }
+
+    /// Refuses every later spawn (`SpawnError::Closed`); idempotent.
+    pub(crate) fn close(&self) {
+        // SeqCst, paired with the two loads in `spawn`: a spawn that raced
+        // with this store either sees it, or inserted its task before it.
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// The counters to diff a report from: since the scope was first cancelled.
+    fn baseline(&self, now: Stats) -> Stats {
+        *self.baseline.get_or_init(|| now)
     }
 
     /// Spawns `make(task_scope)` as a tracked task.
@@ -179,7 +175,10 @@ where
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        // Check the runtime first, so a failed spawn leaves nothing behind.
+        // Check first, so a failed spawn leaves nothing behind.
+        if self.is_closed() {
+            return Err(SpawnError::Closed);
+        }
         let rt = tokio::runtime::Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
         if self.runtime.get().is_none() {
             let _ = self.runtime.set(rt.clone());
@@ -206,7 +205,9 @@ where
             name,
             spawned_at: Instant::now(),
             hook: Mutex::new(hook),
-            scope: if key.is_some() { own_scope } else { None },
+            // Kept for a per-task cancel (`TaskHandle::cancel`, a key's
+            // ladder) and for an abort, which cancels it (see `Tracked`).
+            scope: own_scope,
             owns_process,
         };
         let keyed = key.is_some();
@@ -245,11 +246,20 @@ where
         };
         let join = rt.spawn(tracked);
         tracing::trace!(task = %id, name = ?cell.meta.name, keyed, "spawned tracked task");
+        // A `shutdown` (close, then cancel) that raced with this spawn may
+        // have walked the registry before the insertion: give the task its
+        // own ladder. SeqCst with `close`: if this load misses the store, the
+        // closer's ladder sees the entry (see `close`).
+        if self.is_closed() && self.scope.is_cancelled() {
+            drop(self.retire(cell.clone()));
+        }
+        let tracker: Weak<dyn Retire> = Arc::downgrade(self) as Weak<dyn Retire>;
+        let handle = TaskHandle::new(id, join, Arc::downgrade(&cell), tracker);
         if let Some(old) = replaced {
             tracing::debug!(task = %old.id, replaced_by = %id, "key taken over: cancelling the old task");
             self.retire(old);
         }
-        Ok(TaskHandle::new(id, join))
+        Ok(handle)
     }
 
     fn record_panic(&self, message: &str) {
@@ -307,6 +317,7 @@ where
     /// returns its report. A call whose future was dropped mid-ladder
     /// finishes nothing, so the next call runs the ladder itself.
     pub(crate) async fn shutdown(&self) -> ShutdownReport {
+        self.close();
         // A ladder that finishes while this call waits for the lock is the
         // one it joined. (The mutex orders the count: it is bumped under it.)
         let seen = self.shutdowns_finished.load(Ordering::Relaxed);
@@ -316,15 +327,46 @@ where
                 return report.clone();
             }
         }
-        let before = self.stats();
+        let now = self.stats();
         for cell in self.registry.pending() {
             self.registry.mark_closing(&cell);
         }
         self.scope.cancel();
+        let before = self.baseline(now);
         let report = self.run_ladder(None, before).await;
         *last = Some(report.clone());
         self.shutdowns_finished.fetch_add(1, Ordering::Relaxed);
         report
+    }
+
+    /// The last user handle is gone: close, cancel, and finish the ladder in
+    /// the background when there is a runtime to do it on (never blocks).
+    pub(crate) fn last_handle_dropped(self: &Arc<Self>) {
+        self.close();
+        let now = self.stats();
+        self.scope.cancel();
+        let before = self.baseline(now);
+        if self.len() == 0 {
+            return;
+        }
+        // On the current runtime or else the one the tasks run on, so a group
+        // dropped on a plain thread still escalates its stubborn tasks.
+        match self.runtime() {
+            Some(rt) => {
+                let shared = self.clone();
+                rt.spawn(async move {
+                    let report = shared.run_ladder(None, before).await;
+                    if !report.is_clean() {
+                        tracing::warn!(%report, "tasks of a dropped group are stuck");
+                    }
+                });
+            }
+            None => tracing::warn!(
+                tracked = self.len(),
+                "a dropped group has live tasks and no runtime to run its ladder on: they are \
+                 cancelled but will not be escalated"
+            ),
+        }
     }
 
     /// The ladder after the first delivery: waits for the target (one task, or
@@ -470,6 +512,58 @@ where
     }
 }
 
+fn stats_of<K: Eq + Hash + Clone>(registry: &Registry<TaskMeta, K>) -> Stats {
+    let c = &registry.counters;
+    Stats {
+        spawned: Counters::get(&c.spawned),
+        completed: Counters::get(&c.completed),
+        cancelled: Counters::get(&c.cancelled),
+        aborted: Counters::get(&c.aborted),
+        panicked: Counters::get(&c.panicked),
+        stuck: Counters::get(&c.stuck),
+        closing: Counters::get(&c.closing),
+        deliveries: Counters::get(&c.deliveries),
+        redeliveries: Counters::get(&c.redeliveries),
+        escalations: Counters::get(&c.escalations),
+        processes: Counters::get(&c.processes),
+        tracked: registry.len() as u64,
+    }
+}
+
+impl<K> Retire for Shared<K>
+where
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    fn retire_in_background(self: Arc<Self>, cell: Arc<Cell>) {
+        drop(self.retire(cell));
+    }
+}
+
+// ===== impl Owner =====
+
+/// The users' share of a tracker. `TaskGroup` and `TaskMap` are one
+/// `Arc<Owner>`, so their clones share it, and its drop is the drop of the
+/// last user handle. Tasks, task handles and ladders hold the [`Shared`]
+/// itself, so they never keep a group open.
+pub(crate) struct Owner<K: Eq + Hash + Clone + Debug + Send + Sync + 'static> {
+    pub(crate) shared: Arc<Shared<K>>,
+}
+
+impl<K> Drop for Owner<K>
+where
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        self.shared.last_handle_dropped();
+    }
+}
+
+impl<K: Eq + Hash + Clone + Debug + Send + Sync + 'static> Debug for Owner<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.shared.fmt(f)
+    }
+}
+
 impl<K: Eq + Hash + Clone> Debug for Shared<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
@@ -477,17 +571,8 @@ impl<K: Eq + Hash + Clone> Debug for Shared<K> {
             .field("tracked", &self.registry.len())
             .field("policy", &self.policy)
             .field("cancel_on_panic", &self.cancel_on_panic)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
             .finish()
-    }
-}
-
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any>".to_owned()
     }
 }
 
@@ -590,6 +675,25 @@ pin_project_lite::pin_project! {
         watch: Watch,
         shared: Arc<Shared<K>>,
     }
+    impl<F, K> PinnedDrop for Tracked<F, K>
+    where
+        K: Eq,
+        K: Hash,
+        K: Clone,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped without a verdict (abort, escalation, runtime shutdown):
+            // cancel the task's own scope before its future is dropped, so
+            // what the future owns under that scope (a scoped child process)
+            // is torn down with it instead of being left behind as an orphan.
+            let this = this.project();
+            if this.guard.outcome == TaskOutcome::Aborted {
+                if let Some(scope) = &this.guard.cell().meta.scope {
+                    scope.cancel();
+                }
+            }
+        }
+    }
 }
 
 impl<F, K> Future for Tracked<F, K>
@@ -607,14 +711,19 @@ where
             // Escalated: end now, as an abort would.
             return Poll::Ready(Err(TaskError::Aborted));
         }
-        let watched = match this.watch {
-            Watch::Tracker => Some(&this.shared.scope),
-            Watch::Own(scope) => Some(&*scope),
+        let cancelled = match this.watch {
+            // A plain group task has no scope of its own: a cancel of this
+            // task alone (`TaskHandle::cancel`) marks its cell closing, which
+            // `deliver` does before the wake that brings this poll (then the
+            // group's scope, not cancelled, reads as `Requested`, no message).
+            Watch::Tracker => (this.shared.scope.is_cancelled() || this.guard.cell().is_closing())
+                .then(|| Cancelled::of(&this.shared.scope)),
+            Watch::Own(scope) => scope.is_cancelled().then(|| Cancelled::of(scope)),
             Watch::Nothing => None,
         };
-        if let Some(scope) = watched.filter(|s| s.is_cancelled()) {
+        if let Some(cancelled) = cancelled {
             this.guard.outcome = TaskOutcome::Cancelled;
-            return Poll::Ready(Err(TaskError::Cancelled(Cancelled::of(scope))));
+            return Poll::Ready(Err(TaskError::Cancelled(cancelled)));
         }
         let mut inner_cx = Context::from_waker(this.cell_waker);
         let fut = this.fut;

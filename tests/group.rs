@@ -216,9 +216,9 @@ async fn a_group_deadline_cancels_its_tasks() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn tasks_spawned_after_shutdown_start_cancelled() {
+async fn tasks_spawned_after_cancel_start_cancelled() {
     let group = TaskGroup::new();
-    group.shutdown().await;
+    group.cancel();
     let polled = Arc::new(AtomicUsize::new(0));
     let p = polled.clone();
     let h = group.spawn(async move {
@@ -227,6 +227,9 @@ async fn tasks_spawned_after_shutdown_start_cancelled() {
     assert!(matches!(h.await, Err(TaskError::Cancelled(_))));
     assert_eq!(polled.load(Ordering::SeqCst), 0, "never polled");
 }
+
+// Spawning after `shutdown` is refused (the group is closed): see
+// tests/session.rs.
 
 #[tokio::test(start_paused = true)]
 async fn dropping_the_group_cancels_without_blocking() {

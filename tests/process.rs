@@ -12,7 +12,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use cancel_scope::{
-    ProcessPolicy, TaskError, TaskGroup, TaskMap, TaskOutcome, process_stats, reap_orphans,
+    ProcessPolicy, SpawnError, TaskError, TaskGroup, TaskMap, TaskOutcome, process_stats,
+    reap_orphans,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{ChildStdout, Command};
@@ -400,4 +401,156 @@ fn a_runtime_shut_down_under_a_live_child_kills_its_group() {
     assert!(err.to_string().contains("reaper"), "{err}");
     drop(child);
     drop(group);
+}
+
+// ===== processes follow their task (issue 11) =====
+
+/// Polls `/proc` until no member of `pgid` is left (zombies included), for at
+/// most 5 s; returns what is left.
+async fn gone(pgid: u32) -> Vec<Proc> {
+    for _ in 0..500 {
+        if members(pgid).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    members(pgid)
+}
+
+#[tokio::test]
+async fn aborting_a_task_that_owns_a_child_tears_its_group_down() {
+    setup();
+    let _serial = ORPHAN_TESTS.lock().await;
+    let orphans_before = process_stats().orphans;
+    let group = TaskGroup::new();
+    let (pgid_tx, pgid_rx) = oneshot::channel();
+    let task = group
+        .spawn_with_process(
+            sh("sleep 1000 & echo ready; sleep 1000"),
+            ProcessPolicy {
+                term_grace: Duration::from_millis(200),
+            },
+            move |_scope, mut child| async move {
+                let _lines = ready(&mut child.stdout).await;
+                let _ = pgid_tx.send(child.id().expect("alive"));
+                std::future::pending::<()>().await; // holds the child
+            },
+        )
+        .unwrap();
+    let pgid = pgid_rx.await.unwrap();
+    assert!(running(pgid).len() >= 2, "{:?}", members(pgid));
+
+    task.abort();
+    assert!(matches!(task.await, Err(TaskError::Aborted)));
+    assert_eq!(gone(pgid).await, Vec::new(), "the group followed the task");
+    assert_eq!(
+        process_stats().orphans,
+        orphans_before,
+        "not left behind as an orphan"
+    );
+    assert!(group.is_empty());
+}
+
+#[tokio::test]
+async fn cancelling_one_session_by_handle_tears_down_its_child_only() {
+    setup();
+    let sessions = TaskMap::new();
+    let policy = ProcessPolicy {
+        term_grace: Duration::from_millis(200),
+    };
+    let mut handles = Vec::new();
+    let mut pgids = Vec::new();
+    for key in ["a", "b"] {
+        let (pgid_tx, pgid_rx) = oneshot::channel();
+        let h = sessions
+            .spawn_with_process(
+                key,
+                sh("sleep 1000 & echo ready; sleep 1000"),
+                policy,
+                move |scope, mut child| async move {
+                    let _lines = ready(&mut child.stdout).await;
+                    let _ = pgid_tx.send(child.id().expect("alive"));
+                    scope.cancelled().await;
+                    key
+                },
+            )
+            .unwrap();
+        pgids.push(pgid_rx.await.unwrap());
+        handles.push(h);
+    }
+    let b = handles.pop().unwrap();
+    let a = handles.pop().unwrap();
+    a.cancel();
+    assert_eq!(a.await.unwrap(), "a");
+    // The session stayed alive until its child was reaped.
+    assert_eq!(members(pgids[0]), Vec::new());
+    assert!(running(pgids[1]).len() >= 2, "b's child untouched");
+    assert!(!b.is_finished());
+    let report = sessions.shutdown().await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(b.await.unwrap(), "b");
+    assert_eq!(members(pgids[1]), Vec::new());
+}
+
+#[tokio::test]
+async fn every_process_spawner_refuses_a_closed_or_cancelled_group_without_starting() {
+    let marker = std::env::temp_dir().join(format!("cancel-scope-refused-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let touch = || {
+        let mut cmd = Command::new("touch");
+        cmd.arg(&marker);
+        cmd
+    };
+    let is_closed = |e: &std::io::Error| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<SpawnError>())
+            == Some(&SpawnError::Closed)
+    };
+    let policy = ProcessPolicy::default();
+
+    let closed = TaskGroup::new();
+    closed.close();
+    assert!(is_closed(&closed.spawn_process(touch()).unwrap_err()));
+    let called = std::sync::atomic::AtomicBool::new(false);
+    let err = closed
+        .spawn_with_process(touch(), policy, |_, _| {
+            called.store(true, std::sync::atomic::Ordering::SeqCst);
+            async {}
+        })
+        .unwrap_err();
+    assert!(is_closed(&err), "{err}");
+    assert!(!called.load(std::sync::atomic::Ordering::SeqCst));
+    let err = closed
+        .build_task()
+        .spawn_with_process(touch(), policy, |_, _| async {})
+        .unwrap_err();
+    assert!(is_closed(&err), "{err}");
+
+    let map: TaskMap<u8> = TaskMap::new();
+    map.close();
+    let err = map
+        .spawn_with_process(1, touch(), policy, |_, _| async {})
+        .unwrap_err();
+    assert!(is_closed(&err), "{err}");
+
+    // Cancelled, not closed: refused the same way (the builder used to start
+    // the child and tear it down at once).
+    let cancelled = TaskGroup::new();
+    cancelled.cancel();
+    assert!(cancelled.spawn_process(touch()).is_err());
+    assert!(
+        cancelled
+            .spawn_with_process(touch(), policy, |_, _| async {})
+            .is_err()
+    );
+    assert!(
+        cancelled
+            .build_task()
+            .spawn_with_process(touch(), policy, |_, _| async {})
+            .is_err()
+    );
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!marker.exists(), "no process was started");
+    assert!(closed.is_empty() && cancelled.is_empty() && map.is_empty());
 }

@@ -5,8 +5,9 @@
 //! events reach the response body through a small channel; the body owns a
 //! [`Disconnect`] guard, so when hyper drops the body (the client closed the
 //! connection, or the response was never sent) the guard starts the session's
-//! ladder with [`TaskMap::begin_cancel`]: cancel, bounded re-delivery,
-//! escalation at grace (the hook closes the backend subscription, then abort).
+//! ladder with [`TaskMap::begin_cancel_task`] (by task id, so a late guard
+//! never tears down a newer session under the same id): cancel, bounded
+//! re-delivery, escalation at grace (the hook closes the backend subscription, then abort).
 //! The session's own [`SessionEnd`] guard notes the moment its future is gone,
 //! which is the moment the map prunes its entry.
 //!
@@ -30,7 +31,9 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use cancel_scope::{Backoff, CancelScope, ShutdownPolicy, ShutdownReport, TaskGroup, TaskMap};
+use cancel_scope::{
+    Backoff, CancelScope, ShutdownPolicy, ShutdownReport, TaskGroup, TaskId, TaskMap,
+};
 use futures::Stream;
 use tokio::net::TcpSocket;
 use tokio::sync::{OnceCell, mpsc};
@@ -422,7 +425,7 @@ impl AppState {
         sub: Subscription,
         closer: Closer,
         tx: mpsc::Sender<Event>,
-    ) {
+    ) -> Option<TaskId> {
         let end = SessionEnd {
             state: self.clone(),
             id,
@@ -431,7 +434,7 @@ impl AppState {
             records_prune: !self.config.naive,
         };
         let send_timeout = self.config.send_timeout;
-        match &self.sessions {
+        let task = match &self.sessions {
             Sessions::Tracked(map) => {
                 let task = map
                     .build_task(id)
@@ -441,14 +444,15 @@ impl AppState {
                 let (cleanup, cleanup_deadline) =
                     (self.config.cleanup, self.config.cleanup_deadline);
                 match kind {
-                    BackendKind::Steady => {
+                    BackendKind::Steady => Some(
                         task.spawn_with_scope(move |scope| async move {
                             let _end = end;
                             let mut sub = sub;
                             let _ = scope.run(forward(&mut sub, &tx, send_timeout)).await;
-                        });
-                    }
-                    BackendKind::Stubborn => {
+                        })
+                        .id(),
+                    ),
+                    BackendKind::Stubborn => Some(
                         task.spawn_with_scope(move |_ignored| async move {
                             let _end = end;
                             let mut sub = sub;
@@ -460,9 +464,10 @@ impl AppState {
                                     .send_timeout(Event::default().data(&*msg), send_timeout)
                                     .await;
                             }
-                        });
-                    }
-                    BackendKind::SlowExit => {
+                        })
+                        .id(),
+                    ),
+                    BackendKind::SlowExit => Some(
                         task.spawn_with_scope(move |scope| async move {
                             let _end = end;
                             let mut sub = sub;
@@ -474,8 +479,9 @@ impl AppState {
                             // never escalates.
                             let flush = scope.shielded_child().with_timeout(cleanup_deadline);
                             let _ = flush.run(tokio::time::sleep(cleanup)).await;
-                        });
-                    }
+                        })
+                        .id(),
+                    ),
                     #[cfg(all(unix, feature = "process"))]
                     BackendKind::Process => {
                         let policy = cancel_scope::ProcessPolicy {
@@ -513,10 +519,15 @@ impl AppState {
                                 }
                             },
                         );
-                        if let Err(e) = spawned {
-                            // Nothing was spawned: the closure, and with it
-                            // `tx`, is dropped, so the client's stream ends.
-                            eprintln!("session {id}: could not start its stdio server: {e}");
+                        match spawned {
+                            Ok(handle) => Some(handle.id()),
+                            Err(e) => {
+                                // Nothing was spawned: the closure, and with
+                                // it `tx`, is dropped, so the client's stream
+                                // ends.
+                                eprintln!("session {id}: could not start its stdio server: {e}");
+                                None
+                            }
                         }
                     }
                 }
@@ -545,11 +556,13 @@ impl AppState {
                         tokio::time::sleep(cleanup).await;
                     }
                 });
+                None
             }
-        }
+        };
         if self.config.verbose {
             eprintln!("session {id}: started ({})", kind.as_str());
         }
+        task
     }
 }
 
@@ -594,6 +607,10 @@ impl Drop for SessionEnd {
 struct Disconnect {
     state: Arc<AppState>,
     id: SessionId,
+    /// The session task this connection started: the guard tears down that
+    /// task only, never a newer session that took over the id (a client
+    /// that reconnected under it before this body was dropped).
+    task: Option<TaskId>,
 }
 
 impl Drop for Disconnect {
@@ -602,7 +619,9 @@ impl Drop for Disconnect {
         let started = match &self.state.sessions {
             // Safe in any context: outside a runtime (a body dropped while
             // the runtime goes away) the ladder runs on the map's runtime.
-            Sessions::Tracked(map) => map.begin_cancel(&id),
+            Sessions::Tracked(map) => self
+                .task
+                .is_some_and(|task| map.begin_cancel_task(&id, task)),
             // The naive canceller is a plain `tokio::spawn`, which would
             // panic there; nothing to spawn on, and no need to.
             Sessions::Naive(_) if tokio::runtime::Handle::try_current().is_err() => false,
@@ -652,7 +671,7 @@ async fn sse(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> R
     // its disconnect instant with the session's prune instant by it).
     let _ = tx.try_send(Event::default().event("session").data(id.to_string()));
     let (sub, closer) = backend.subscribe();
-    state.start_session(id, kind, sub, closer, tx);
+    let task = state.start_session(id, kind, sub, closer, tx);
     // No await between spawning and arming the guard: whatever happens to the
     // response from here on, dropping it tears the session down.
     let body = SessionStream {
@@ -660,6 +679,7 @@ async fn sse(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> R
         _disconnect: Disconnect {
             state: state.clone(),
             id,
+            task,
         },
     };
     Sse::new(body)

@@ -1,0 +1,183 @@
+//! [`TaskBuilder`]: one task's name and escalation hook, then the spawn.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use crate::scope::CancelScope;
+use crate::task::{Mode, SpawnError, TaskHandle, TaskOptions};
+use crate::tracker::Shared;
+
+// ===== impl TaskBuilder =====
+
+/// Configures one task before spawning it: a name (for logs and stuck
+/// reports) and an escalation hook. From [`TaskGroup::build_task`] or
+/// [`TaskMap::build_task`].
+///
+/// [`TaskGroup::build_task`]: crate::TaskGroup::build_task
+/// [`TaskMap::build_task`]: crate::TaskMap::build_task
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use cancel_scope::{ShutdownPolicy, TaskGroup};
+/// use tokio::sync::mpsc;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let group = TaskGroup::builder()
+///     .policy(ShutdownPolicy { grace: Duration::from_secs(1), ..Default::default() })
+///     .build();
+/// let (tx, mut rx) = mpsc::channel::<String>(8);
+/// // A task that ignores its scope, like a blocking `pubsub.listen()` loop:
+/// // only closing its transport ends it.
+/// let mut tx = Some(tx);
+/// group
+///     .build_task()
+///     .name("listener")
+///     .on_escalate(move || drop(tx.take())) // close the transport
+///     .spawn_with_scope(|_scope| async move { while rx.recv().await.is_some() {} });
+/// let report = group.shutdown().await;
+/// assert_eq!(report.escalations, 1);
+/// assert!(report.is_clean());
+/// # }
+/// ```
+#[must_use = "a TaskBuilder does nothing until spawned"]
+pub struct TaskBuilder<'a, K: Eq + Hash + Clone = ()> {
+    shared: &'a Arc<Shared<K>>,
+    opts: TaskOptions<K>,
+}
+
+impl<'a, K> TaskBuilder<'a, K>
+where
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    pub(crate) fn new(shared: &'a Arc<Shared<K>>, key: Option<K>) -> Self {
+        TaskBuilder {
+            shared,
+            opts: TaskOptions {
+                key,
+                name: None,
+                hook: None,
+                owns_process: false,
+            },
+        }
+    }
+
+    /// Marks the task as the one that reaps a scoped child process, so
+    /// reports count the child (see `ShutdownReport::processes`).
+    #[cfg_attr(not(all(unix, feature = "process")), allow(dead_code))]
+    pub(crate) fn owns_process(mut self) -> Self {
+        self.opts.owns_process = true;
+        self
+    }
+
+    /// The tracker this builder spawns into.
+    #[cfg_attr(not(all(unix, feature = "process")), allow(dead_code))]
+    pub(crate) fn tracker(&self) -> &Arc<Shared<K>> {
+        self.shared
+    }
+
+    /// Names the task, for logs and [`StuckTask`](crate::StuckTask) reports.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.opts.name = Some(name.into());
+        self
+    }
+
+    /// Sets the escalation hook: called once, if the task is still alive when
+    /// grace runs out, right before it is aborted. Close the task's transport
+    /// here (drop a subscription, shut a socket) so a task blocked on it ends.
+    /// A panic in the hook is caught and logged; the abort still happens.
+    pub fn on_escalate(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
+        self.opts.hook = Some(Box::new(hook));
+        self
+    }
+
+    /// Spawns `fut`; it is dropped at its next await once its scope is
+    /// cancelled. See [`TaskGroup::spawn`](crate::TaskGroup::spawn).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime or on a closed group or map, with a message
+    /// naming the fix; see [`try_spawn`](Self::try_spawn).
+    #[track_caller]
+    pub fn spawn<F>(self, fut: F) -> TaskHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.try_spawn(fut) {
+            Ok(handle) => handle,
+            Err(e) => {
+                panic!("cancel_scope: cannot spawn: {e} (try_spawn returns this as an error)")
+            }
+        }
+    }
+
+    /// As [`spawn`](Self::spawn), returning an error instead of panicking.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::NoRuntime`] outside a tokio runtime,
+    /// [`SpawnError::Closed`] on a closed group or map; nothing is tracked.
+    pub fn try_spawn<F>(self, fut: F) -> Result<TaskHandle<F::Output>, SpawnError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.shared.spawn(self.opts, Mode::Drop, |_| fut)
+    }
+
+    /// Spawns `f(scope)`: the task gets its own child scope and decides how to
+    /// react to it (cooperative cancellation). See
+    /// [`TaskGroup::spawn_with_scope`](crate::TaskGroup::spawn_with_scope).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime or on a closed group or map, with a message
+    /// naming the fix; see [`try_spawn_with_scope`](Self::try_spawn_with_scope).
+    #[track_caller]
+    pub fn spawn_with_scope<F, Fut>(self, f: F) -> TaskHandle<Fut::Output>
+    where
+        F: FnOnce(CancelScope) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        match self.try_spawn_with_scope(f) {
+            Ok(handle) => handle,
+            Err(e) => {
+                panic!("cancel_scope: cannot spawn: {e} (try_spawn returns this as an error)")
+            }
+        }
+    }
+
+    /// As [`spawn_with_scope`](Self::spawn_with_scope), returning an error
+    /// instead of panicking.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::NoRuntime`] outside a tokio runtime,
+    /// [`SpawnError::Closed`] on a closed group or map; `f` is not called.
+    pub fn try_spawn_with_scope<F, Fut>(self, f: F) -> Result<TaskHandle<Fut::Output>, SpawnError>
+    where
+        F: FnOnce(CancelScope) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        self.shared.spawn(self.opts, Mode::Cooperative, |scope| {
+            f(scope.expect("cooperative tasks get their own scope"))
+        })
+    }
+}
+
+impl<K: Eq + Hash + Clone + Debug> Debug for TaskBuilder<'_, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskBuilder")
+            .field("key", &self.opts.key)
+            .field("name", &self.opts.name)
+            .field("on_escalate", &self.opts.hook.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,552 @@
+//! [`ScopedChild`], the owner's handle, and the spawners: starting a command
+//! in its own process group and handing it to a scope, a group task or a map
+//! session. Imports `reap` and `orphans`.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::process::ExitStatus;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use rustix::process::Pid;
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::sync::{Notify, watch};
+
+use rustix::process::Signal;
+
+use super::kill::signal_group;
+use super::orphans::adopt_orphan;
+use super::reap::{ALIVE, End, Inner, ProcessPolicy, State, reap};
+use crate::builder::TaskBuilder;
+use crate::group::TaskGroup;
+use crate::map::TaskMap;
+use crate::scope::CancelScope;
+use crate::task::{SpawnError, TaskHandle};
+use crate::tracker::Shared;
+
+// ===== impl ScopedChild =====
+
+/// A child process owned by a cancel scope, running in its own process group;
+/// like tokio's `Child`, with a teardown that reaches the grandchildren.
+///
+/// From [`TaskGroup::spawn_process`], [`TaskGroup::spawn_with_process`] or
+/// [`TaskMap::spawn_with_process`]. The
+/// child is torn down (`SIGTERM` to its group, [`term_grace`], `SIGKILL`,
+/// reaped) when its scope is cancelled, when [`shutdown`](Self::shutdown) is
+/// called, or, once it is an orphan, by [`reap_orphans`](crate::reap_orphans).
+///
+/// **Zombies:** the teardown reaps the child itself; grandchildren it killed
+/// are re-parented to PID 1 and stay zombies until PID 1 reaps them, unless
+/// this process called [`become_subreaper`](crate::become_subreaper) (Linux),
+/// in which case the teardown reaps them too.
+///
+/// This handle is the child's *owner*. Dropping it never leaks the group: if
+/// the child has ended or its scope is cancelled, nothing more is needed;
+/// otherwise the child becomes an orphan, listed for [`reap_orphans`](crate::reap_orphans) and
+/// still torn down when its scope is cancelled. Move it into the task that
+/// uses the child, so that the task's end, however it ends, hands the child
+/// over.
+///
+/// [`term_grace`]: ProcessPolicy::term_grace
+#[cfg_attr(docsrs, doc(cfg(all(unix, feature = "process"))))]
+pub struct ScopedChild {
+    /// The child's stdin, if the command had `stdin(Stdio::piped())`. Dropping
+    /// it closes the pipe.
+    pub stdin: Option<ChildStdin>,
+    /// The child's stdout, if piped. Reads end (EOF) once the whole group is
+    /// gone, since every member's copy of the pipe closes with it.
+    pub stdout: Option<ChildStdout>,
+    /// The child's stderr, if piped.
+    pub stderr: Option<ChildStderr>,
+    inner: Arc<Inner>,
+    end: watch::Receiver<Option<End>>,
+}
+
+impl ScopedChild {
+    /// The child's process id, which is also its process group's id; `None`
+    /// once it has been reaped (the id may then belong to another process).
+    #[must_use]
+    pub fn id(&self) -> Option<u32> {
+        (!self.inner.state().reaped).then_some(self.inner.pid)
+    }
+
+    /// Waits for the child to end and be reaped, with the rest of its group,
+    /// and returns its exit status. Closes stdin first, as tokio's
+    /// `Child::wait` does, so a child reading it is not left waiting.
+    ///
+    /// # Errors
+    ///
+    /// The error of reaping the leader, or one saying its reaper was gone
+    /// (runtime shut down, escalation aborted it) before it was reaped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the reaper does the work; a later `wait` sees the result.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        drop(self.stdin.take());
+        // The sender lives in `inner`, which we hold: only `Some` ends this.
+        let end = self
+            .end
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| io::Error::other("scoped child: reaper state dropped"))?
+            .clone()
+            .expect("waited for Some");
+        end_status(&end)
+    }
+
+    /// The exit status if the child has ended and been reaped, without
+    /// waiting or signalling.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Self::wait).
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        match &*self.end.borrow() {
+            Some(end) => end_status(end).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Tears the child down now, as a cancellation of its scope would
+    /// (`SIGTERM` to the group, `term_grace`, `SIGKILL`, reap), and waits for
+    /// it. A child that has already exited is only reaped, never signalled.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Self::wait).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the teardown, once requested, finishes in the reaper.
+    pub async fn shutdown(&mut self) -> io::Result<ExitStatus> {
+        self.inner.teardown.notify_one();
+        self.wait().await
+    }
+}
+
+fn end_status(end: &End) -> io::Result<ExitStatus> {
+    match &end.status {
+        Ok(status) => Ok(*status),
+        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+    }
+}
+
+impl Drop for ScopedChild {
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        let mut st = inner.state();
+        // A cancelled scope is already tearing the child down: not an orphan.
+        if st.ended || st.orphaned || inner.owner.is_cancelled() {
+            return;
+        }
+        // Under the state lock, so the reaper cannot end the child between the
+        // check and the insertion (invariant #2; lock order: state, ORPHANS).
+        st.orphaned = true;
+        adopt_orphan(inner.clone());
+        tracing::debug!(pid = inner.pid, "owner of a live child ended: orphaned");
+    }
+}
+
+impl fmt::Debug for ScopedChild {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScopedChild")
+            .field("inner", &self.inner)
+            .field("stdin", &self.stdin.is_some())
+            .field("stdout", &self.stdout.is_some())
+            .field("stderr", &self.stderr.is_some())
+            .finish()
+    }
+}
+
+// ===== spawning =====
+
+/// A started child, not yet owned by a scope. Dropped before
+/// [`attach`](Started::attach) (a spawn refused after the start, when a
+/// `close` raced with it), it kills the group: a started child is never left
+/// running unowned.
+struct Started {
+    /// Taken by `attach`.
+    child: Option<Child>,
+    pid: u32,
+    pgid: Pid,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            tracing::debug!(
+                pid = self.pid,
+                "started child never owned: SIGKILL to its group"
+            );
+            // Not reaped yet (tokio's `Child`, dropped right after this,
+            // reaps the leader in the background), so the group id is ours.
+            let _ = signal_group(self.pgid, Signal::KILL);
+        }
+    }
+}
+
+fn no_runtime() -> io::Error {
+    io::Error::other(
+        "cancel_scope: no tokio runtime: spawn scoped processes from inside a runtime \
+         (within #[tokio::main], Runtime::block_on or Handle::enter)",
+    )
+}
+
+/// The one check every process spawner makes before starting anything: a
+/// closed or cancelled group or map refuses, and no child is started.
+fn refuse_if_closed<K>(shared: &Shared<K>) -> io::Result<()>
+where
+    K: Eq + std::hash::Hash + Clone + fmt::Debug + Send + Sync + 'static,
+{
+    if shared.is_closed() {
+        return Err(io::Error::other(SpawnError::Closed));
+    }
+    if shared.scope.is_cancelled() {
+        return Err(io::Error::other(
+            "cancel_scope: the group or map is cancelled; no process was started",
+        ));
+    }
+    Ok(())
+}
+
+/// Starts `cmd` in a new process group.
+fn start(mut cmd: Command) -> io::Result<Started> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(no_runtime());
+    }
+    // Group id 0: a new group whose id is the child's pid, inherited by its
+    // descendants; this is what lets one signal reach the grandchildren.
+    cmd.process_group(0);
+    let child = cmd.spawn()?;
+    let pid = child
+        .id()
+        .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
+    let pgid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::other(format!("pid {pid} out of range")))?;
+    Ok(Started {
+        child: Some(child),
+        pid,
+        pgid,
+    })
+}
+
+impl Started {
+    /// Gives the child to `owner`: its handle, and the reaper to run.
+    fn attach(
+        mut self,
+        owner: CancelScope,
+        policy: ProcessPolicy,
+    ) -> (
+        ScopedChild,
+        Arc<Inner>,
+        impl Future<Output = ()> + Send + 'static,
+    ) {
+        let (tx, rx) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            pid: self.pid,
+            pgid: self.pgid,
+            policy,
+            owner,
+            state: Mutex::new(State::default()),
+            gone: std::sync::atomic::AtomicBool::new(false),
+            teardown: Notify::new(),
+            end: tx,
+        });
+        ALIVE.fetch_add(1, Ordering::Relaxed);
+        let mut child = self.child.take().expect("attached once");
+        let handle = ScopedChild {
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            inner: inner.clone(),
+            end: rx,
+        };
+        let reaper = reap(child, inner.clone());
+        tracing::debug!(pid = self.pid, ?policy, "spawned scoped child");
+        (handle, inner, reaper)
+    }
+}
+
+#[cfg_attr(docsrs, doc(cfg(all(unix, feature = "process"))))]
+impl TaskGroup {
+    /// Spawns `cmd` as a child process owned by the group's scope, in its own
+    /// process group, with the default [`ProcessPolicy`] (`term_grace` 2 s).
+    ///
+    /// The child is torn down, grandchildren included, when the group is
+    /// cancelled or shut down: `SIGTERM` to its process group, up to
+    /// `term_grace` for it to exit, `SIGKILL` to the group, then reaped, so no
+    /// zombie of the leader remains and every copy of its stdio pipes is
+    /// closed. **Killed grandchildren stay zombies until reaped**: PID 1 reaps
+    /// them where it is an init; where it is not (a container running your
+    /// server as PID 1), call [`become_subreaper`](crate::become_subreaper)
+    /// at start-up and the teardown reaps them too. A small
+    /// tracked task of the group (named `process <pid>`) does this, so
+    /// [`shutdown`](Self::shutdown) waits for it within the ladder (the report
+    /// counts it in `processes`, and as one completed task). The child's own exit is reaped
+    /// the same way, and what is left of its group is killed.
+    ///
+    /// The returned [`ScopedChild`] is the owner: if it is dropped while the
+    /// child runs and the group is not cancelled, the child becomes an orphan
+    /// for [`reap_orphans`](crate::reap_orphans).
+    ///
+    /// `cmd`'s stdio settings are kept (pipe what you want to talk over); its
+    /// process group setting is replaced.
+    ///
+    /// Unix only (with the `process` feature); the API does not exist on other
+    /// targets.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::unix::process::ExitStatusExt;
+    /// use cancel_scope::TaskGroup;
+    /// use tokio::process::Command;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let group = TaskGroup::new();
+    /// let mut cmd = Command::new("sh");
+    /// cmd.args(["-c", "sleep 100"]);
+    /// let mut child = group.spawn_process(cmd)?;
+    ///
+    /// let report = group.shutdown().await; // SIGTERM to the group, reaped
+    /// assert!(report.is_clean());
+    /// assert_eq!(child.wait().await?.signal(), Some(15)); // SIGTERM
+    /// assert_eq!(child.id(), None); // reaped
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As every process spawner: the error of starting `cmd` (e.g.
+    /// `NotFound`), or an error outside a tokio runtime or on a cancelled or
+    /// [closed](Self::close) group (wrapping [`SpawnError::Closed`]); then no
+    /// process was started.
+    pub fn spawn_process(&self, cmd: Command) -> io::Result<ScopedChild> {
+        self.spawn_process_with(cmd, ProcessPolicy::default())
+    }
+
+    /// As [`spawn_process`](Self::spawn_process), torn down by `policy`.
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn_process`](Self::spawn_process).
+    pub fn spawn_process_with(
+        &self,
+        cmd: Command,
+        policy: ProcessPolicy,
+    ) -> io::Result<ScopedChild> {
+        refuse_if_closed(self.build_task().tracker())?;
+        let started = start(cmd)?;
+        let pid = started.pid;
+        let (handle, inner, reaper) = started.attach(self.scope().clone(), policy);
+        let mut reaper = Some(reaper);
+        let hook = inner.clone();
+        let spawned = self
+            .build_task()
+            .name(format!("process {pid}"))
+            .owns_process()
+            // Past the ladder's grace the reaper is aborted: kill the group
+            // first, so the abort cannot leave it running.
+            .on_escalate(move || hook.kill_now("ladder escalated on the reaper"))
+            // Cooperative: the reaper must survive the cancellation it reacts to.
+            .try_spawn_with_scope(|_task_scope| reaper.take().expect("called once"));
+        if let Err(e) = spawned {
+            // A `close` raced with this call: tear the child down on a plain
+            // tokio task, so it is neither left running nor leaked.
+            if let Some(reaper) = reaper.take() {
+                inner.teardown.notify_one();
+                tokio::spawn(reaper);
+            }
+            drop(handle);
+            return Err(io::Error::other(e));
+        }
+        Ok(handle)
+    }
+
+    /// Starts `cmd` as a child process and spawns the task `f(scope, child)`
+    /// in the group, the child owned by that task's own scope, as
+    /// [`TaskMap::spawn_with_process`] without a key (this is
+    /// [`TaskBuilder::spawn_with_process`] on [`build_task`](Self::build_task)).
+    ///
+    /// The process follows the task: cancelling it
+    /// ([`TaskHandle::cancel`], or the group's [`cancel`](Self::cancel) /
+    /// [`shutdown`](Self::shutdown)) or aborting it ([`TaskHandle::abort`])
+    /// tears the child's process group down (`SIGTERM`, `policy.term_grace`,
+    /// `SIGKILL`, reaped). A cancelled task stays alive until the child is
+    /// reaped, so the group's ladder covers the teardown. Use
+    /// [`spawn_process`](Self::spawn_process) for a child owned by the group
+    /// itself, without a task of yours around it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::{ProcessPolicy, TaskGroup};
+    /// use tokio::process::Command;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let group = TaskGroup::new();
+    /// let mut cmd = Command::new("sh");
+    /// cmd.args(["-c", "sleep 100"]);
+    /// let job = group.spawn_with_process(cmd, ProcessPolicy::default(), |scope, mut child| async move {
+    ///     tokio::select! {
+    ///         _ = scope.cancelled() => "cancelled",
+    ///         _ = child.wait() => "exited",
+    ///     }
+    /// })?;
+    /// job.cancel(); // this task only: its child's group gets SIGTERM
+    /// assert_eq!(job.await.unwrap(), "cancelled");
+    /// assert!(group.is_empty()); // the child was reaped before the task ended
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As every process spawner: the error of starting `cmd`, or an error
+    /// outside a tokio runtime or on a cancelled or [closed](Self::close)
+    /// group (wrapping [`SpawnError::Closed`]); then no process was started
+    /// and nothing was spawned.
+    pub fn spawn_with_process<F, Fut>(
+        &self,
+        cmd: Command,
+        policy: ProcessPolicy,
+        f: F,
+    ) -> io::Result<TaskHandle<Fut::Output>>
+    where
+        F: FnOnce(CancelScope, ScopedChild) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        self.build_task().spawn_with_process(cmd, policy, f)
+    }
+}
+
+#[cfg_attr(docsrs, doc(cfg(all(unix, feature = "process"))))]
+impl<K> TaskMap<K>
+where
+    K: Eq + std::hash::Hash + Clone + fmt::Debug + Send + Sync + 'static,
+{
+    /// Starts `cmd` as a child process and spawns the session task `f(scope,
+    /// child)` under `key`, the child owned by that task's scope: cancelling
+    /// the key ([`cancel`](Self::cancel), a replacement, or the map's
+    /// [`shutdown`](Self::shutdown)) tears the child's process group down
+    /// (`SIGTERM`, `policy.term_grace`, `SIGKILL`, reaped).
+    ///
+    /// A cancelled session stays alive until its child is reaped, so the
+    /// map's ladder, and the `TaskOutcome` of `cancel`, cover the teardown. A
+    /// session that ends on its own (or panics, or is aborted) while its
+    /// child runs leaves it an orphan: [`reap_orphans`](crate::reap_orphans) reaps it, and the other
+    /// sessions' children are not touched. The reaper itself is a plain tokio
+    /// task (a map tracks keyed tasks only).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::{ProcessPolicy, TaskMap, TaskOutcome};
+    /// use tokio::process::Command;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let sessions = TaskMap::new();
+    /// let mut cmd = Command::new("sh");
+    /// cmd.args(["-c", "sleep 100"]);
+    /// sessions.spawn_with_process("alice", cmd, ProcessPolicy::default(), |scope, mut child| async move {
+    ///     // Talk to the child until the session is cancelled.
+    ///     tokio::select! {
+    ///         _ = scope.cancelled() => {}
+    ///         _ = child.wait() => {}
+    ///     }
+    /// })?;
+    /// // Returns once the session and its whole process group are gone.
+    /// assert_eq!(sessions.cancel(&"alice").await, Some(TaskOutcome::Completed));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The error of starting `cmd`, or an error outside a tokio runtime or on
+    /// a cancelled or [closed](Self::close) map (wrapping
+    /// [`SpawnError::Closed`]); then no process was started, nothing was
+    /// spawned, and the task under `key`, if any, is left alone.
+    pub fn spawn_with_process<F, Fut>(
+        &self,
+        key: K,
+        cmd: Command,
+        policy: ProcessPolicy,
+        f: F,
+    ) -> io::Result<TaskHandle<Fut::Output>>
+    where
+        F: FnOnce(CancelScope, ScopedChild) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        self.build_task(key).spawn_with_process(cmd, policy, f)
+    }
+}
+
+#[cfg_attr(docsrs, doc(cfg(all(unix, feature = "process"))))]
+impl<K> TaskBuilder<'_, K>
+where
+    K: Eq + std::hash::Hash + Clone + fmt::Debug + Send + Sync + 'static,
+{
+    /// Starts `cmd` as a child process and spawns `f(scope, child)` as this
+    /// task, the child owned by the task's own scope, as
+    /// [`TaskMap::spawn_with_process`] (which is this on
+    /// [`TaskMap::build_task`]), with the builder's name and escalation hook.
+    /// In a [`TaskGroup`], the task's scope is cancelled with the group.
+    ///
+    /// Cancelling the task ([`TaskHandle::cancel`], its key, its group) or
+    /// aborting it ([`TaskHandle::abort`]) tears the child's process group
+    /// down: the process follows the task.
+    ///
+    /// # Errors
+    ///
+    /// As every process spawner: the error of starting `cmd`, or an error
+    /// outside a tokio runtime or on a cancelled or closed group or map
+    /// (wrapping [`SpawnError::Closed`]); then no process was started and
+    /// nothing was spawned.
+    pub fn spawn_with_process<F, Fut>(
+        self,
+        cmd: Command,
+        policy: ProcessPolicy,
+        f: F,
+    ) -> io::Result<TaskHandle<Fut::Output>>
+    where
+        F: FnOnce(CancelScope, ScopedChild) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        refuse_if_closed(self.tracker())?;
+        let mut started = Some(start(cmd)?);
+        // `try_spawn_with_scope` calls this at once, with the task's own
+        // scope: the only place that scope is handed out. If it refuses (a
+        // `close` raced with this call) `started` is left here and its drop
+        // kills the group. The session task waits for the teardown, so its
+        // end counts the child.
+        let spawned = self.owns_process().try_spawn_with_scope(|scope| {
+            let started = started.take().expect("called once");
+            let (child, inner, reaper) = started.attach(scope.clone(), policy);
+            tokio::spawn(reaper);
+            let session = f(scope.clone(), child);
+            async move {
+                let out = session.await;
+                if scope.is_cancelled() {
+                    // Keep the session alive until the teardown is done, so
+                    // whoever waits for the session waits for the group too.
+                    let mut end = inner.end.subscribe();
+                    let _ = end.wait_for(Option::is_some).await;
+                }
+                out
+            }
+        });
+        spawned.map_err(io::Error::other)
+    }
+}

@@ -1,0 +1,290 @@
+//! One child's shared state and its reaper: the future that owns tokio's
+//! `Child`, waits for its exit, its owner's cancellation or a teardown
+//! request, tears the group down (`SIGTERM`, `term_grace`, `SIGKILL`) and
+//! publishes the end once. Imports `kill` only.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::pin;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal};
+use tokio::process::Child;
+use tokio::sync::{Notify, watch};
+
+use super::kill::{reap_members, signal_group};
+use crate::scope::CancelScope;
+
+// ===== impl ProcessPolicy =====
+
+/// How a scoped child is torn down.
+///
+/// Public fields with a [`Default`], so a policy reads
+/// `ProcessPolicy { term_grace: Duration::from_millis(500), ..Default::default() }`.
+///
+/// Keep `term_grace` below the group's [`ShutdownPolicy::grace`]: past that
+/// grace the ladder escalates on the child's reaper, which sends `SIGKILL` to
+/// the group at once and leaves the reaping of the leader to tokio.
+///
+/// [`ShutdownPolicy::grace`]: crate::ShutdownPolicy::grace
+#[cfg_attr(docsrs, doc(cfg(all(unix, feature = "process"))))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessPolicy {
+    /// How long the process group may take to exit after `SIGTERM` before it
+    /// gets `SIGKILL` (default 2 s). Zero sends `SIGKILL` right after `SIGTERM`.
+    pub term_grace: Duration,
+}
+
+impl Default for ProcessPolicy {
+    fn default() -> Self {
+        ProcessPolicy {
+            term_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+// ===== shared state of one child =====
+
+/// How a child ended, as the reaper saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum How {
+    /// The leader had exited before any signal was sent.
+    OnItsOwn,
+    /// The leader exited within `term_grace` after `SIGTERM`.
+    Terminated,
+    /// The leader needed `SIGKILL`.
+    Killed,
+    /// The reaper was dropped first (aborted, runtime shut down): the group
+    /// got `SIGKILL`, tokio reaps the leader in the background.
+    Abandoned,
+}
+
+/// The end the reaper publishes once (invariant #3).
+#[derive(Debug, Clone)]
+pub(super) struct End {
+    /// The leader's exit status; the error is shared because `io::Error` is
+    /// not `Clone` and several handles may read it.
+    pub(super) status: Result<ExitStatus, Arc<io::Error>>,
+    pub(super) how: How,
+    /// A signal that could not be sent (other than "no such group").
+    pub(super) failure: Option<String>,
+}
+
+/// Flags of one child, under `Inner::state`.
+#[derive(Debug, Default)]
+pub(super) struct State {
+    /// The reaper has reaped the leader: its pid may be reused, so nothing may
+    /// signal it any more (invariant #1).
+    pub(super) reaped: bool,
+    /// The end is published. Implies `reaped`, except for `How::Abandoned`.
+    pub(super) ended: bool,
+    /// The owner (`ScopedChild`) was dropped while the child was alive and its
+    /// scope not cancelled. `orphaned && ended` is transient: the reaper
+    /// removes such a child from `ORPHANS` right after setting `ended`.
+    pub(super) orphaned: bool,
+}
+
+pub(super) struct Inner {
+    pub(super) pid: u32,
+    /// The group's id: the leader's pid.
+    pub(super) pgid: Pid,
+    pub(super) policy: ProcessPolicy,
+    /// The scope that owns the child; cancelling it tears the group down.
+    pub(super) owner: CancelScope,
+    pub(super) state: Mutex<State>,
+    /// `state.ended`, readable without the state lock: the orphan set prunes
+    /// by it while holding its own lock (lock order: state, then the set).
+    pub(super) gone: AtomicBool,
+    /// Asks the reaper for a teardown now. `notify_one` keeps a permit, so a
+    /// request made before the reaper waits is not lost.
+    pub(super) teardown: Notify,
+    pub(super) end: watch::Sender<Option<End>>,
+}
+
+impl Inner {
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `SIGKILL` to the group unless the leader was reaped (invariant #1); for
+    /// the escalation hook and the reaper's drop guard.
+    pub(super) fn kill_now(&self, why: &str) {
+        let st = self.state();
+        if st.reaped {
+            return;
+        }
+        tracing::warn!(pid = self.pid, why, "SIGKILL to the process group");
+        if let Err(e) = signal_group(self.pgid, Signal::KILL) {
+            tracing::error!(pid = self.pid, error = %e, "SIGKILL to the process group failed");
+        }
+    }
+
+    /// Whether the end is published (the child left the orphan set, if it
+    /// was in it: invariant #2).
+    pub(super) fn is_gone(&self) -> bool {
+        // Acquire pairs with the Release in `finish`.
+        self.gone.load(Ordering::Acquire)
+    }
+
+    /// Publishes the end (invariants #2, #3). The orphan set drops the child
+    /// at its next use (it prunes ended children), so the reaper never
+    /// touches the set and this module does not import it.
+    fn finish(&self, end: End) {
+        {
+            let mut st = self.state();
+            if st.ended {
+                return;
+            }
+            st.ended = true;
+            // Release: whoever sees `gone` sees `ended` (pairs with `is_gone`).
+            self.gone.store(true, Ordering::Release);
+        }
+        tracing::debug!(pid = self.pid, how = ?end.how, status = ?end.status, "scoped child ended");
+        self.end.send_replace(Some(end));
+        // Relaxed: a statistic; nothing is ordered by it.
+        ALIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.state();
+        f.debug_struct("Inner")
+            .field("pid", &self.pid)
+            .field("policy", &self.policy)
+            .field("owner", &self.owner.id())
+            .field("reaped", &st.reaped)
+            .field("ended", &st.ended)
+            .field("orphaned", &st.orphaned)
+            .finish()
+    }
+}
+
+/// Scoped children whose end is not published yet.
+pub(super) static ALIVE: AtomicUsize = AtomicUsize::new(0);
+
+// ===== the reaper =====
+
+/// Publishes `How::Abandoned` if the reaper is dropped before it finished,
+/// after sending `SIGKILL` to the group (invariant #1 guards the pid).
+struct AbandonGuard<'a> {
+    inner: &'a Inner,
+    armed: bool,
+}
+
+impl Drop for AbandonGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.inner
+            .kill_now("reaper dropped before the child was reaped");
+        self.inner.finish(End {
+            status: Err(Arc::new(io::Error::other(
+                "scoped child: its reaper was dropped (runtime shut down or aborted) before \
+                 reaping it; the group got SIGKILL and tokio reaps the leader",
+            ))),
+            how: How::Abandoned,
+            failure: None,
+        });
+    }
+}
+
+/// Owns the child until it is reaped: waits for its exit, its owner's
+/// cancellation or a teardown request, then tears its group down.
+pub(super) async fn reap(mut child: Child, inner: Arc<Inner>) {
+    // Declared after `child`, so dropped before it: the group is killed before
+    // tokio's `Child` hands the leader to its background reaper.
+    let mut guard = AbandonGuard {
+        inner: &inner,
+        armed: true,
+    };
+    // Whichever comes first; `None`: tear down. All three are cancel safe,
+    // and the ones not ready are dropped before the teardown starts.
+    let exited = {
+        let mut status = pin!(child.wait());
+        let mut cancelled = pin!(inner.owner.cancelled());
+        let mut requested = pin!(inner.teardown.notified());
+        poll_fn(|cx| {
+            if let Poll::Ready(status) = status.as_mut().poll(cx) {
+                return Poll::Ready(Some(status));
+            }
+            if cancelled.as_mut().poll(cx).is_ready() || requested.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await
+    };
+    let end = match exited {
+        Some(status) => {
+            inner.state().reaped = true;
+            sweep_stragglers(&inner).await;
+            End {
+                status: status.map_err(Arc::new),
+                how: How::OnItsOwn,
+                failure: None,
+            }
+        }
+        None => teardown(&mut child, &inner).await,
+    };
+    guard.armed = false;
+    inner.finish(end);
+}
+
+/// `SIGTERM`, `term_grace`, `SIGKILL`, reap.
+async fn teardown(child: &mut Child, inner: &Inner) -> End {
+    // The liveness probe sends no signal: `waitpid(WNOHANG)`.
+    if let Ok(Some(status)) = child.try_wait() {
+        inner.state().reaped = true;
+        sweep_stragglers(inner).await;
+        return End {
+            status: Ok(status),
+            how: How::OnItsOwn,
+            failure: None,
+        };
+    }
+    let mut failure = None;
+    tracing::debug!(pid = inner.pid, "SIGTERM to the process group");
+    if let Err(e) = signal_group(inner.pgid, Signal::TERM) {
+        failure = Some(format!("SIGTERM to group {}: {e}", inner.pid));
+    }
+    let grace = inner.policy.term_grace;
+    let (status, how) = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => (status, How::Terminated),
+        Err(_) => {
+            tracing::debug!(
+                pid = inner.pid,
+                ?grace,
+                "term grace over: SIGKILL to the process group"
+            );
+            if let Err(e) = signal_group(inner.pgid, Signal::KILL) {
+                failure = Some(format!("SIGKILL to group {}: {e}", inner.pid));
+            }
+            (child.wait().await, How::Killed)
+        }
+    };
+    inner.state().reaped = true;
+    sweep_stragglers(inner).await;
+    End {
+        status: status.map_err(Arc::new),
+        how,
+        failure,
+    }
+}
+
+/// After the leader was reaped: reaps the members that are already our
+/// zombies, kills what is left of the group (the leader's exit ends the
+/// group's grace), and reaps those that were re-parented to us.
+async fn sweep_stragglers(inner: &Inner) {
+    reap_members(inner.pgid, false).await;
+    if let Ok(true) = signal_group(inner.pgid, Signal::KILL) {
+        tracing::debug!(pid = inner.pid, "killed the rest of the process group");
+        reap_members(inner.pgid, true).await;
+    }
+}
