@@ -49,10 +49,13 @@ async fn handle_cancel_ends_only_its_own_plain_task() {
     let other = group.spawn(pending::<()>());
     yield_now().await;
     one.cancel();
+    let err = one.await.unwrap_err();
     assert_eq!(
-        one.await.unwrap_err(),
-        TaskError::Cancelled(CancelReason::Requested)
+        err.cancel_reason(),
+        Some(CancelReason::Requested),
+        "{err:?}"
     );
+    assert_eq!(err.cancel_message(), None);
     assert!(!group.scope().is_cancelled(), "the group goes on");
     assert_eq!(group.len(), 1);
     assert!(!other.is_finished());
@@ -204,10 +207,9 @@ async fn clones_share_one_group_and_only_the_last_drop_cancels() {
     let scope = last.scope().clone();
     drop(last);
     assert!(scope.is_cancelled(), "the last handle's drop cancels");
-    assert_eq!(
-        h.await.unwrap_err(),
-        TaskError::Cancelled(CancelReason::Requested)
-    );
+    let err = h.await.unwrap_err();
+    assert!(matches!(err, TaskError::Cancelled(_)), "{err:?}");
+    assert_eq!(err.cancel_reason(), Some(CancelReason::Requested));
 }
 
 #[tokio::test(start_paused = true)]

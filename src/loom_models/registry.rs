@@ -201,11 +201,12 @@ fn redelivery_races_poll(ends: bool, seen: &Seen) {
             if ends {
                 guard.outcome = TaskOutcome::Cancelled;
                 drop(guard);
+                None
             } else {
                 returned.store(true, Ordering::SeqCst);
                 guard.cell().parked_after_delivery();
-                // The guard lives on: the task is parked, not ended.
-                std::mem::forget(guard);
+                // The task is parked, not ended: its guard lives on.
+                Some(guard)
             }
         })
     };
@@ -214,7 +215,7 @@ fn redelivery_races_poll(ends: bool, seen: &Seen) {
         thread::spawn(move || rung(&cell, &began, &returned, LIMIT).0)
     };
     let (woke_here, began_seen) = rung(&cell, &began, &returned, LIMIT);
-    task.join().unwrap();
+    let parked = task.join().unwrap();
     let claims = usize::from(woke_here) + usize::from(other.join().unwrap());
     seen.hit(match (woke_here, began_seen) {
         (true, _) => "rung_after_park",
@@ -231,6 +232,8 @@ fn redelivery_races_poll(ends: bool, seen: &Seen) {
     } else {
         assert!(claims <= 1, "{claims} re-deliveries for one park");
         assert_eq!(cell.redeliveries() as usize, claims);
+        drop(parked);
+        assert_eq!(registry.len(), 0);
     }
 }
 
