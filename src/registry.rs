@@ -70,6 +70,9 @@ use crate::wait_list::{WaitKey, WaitList};
 /// without cloning the user's value (a `std` `Arc`: keys are not modelled).
 pub(crate) type SharedKey<K> = std::sync::Arc<K>;
 
+/// A live task with its key, as [`Registry::pending_keyed`] lists them.
+pub(crate) type KeyedCell<T, K> = (Arc<TaskCell<T>>, Option<SharedKey<K>>);
+
 /// A wake was issued since the task's last poll began (invariant 2).
 const SCHEDULED: u32 = 1 << 0;
 /// The task's future is gone and its entry removed (invariant 1).
@@ -474,7 +477,7 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
     }
 
     /// The live tasks with their keys.
-    pub(crate) fn pending_keyed(&self) -> Vec<(Arc<TaskCell<T>>, Option<SharedKey<K>>)> {
+    pub(crate) fn pending_keyed(&self) -> Vec<KeyedCell<T, K>> {
         let inner = lock(&self.inner);
         inner
             .entries
