@@ -9,12 +9,19 @@
 //!
 //! # Delivery
 //!
-//! The cell's `SCHEDULED` bit says "a wake was issued since the task's last poll
-//! began". Every wake, from a canceller or from the task's own I/O, goes through
-//! [`TaskCell::schedule`], which sets the bit and wakes the runtime task only if the
-//! bit was clear. So a task that has not been polled since it was last woken is
-//! never woken again (it is already scheduled: as Trio, one abort attempt per
-//! blocking call).
+//! The task's own future is polled with the runtime's waker: the library does
+//! not interpose on the task's wakes, so a tracked task pays nothing per wake
+//! of its own I/O. The cell keeps the runtime waker in a slot for the
+//! library's own wakes (delivery, re-delivery, escalation).
+//!
+//! The cell's `SCHEDULED` bit says "the library woke the task (or spawned it)
+//! and no poll began since". The library wakes go through
+//! [`TaskCell::schedule`], which sets the bit and wakes the runtime task only
+//! if the bit was clear. So a task the library already woke and that has not
+//! been polled since is never woken again by it (as Trio, one abort attempt
+//! per blocking call). A library wake takes the waker out of its slot; the
+//! poll that follows sees `SCHEDULED` and stores it again, so the slot is only
+//! written after a library wake, never on the task's ordinary polls.
 //!
 //! A re-delivery needs more: the `PARKED` bit, set only when a poll that
 //! *began after the first delivery* returned `Pending`, and cleared when the
@@ -32,10 +39,15 @@
 //!    `ENDED` is never woken by a canceller ([`TaskCell::redeliver`] checks it in
 //!    the same atomic read-modify-write that claims the wake).
 //! 2. `SCHEDULED` is cleared only by the task's own poll ([`TaskCell::begin_poll`])
-//!    and set only by [`TaskCell::schedule`] / [`TaskCell::redeliver`], all
-//!    read-modify-writes of one atomic, so they are totally ordered: a wake
-//!    either precedes the clearing (and the poll that follows sees whatever the
-//!    waker published before it) or follows it (and wakes the task).
+//!    and set only by [`TaskCell::schedule`] / [`TaskCell::deliver`] /
+//!    [`TaskCell::redeliver`], all read-modify-writes of one atomic, so they
+//!    are totally ordered: a wake either precedes the clearing (and the poll
+//!    that follows sees whatever the waker published before it) or follows it
+//!    (and wakes the task). A poll that reads the bit clear skips the clearing;
+//!    a wake that sets it after that read also wakes the runtime task, whose
+//!    next poll clears it. While the bit is clear the waker slot holds the
+//!    task's waker: only a wake that set the bit took it out, and the poll
+//!    that clears the bit stores it back first.
 //! 3. The re-delivery count of a cell never exceeds the limit passed to
 //!    [`TaskCell::redeliver`], whatever number of ladders run over the cell.
 //!    A re-delivery is claimed only from `PARKED` and clears it, in the same
@@ -164,23 +176,32 @@ impl std::fmt::Display for TaskId {
 pub(crate) struct TaskCell<T> {
     pub(crate) id: TaskId,
     state: AtomicU32,
-    /// The runtime task's own waker, refreshed at every poll.
+    /// The runtime task's own waker, for the library's wakes; stored at the
+    /// first poll and again after each library wake (invariant 2).
     waker: AtomicWaker,
     pub(crate) meta: T,
 }
 
 impl<T> TaskCell<T> {
-    /// Start of a poll of the task: store its waker, then clear `SCHEDULED`
-    /// (and `PARKED`: the task is running). The order matters: a wake that
-    /// sees the bit clear must find the waker.
+    /// Start of a poll of the task: after a library wake (or at the first
+    /// poll), store the task's waker, then clear `SCHEDULED` (and `PARKED`:
+    /// the task is running). The order matters: a wake that sees the bit
+    /// clear must find the waker. An ordinary poll (nothing set) costs one
+    /// load.
     pub(crate) fn begin_poll(&self, waker: &Waker) -> PollStart {
-        self.waker.register(waker);
-        // AcqRel, invariant 2: Acquire pairs with the Release half of the wake
-        // that set the bit, so this poll sees what the canceller published
-        // (the cancelled flag, the escalation) before waking.
-        let prev = self
-            .state
-            .fetch_and(!(SCHEDULED | PARKED), Ordering::AcqRel);
+        // Acquire: pairs with the Release half of a wake that set a bit.
+        let mut prev = self.state.load(Ordering::Acquire);
+        if prev & (SCHEDULED | PARKED) != 0 {
+            if prev & SCHEDULED != 0 {
+                self.waker.register(waker);
+            }
+            // AcqRel, invariant 2: Acquire pairs with the Release half of the
+            // wake that set the bit, so this poll sees what the canceller
+            // published (the cancelled flag, the escalation) before waking.
+            prev = self
+                .state
+                .fetch_and(!(SCHEDULED | PARKED), Ordering::AcqRel);
+        }
         PollStart {
             escalated: prev & ESCALATED != 0,
             delivered: prev & DELIVERED != 0,
@@ -197,8 +218,8 @@ impl<T> TaskCell<T> {
         self.state.fetch_or(PARKED, Ordering::Release);
     }
 
-    /// Wakes the task unless it is already scheduled or ended. Returns whether
-    /// a wake was issued.
+    /// A library wake: wakes the task unless the library already woke it since
+    /// its last poll began, or it ended. Returns whether a wake was issued.
     pub(crate) fn schedule(&self) -> bool {
         // AcqRel: Release publishes the caller's prior writes to the poll that
         // clears the bit next (invariant 2).

@@ -3,8 +3,9 @@
 //!
 //! A tracked task is the user's future inside [`Tracked`], which owns the
 //! registry guard (prune on completion) and polls the user's future with the
-//! cell's own waker, so that every wake of the task, whoever issues it, goes
-//! through the coalescing rule of `registry.rs`. Delivery is one waker on the
+//! runtime's own waker: the task's own wakes cost nothing extra, and the
+//! library's wakes (delivery, re-delivery, escalation) follow the rules of
+//! `registry.rs` through the cell. Delivery is one waker on the
 //! tracker's scope ([`Deliverer`]): cancelling the scope, or any ancestor, walks
 //! the registry once and wakes each task that is not already scheduled.
 
@@ -20,23 +21,13 @@ use std::task::{Context, Poll, Wake, Waker};
 use tokio::time::Instant;
 
 use crate::ladder::{Schedule, ShutdownPolicy, ShutdownReport, Step, StuckTask};
-use crate::registry::{Counters, EntryGuard, Registry, TaskCell, TaskOutcome};
+use crate::registry::{Counters, EntryGuard, Registry, TaskOutcome};
 use crate::scope::{CancelMessage, CancelScope, Cancelled, Waiter};
 use crate::task::{
     Cell, Mode, Retire, SpawnError, Stats, TaskError, TaskHandle, TaskMeta, TaskOptions,
     panic_message,
 };
 use crate::wait_list::WaitKey;
-
-impl Wake for Cell {
-    fn wake(self: Arc<Self>) {
-        TaskCell::schedule(&self);
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        TaskCell::schedule(self);
-    }
-}
 
 /// What `TaskGroup` and `TaskMap` share with their tasks.
 pub(crate) struct Shared<K: Eq + Hash + Clone> {
@@ -239,7 +230,6 @@ where
         let tracked = Tracked {
             fut,
             span,
-            cell_waker: Waker::from(cell.clone()),
             guard,
             watch,
             shared: self.clone(),
@@ -657,7 +647,7 @@ enum Watch {
 }
 
 pin_project_lite::pin_project! {
-    /// The user's future as spawned: prune guard, coalescing waker, cancel
+    /// The user's future as spawned: prune guard, poll bookkeeping, cancel
     /// check, panic capture.
     struct Tracked<F, K>
     where
@@ -668,7 +658,6 @@ pin_project_lite::pin_project! {
         #[pin]
         fut: F,
         span: tracing::Span,
-        cell_waker: Waker,
         // Dropped with the future, whatever ends it: prune on completion.
         guard: EntryGuard<TaskMeta, K>,
         // For `Mode::Drop`: the scope whose cancellation drops `fut`.
@@ -725,9 +714,8 @@ where
             this.guard.outcome = TaskOutcome::Cancelled;
             return Poll::Ready(Err(TaskError::Cancelled(cancelled)));
         }
-        let mut inner_cx = Context::from_waker(this.cell_waker);
         let fut = this.fut;
-        match catch_unwind(AssertUnwindSafe(|| fut.poll(&mut inner_cx))) {
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(Poll::Pending) => {
                 if start.delivered {
                     // Parked again after seeing the cancellation: from now
