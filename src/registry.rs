@@ -353,25 +353,35 @@ pub(crate) struct PollStart {
 
 // ===== counters =====
 
-/// Monotonic counters of a registry (all `Relaxed`: they are statistics, read
-/// as a snapshot that synchronizes with nothing).
+/// Counters of the ladder's own work (all `Relaxed`: they are statistics,
+/// read as a snapshot that synchronizes with nothing). Counters that change
+/// with every spawn and end live under the registry lock instead
+/// ([`Totals`]), which both already take: no shared cache line is written
+/// per task besides the lock's.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) spawned: AtomicU64,
-    pub(crate) completed: AtomicU64,
-    pub(crate) cancelled: AtomicU64,
-    pub(crate) aborted: AtomicU64,
-    pub(crate) panicked: AtomicU64,
     pub(crate) deliveries: AtomicU64,
     pub(crate) redeliveries: AtomicU64,
     pub(crate) escalations: AtomicU64,
-    /// Tasks declared stuck that have not ended yet (a gauge, changed only
-    /// under the registry lock together with the cell's `STUCK` bit).
-    pub(crate) stuck: AtomicU64,
-    /// Tasks marked closing that have not ended yet (a gauge, as `stuck`).
-    pub(crate) closing: AtomicU64,
     /// Tasks that reaped a scoped child process and completed.
     pub(crate) processes: AtomicU64,
+}
+
+/// Per-task counters and gauges, kept under the registry lock.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Totals {
+    pub(crate) spawned: u64,
+    pub(crate) completed: u64,
+    pub(crate) cancelled: u64,
+    pub(crate) aborted: u64,
+    pub(crate) panicked: u64,
+    /// Tasks declared stuck that have not ended yet (a gauge, changed
+    /// together with the cell's `STUCK` bit).
+    pub(crate) stuck: u64,
+    /// Tasks marked closing that have not ended yet (a gauge, as `stuck`).
+    pub(crate) closing: u64,
+    /// Live tasks.
+    pub(crate) tracked: u64,
 }
 
 impl Counters {
@@ -410,6 +420,7 @@ struct Inner<T, K> {
     log: Option<VecDeque<(TaskId, TaskOutcome)>>,
     /// Woken when `log` grows or `entries` becomes empty.
     log_waiters: WaitList,
+    totals: Totals,
 }
 
 /// The set of live tracked tasks, optionally keyed.
@@ -436,6 +447,7 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
                 ended: HashMap::new(),
                 log: record_ends.then(VecDeque::new),
                 log_waiters: WaitList::new(),
+                totals: Totals::default(),
             }),
             counters: Counters::default(),
         }
@@ -476,8 +488,8 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
             cell: cell.clone(),
             key,
         });
+        inner.totals.spawned += 1;
         drop(guard);
-        Counters::bump(&this.counters.spawned);
         let guard = EntryGuard {
             registry: this.clone(),
             cell,
@@ -489,6 +501,15 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
 
     pub(crate) fn len(&self) -> usize {
         lock(&self.inner).entries.len()
+    }
+
+    /// A snapshot of the per-task counters, taken under the lock.
+    pub(crate) fn totals(&self) -> Totals {
+        let inner = lock(&self.inner);
+        Totals {
+            tracked: inner.entries.len() as u64,
+            ..inner.totals
+        }
     }
 
     /// The live tasks, as of now (invariant 1: none ended).
@@ -597,22 +618,22 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
     /// Marks a live task closing; `true` the first time. Under the lock, so
     /// the gauge and the bit change together and `remove` undoes both.
     pub(crate) fn mark_closing(&self, cell: &TaskCell<T>) -> bool {
-        self.mark(cell, CLOSING, &self.counters.closing)
+        self.mark(cell, CLOSING, |t| &mut t.closing)
     }
 
     /// Marks a live task stuck; `true` the first time (see `mark_closing`).
     pub(crate) fn mark_stuck(&self, cell: &TaskCell<T>) -> bool {
-        self.mark(cell, STUCK, &self.counters.stuck)
+        self.mark(cell, STUCK, |t| &mut t.stuck)
     }
 
-    fn mark(&self, cell: &TaskCell<T>, bit: u32, gauge: &AtomicU64) -> bool {
-        let _inner = lock(&self.inner);
+    fn mark(&self, cell: &TaskCell<T>, bit: u32, gauge: fn(&mut Totals) -> &mut u64) -> bool {
+        let mut inner = lock(&self.inner);
         // Invariant 1: `ENDED` is only set under this lock, so it cannot
         // appear between this check and the `set`.
         if cell.is_ended() || !cell.set(bit) {
             return false;
         }
-        Counters::bump(gauge);
+        *gauge(&mut inner.totals) += 1;
         true
     }
 
@@ -675,12 +696,19 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
                 .state
                 .fetch_or(ENDED | outcome.code(), Ordering::AcqRel);
             // Gauges: the bits were set under this lock (`mark`).
+            let totals = &mut inner.totals;
             if prev & STUCK != 0 {
-                self.counters.stuck.fetch_sub(1, Ordering::Relaxed);
+                totals.stuck -= 1;
             }
             if prev & CLOSING != 0 {
-                self.counters.closing.fetch_sub(1, Ordering::Relaxed);
+                totals.closing -= 1;
             }
+            *match outcome {
+                TaskOutcome::Completed => &mut totals.completed,
+                TaskOutcome::Cancelled => &mut totals.cancelled,
+                TaskOutcome::Panicked => &mut totals.panicked,
+                TaskOutcome::Aborted | TaskOutcome::Stuck => &mut totals.aborted,
+            } += 1;
             if inner.entries.is_empty() {
                 after.wake_all(inner.idle.drain());
             }
@@ -696,13 +724,6 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
                 }
             }
         }
-        let c = &self.counters;
-        Counters::bump(match outcome {
-            TaskOutcome::Completed => &c.completed,
-            TaskOutcome::Cancelled => &c.cancelled,
-            TaskOutcome::Panicked => &c.panicked,
-            TaskOutcome::Aborted | TaskOutcome::Stuck => &c.aborted,
-        });
         // Wakes first, then the user's keys (a panicking key `Drop` can no
         // longer cost a wakeup).
         drop(after);

@@ -504,19 +504,20 @@ where
 
 fn stats_of<K: Eq + Hash + Clone>(registry: &Registry<TaskMeta, K>) -> Stats {
     let c = &registry.counters;
+    let t = registry.totals();
     Stats {
-        spawned: Counters::get(&c.spawned),
-        completed: Counters::get(&c.completed),
-        cancelled: Counters::get(&c.cancelled),
-        aborted: Counters::get(&c.aborted),
-        panicked: Counters::get(&c.panicked),
-        stuck: Counters::get(&c.stuck),
-        closing: Counters::get(&c.closing),
+        spawned: t.spawned,
+        completed: t.completed,
+        cancelled: t.cancelled,
+        aborted: t.aborted,
+        panicked: t.panicked,
+        stuck: t.stuck,
+        closing: t.closing,
         deliveries: Counters::get(&c.deliveries),
         redeliveries: Counters::get(&c.redeliveries),
         escalations: Counters::get(&c.escalations),
         processes: Counters::get(&c.processes),
-        tracked: registry.len() as u64,
+        tracked: t.tracked,
     }
 }
 

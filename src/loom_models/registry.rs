@@ -98,12 +98,9 @@ fn cancel_races_task_completion() {
         assert!(!cell.redeliver(LIMIT + 1) && !cell.schedule());
         // Pruned exactly once.
         assert_eq!(registry.len(), 0);
-        let c = &registry.counters;
-        assert_eq!(c.completed.load(Ordering::Relaxed), 1);
-        let others = c.cancelled.load(Ordering::Relaxed)
-            + c.aborted.load(Ordering::Relaxed)
-            + c.panicked.load(Ordering::Relaxed);
-        assert_eq!(others, 0);
+        let t = registry.totals();
+        assert_eq!(t.completed, 1);
+        assert_eq!(t.cancelled + t.aborted + t.panicked, 0);
         assert_eq!(
             registry.poll_ended(&cell, Waker::noop(), &mut None),
             Poll::Ready(())
