@@ -454,12 +454,15 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
     }
 
     /// Tracks a new task. With a key, the key now maps to it, and the task that
-    /// held the key before (still alive, still tracked) is returned.
-    pub(crate) fn insert(
-        this: &Arc<Self>,
+    /// held the key before (still alive, still tracked) is returned. The guard
+    /// keeps a clone of `owner` (whatever holds this registry), so a task
+    /// holds one reference to its tracker, not one per layer.
+    pub(crate) fn insert<O: HoldsRegistry<T, K>>(
+        owner: &O,
         meta: T,
         key: Option<K>,
-    ) -> (EntryGuard<T, K>, Option<Arc<TaskCell<T>>>) {
+    ) -> (EntryGuard<T, K, O>, Option<Arc<TaskCell<T>>>) {
+        let this = owner.registry();
         let cell = Arc::new(TaskCell {
             id: next_task_id(),
             // A new task is scheduled: its first poll is on its way.
@@ -491,7 +494,8 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
         inner.totals.spawned += 1;
         drop(guard);
         let guard = EntryGuard {
-            registry: this.clone(),
+            owner: owner.clone(),
+            _key: std::marker::PhantomData,
             cell,
             slot,
             outcome: TaskOutcome::Aborted,
@@ -734,10 +738,27 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
 
 // ===== impl EntryGuard =====
 
+/// What holds a registry: the registry itself in an `Arc`, or a tracker
+/// that embeds one. An [`EntryGuard`] keeps a clone of it.
+pub(crate) trait HoldsRegistry<T, K: Eq + Hash + Clone>: Clone {
+    fn registry(&self) -> &Registry<T, K>;
+}
+
+impl<T, K: Eq + Hash + Clone> HoldsRegistry<T, K> for Arc<Registry<T, K>> {
+    fn registry(&self) -> &Registry<T, K> {
+        self
+    }
+}
+
 /// Lives inside the tracked future; its drop prunes the entry, whatever ended
 /// the future (prune on completion).
-pub(crate) struct EntryGuard<T, K: Eq + Hash + Clone = ()> {
-    registry: Arc<Registry<T, K>>,
+pub(crate) struct EntryGuard<
+    T,
+    K: Eq + Hash + Clone = (),
+    O: HoldsRegistry<T, K> = Arc<Registry<T, K>>,
+> {
+    owner: O,
+    _key: std::marker::PhantomData<fn() -> K>,
     cell: Arc<TaskCell<T>>,
     slot: usize,
     /// What the task's wrapper observed; a future dropped without a verdict
@@ -745,19 +766,26 @@ pub(crate) struct EntryGuard<T, K: Eq + Hash + Clone = ()> {
     pub(crate) outcome: TaskOutcome,
 }
 
-impl<T, K: Eq + Hash + Clone> EntryGuard<T, K> {
+impl<T, K: Eq + Hash + Clone, O: HoldsRegistry<T, K>> EntryGuard<T, K, O> {
     pub(crate) fn cell(&self) -> &Arc<TaskCell<T>> {
         &self.cell
     }
-}
 
-impl<T, K: Eq + Hash + Clone> Drop for EntryGuard<T, K> {
-    fn drop(&mut self) {
-        self.registry.remove(self.slot, &self.cell, self.outcome);
+    /// What holds the registry (the tracker, for the tokio layer).
+    pub(crate) fn owner(&self) -> &O {
+        &self.owner
     }
 }
 
-impl<T, K: Eq + Hash + Clone> std::fmt::Debug for EntryGuard<T, K> {
+impl<T, K: Eq + Hash + Clone, O: HoldsRegistry<T, K>> Drop for EntryGuard<T, K, O> {
+    fn drop(&mut self) {
+        self.owner
+            .registry()
+            .remove(self.slot, &self.cell, self.outcome);
+    }
+}
+
+impl<T, K: Eq + Hash + Clone, O: HoldsRegistry<T, K>> std::fmt::Debug for EntryGuard<T, K, O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EntryGuard")
             .field("cell", &self.cell)

@@ -21,7 +21,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use tokio::time::Instant;
 
 use crate::ladder::{Schedule, ShutdownPolicy, ShutdownReport, Step, StuckTask};
-use crate::registry::{Counters, EntryGuard, Registry, TaskOutcome};
+use crate::registry::{Counters, EntryGuard, HoldsRegistry, Registry, TaskOutcome};
 use crate::scope::{CancelMessage, CancelScope, Cancelled, Waiter};
 use crate::task::{
     Cell, Mode, Retire, SpawnError, Stats, TaskError, TaskHandle, TaskMeta, TaskOptions,
@@ -32,7 +32,9 @@ use crate::wait_list::WaitKey;
 /// What `TaskGroup` and `TaskMap` share with their tasks.
 pub(crate) struct Shared<K: Eq + Hash + Clone> {
     pub(crate) scope: CancelScope,
-    pub(crate) registry: Arc<Registry<TaskMeta, K>>,
+    /// Embedded: each task's guard holds the `Arc<Shared>`, one reference
+    /// per task for both.
+    pub(crate) registry: Registry<TaskMeta, K>,
     pub(crate) policy: ShutdownPolicy,
     cancel_on_panic: bool,
     first_panic: Mutex<Option<String>>,
@@ -58,22 +60,29 @@ pub(crate) struct Shared<K: Eq + Hash + Clone> {
     baseline: Arc<OnceLock<Stats>>,
 }
 
+impl<K: Eq + Hash + Clone> HoldsRegistry<TaskMeta, K> for Arc<Shared<K>> {
+    fn registry(&self) -> &Registry<TaskMeta, K> {
+        &self.registry
+    }
+}
+
 /// The one waker a tracker registers on its scope: cancelling the scope wakes
 /// it, and it delivers to every live task.
 struct Deliverer<K: Eq + Hash + Clone> {
-    registry: Weak<Registry<TaskMeta, K>>,
+    shared: Weak<Shared<K>>,
     baseline: Arc<OnceLock<Stats>>,
 }
 
-impl<K: Eq + Hash + Clone + Send + Sync + 'static> Wake for Deliverer<K> {
+impl<K: Eq + Hash + Clone + Debug + Send + Sync + 'static> Wake for Deliverer<K> {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(registry) = self.registry.upgrade() {
+        if let Some(shared) = self.shared.upgrade() {
+            let registry = &shared.registry;
             // Before the deliveries, so the report counts them.
-            self.baseline.get_or_init(|| stats_of(&registry));
+            self.baseline.get_or_init(|| stats_of(registry));
             let woken = registry.pending().iter().filter(|c| c.deliver()).count();
             Counters::add(&registry.counters.deliveries, woken as u64);
         }
@@ -92,7 +101,7 @@ where
     ) -> Arc<Self> {
         let shared = Arc::new(Shared {
             scope,
-            registry: Arc::new(Registry::new(record_ends)),
+            registry: Registry::new(record_ends),
             policy,
             cancel_on_panic,
             first_panic: Mutex::new(None),
@@ -111,9 +120,9 @@ where
     /// (Re-)registers the deliverer on the scope. Done at creation and, for a
     /// scope with a deadline, once more at the first spawn inside a runtime, so
     /// the deadline's timer can start.
-    fn register_deliverer(&self) {
+    fn register_deliverer(self: &Arc<Self>) {
         let waker = Waker::from(Arc::new(Deliverer {
-            registry: Arc::downgrade(&self.registry),
+            shared: Arc::downgrade(self),
             baseline: self.baseline.clone(),
         }));
         let has_deadline = self.scope.deadline().is_some();
@@ -212,7 +221,7 @@ where
         } else {
             None
         };
-        let (guard, replaced) = Registry::insert(&self.registry, meta, key);
+        let (guard, replaced) = Registry::insert(self, meta, key);
         let cell = guard.cell().clone();
         let id = cell.id;
         let span = if traced {
@@ -232,7 +241,6 @@ where
             span,
             guard,
             watch,
-            shared: self.clone(),
         };
         let join = rt.spawn(tracked);
         tracing::trace!(task = %id, name = ?cell.meta.name, keyed, "spawned tracked task");
@@ -660,10 +668,10 @@ pin_project_lite::pin_project! {
         fut: F,
         span: tracing::Span,
         // Dropped with the future, whatever ends it: prune on completion.
-        guard: EntryGuard<TaskMeta, K>,
+        // Holds the task's one reference to its tracker.
+        guard: EntryGuard<TaskMeta, K, Arc<Shared<K>>>,
         // For `Mode::Drop`: the scope whose cancellation drops `fut`.
         watch: Watch,
-        shared: Arc<Shared<K>>,
     }
     impl<F, K> PinnedDrop for Tracked<F, K>
     where
@@ -696,6 +704,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.enter();
+        let shared = this.guard.owner();
         let start = this.guard.cell().begin_poll(cx.waker());
         if start.escalated {
             // Escalated: end now, as an abort would.
@@ -706,8 +715,8 @@ where
             // task alone (`TaskHandle::cancel`) marks its cell closing, which
             // `deliver` does before the wake that brings this poll (then the
             // group's scope, not cancelled, reads as `Requested`, no message).
-            Watch::Tracker => (this.shared.scope.is_cancelled() || this.guard.cell().is_closing())
-                .then(|| Cancelled::of(&this.shared.scope)),
+            Watch::Tracker => (shared.scope.is_cancelled() || this.guard.cell().is_closing())
+                .then(|| Cancelled::of(&shared.scope)),
             Watch::Own(scope) => scope.is_cancelled().then(|| Cancelled::of(scope)),
             Watch::Nothing => None,
         };
@@ -726,22 +735,21 @@ where
                 Poll::Pending
             }
             Ok(Poll::Ready(v)) => {
-                this.guard.outcome = TaskOutcome::Completed;
-                let cell = this.guard.cell();
-                if cell.meta.owns_process {
-                    Counters::bump(&this.shared.registry.counters.processes);
+                if this.guard.cell().meta.owns_process {
+                    Counters::bump(&shared.registry.counters.processes);
                 }
+                this.guard.outcome = TaskOutcome::Completed;
                 Poll::Ready(Ok(v))
             }
             Err(payload) => {
-                this.guard.outcome = TaskOutcome::Panicked;
                 let message = panic_message(&*payload);
                 let id = this.guard.cell().id;
                 tracing::debug!(task = %id, panic = %message, "tracked task panicked");
-                this.shared.record_panic(&message);
-                if this.shared.cancel_on_panic {
-                    this.shared.scope.cancel();
+                shared.record_panic(&message);
+                if shared.cancel_on_panic {
+                    shared.scope.cancel();
                 }
+                this.guard.outcome = TaskOutcome::Panicked;
                 Poll::Ready(Err(TaskError::Panicked(message)))
             }
         }
