@@ -104,6 +104,10 @@ const DELIVERED: u32 = 1 << 5;
 /// re-delivery may wake it (invariant 3). Never set while a poll runs (the
 /// poll's start clears it), never set without `DELIVERED`.
 const PARKED: u32 = 1 << 6;
+/// This one task was asked to cancel (`TaskHandle::cancel`); set once, read
+/// by the task's next poll, which ends a plain task or starts the task's
+/// ladder.
+const CANCEL_REQUESTED: u32 = 1 << 7;
 /// Outcome code, written together with `ENDED` (never without it).
 const OUTCOME_SHIFT: u32 = 8;
 const OUTCOME_MASK: u32 = 0b111 << OUTCOME_SHIFT;
@@ -205,7 +209,17 @@ impl<T> TaskCell<T> {
         PollStart {
             escalated: prev & ESCALATED != 0,
             delivered: prev & DELIVERED != 0,
+            cancel_requested: prev & CANCEL_REQUESTED != 0,
+            closing: prev & CLOSING != 0,
         }
+    }
+
+    /// Asks this one task to cancel; `true` the first time, for a task that
+    /// has not ended. The caller then wakes it ([`deliver`](Self::deliver)).
+    pub(crate) fn request_cancel(&self) -> bool {
+        // AcqRel: Release publishes the caller's prior writes (the task's
+        // own scope cancelled) with the bit, as a wake does (invariant 2).
+        self.state.fetch_or(CANCEL_REQUESTED, Ordering::AcqRel) & (CANCEL_REQUESTED | ENDED) == 0
     }
 
     /// End of a poll that returned `Pending` and began with
@@ -333,6 +347,7 @@ impl<T> std::fmt::Debug for TaskCell<T> {
             .field("closing", &(s & CLOSING != 0))
             .field("delivered", &(s & DELIVERED != 0))
             .field("parked", &(s & PARKED != 0))
+            .field("cancel_requested", &(s & CANCEL_REQUESTED != 0))
             .field("escalated", &(s & ESCALATED != 0))
             .field("stuck", &(s & STUCK != 0))
             .field("outcome", &TaskOutcome::from_state(s))
@@ -349,6 +364,10 @@ pub(crate) struct PollStart {
     /// The first delivery came before this poll: if it returns `Pending`, call
     /// [`TaskCell::parked_after_delivery`].
     pub(crate) delivered: bool,
+    /// This one task was asked to cancel ([`TaskCell::request_cancel`]).
+    pub(crate) cancel_requested: bool,
+    /// A ladder already runs (or ran) for this task (`CLOSING`).
+    pub(crate) closing: bool,
 }
 
 // ===== counters =====

@@ -37,17 +37,12 @@ pub(crate) type Hook = Box<dyn FnOnce() + Send + 'static>;
 pub struct TaskHandle<T> {
     id: TaskId,
     join: JoinHandle<Result<T, TaskError>>,
-    // Weak both: a handle keeps neither the task's data (its hook may own a
-    // transport) nor its group alive; an ended task's cell may be gone.
+    // Weak: a handle keeps neither the task's data (its hook may own a
+    // transport) nor, through it, anything else alive; an ended task's cell
+    // may be gone. The handle reaches its tracker through the task itself
+    // (see `cancel`), so a spawn writes no reference count of the tracker's
+    // for the handle.
     cell: Weak<Cell>,
-    tracker: Weak<dyn Retire>,
-}
-
-/// A tracker, type-erased for [`TaskHandle`] (which is not generic over the
-/// key): how a handle cancels its own task.
-pub(crate) trait Retire: Send + Sync {
-    /// Cancels the task of `cell` and runs its ladder in the background.
-    fn retire_in_background(self: Arc<Self>, cell: Arc<Cell>);
 }
 
 impl<T> TaskHandle<T> {
@@ -55,14 +50,8 @@ impl<T> TaskHandle<T> {
         id: TaskId,
         join: JoinHandle<Result<T, TaskError>>,
         cell: Weak<Cell>,
-        tracker: Weak<dyn Retire>,
     ) -> Self {
-        TaskHandle {
-            id,
-            join,
-            cell,
-            tracker,
-        }
+        TaskHandle { id, join, cell }
     }
 
     /// The task's id.
@@ -91,7 +80,15 @@ impl<T> TaskHandle<T> {
     /// cooperative one sees its scope cancelled) and it is woken once; its
     /// ladder (re-delivery, escalation with its hook, the stuck verdict) runs
     /// in the background, by the policy of its group or map, as
-    /// [`TaskMap::begin_cancel`] does for a key. Returns at once.
+    /// [`TaskMap::begin_cancel`] does for a key. Returns at once; works from
+    /// any thread, inside a runtime or not.
+    ///
+    /// The ladder starts at the task's next poll, which the wake brings (the
+    /// task's own poll knows its tracker: the handle holds only a weak
+    /// reference to the task). A task that blocks its worker thread inside a
+    /// poll is not reached until that poll returns; use
+    /// [`TaskMap::begin_cancel_task`](crate::TaskMap::begin_cancel_task)
+    /// for a keyed task whose escalation hook must run meanwhile.
     ///
     /// The handle names this task, not whatever runs under its key later: a
     /// newer task under the same key is never touched. A no-op once the task
@@ -119,12 +116,18 @@ impl<T> TaskHandle<T> {
         let Some(cell) = self.cell.upgrade() else {
             return; // ended, and nothing refers to it any more
         };
-        if cell.is_ended() {
-            return;
+        // The request is a bit on the task's cell, seen by the task's next
+        // poll: a plain task ends there as cancelled; a task with a scope of
+        // its own has it cancelled here, and its next poll starts the ladder
+        // (re-delivery, escalation, stuck) from inside the task, where the
+        // tracker is at hand.
+        if !cell.request_cancel() {
+            return; // ended, or already requested
         }
-        if let Some(tracker) = self.tracker.upgrade() {
-            tracker.retire_in_background(cell);
+        if let Some(scope) = &cell.meta.scope {
+            scope.cancel();
         }
+        cell.deliver();
     }
 
     /// Whether the task has ended.

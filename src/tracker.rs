@@ -24,8 +24,7 @@ use crate::ladder::{Schedule, ShutdownPolicy, ShutdownReport, Step, StuckTask};
 use crate::registry::{Counters, EntryGuard, HoldsRegistry, Registry, TaskOutcome};
 use crate::scope::{CancelMessage, CancelScope, Cancelled, Waiter};
 use crate::task::{
-    Cell, Mode, Retire, SpawnError, Stats, TaskError, TaskHandle, TaskMeta, TaskOptions,
-    panic_message,
+    Cell, Mode, SpawnError, Stats, TaskError, TaskHandle, TaskMeta, TaskOptions, panic_message,
 };
 use crate::wait_list::WaitKey;
 
@@ -251,8 +250,7 @@ where
         if self.is_closed() && self.scope.is_cancelled() {
             drop(self.retire(cell.clone()));
         }
-        let tracker: Weak<dyn Retire> = Arc::downgrade(self) as Weak<dyn Retire>;
-        let handle = TaskHandle::new(id, join, Arc::downgrade(&cell), tracker);
+        let handle = TaskHandle::new(id, join, Arc::downgrade(&cell));
         if let Some(old) = replaced {
             tracing::debug!(task = %old.id, replaced_by = %id, "key taken over: cancelling the old task");
             self.retire(old);
@@ -283,6 +281,24 @@ where
         if cell.deliver() {
             Counters::bump(&self.registry.counters.deliveries);
         }
+    }
+
+    /// A task's own cancel (`TaskHandle::cancel`, delivered by the handle),
+    /// seen by the task's poll: marks it closing and counts the delivery,
+    /// once (the `CLOSING` mark decides), and with `ladder` runs the task's
+    /// ladder in the background; called inside the task's runtime.
+    fn take_cancel_request(self: &Arc<Self>, cell: &Arc<Cell>, ladder: bool) {
+        if !self.registry.mark_closing(cell) {
+            return;
+        }
+        Counters::bump(&self.registry.counters.deliveries);
+        if !ladder {
+            return;
+        }
+        let (shared, cell) = (self.clone(), cell.clone());
+        tokio::spawn(async move {
+            shared.run_ladder(Some(&cell), Stats::default()).await;
+        });
     }
 
     /// Cancels a task and runs its ladder in the background, on the current
@@ -529,15 +545,6 @@ fn stats_of<K: Eq + Hash + Clone>(registry: &Registry<TaskMeta, K>) -> Stats {
     }
 }
 
-impl<K> Retire for Shared<K>
-where
-    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
-{
-    fn retire_in_background(self: Arc<Self>, cell: Arc<Cell>) {
-        drop(self.retire(cell));
-    }
-}
-
 // ===== impl Owner =====
 
 /// The users' share of a tracker. `TaskGroup` and `TaskMap` are one
@@ -710,13 +717,21 @@ where
             // Escalated: end now, as an abort would.
             return Poll::Ready(Err(TaskError::Aborted));
         }
+        if start.cancel_requested && !start.closing {
+            // `TaskHandle::cancel`, first seen: counted here; a task that
+            // decides for itself gets its ladder from here.
+            let ladder = matches!(this.watch, Watch::Nothing);
+            shared.take_cancel_request(this.guard.cell(), ladder);
+        }
         let cancelled = match this.watch {
             // A plain group task has no scope of its own: a cancel of this
-            // task alone (`TaskHandle::cancel`) marks its cell closing, which
-            // `deliver` does before the wake that brings this poll (then the
-            // group's scope, not cancelled, reads as `Requested`, no message).
-            Watch::Tracker => (shared.scope.is_cancelled() || this.guard.cell().is_closing())
-                .then(|| Cancelled::of(&shared.scope)),
+            // task alone (`TaskHandle::cancel`, or a ladder that marked it
+            // closing) ends it here (then the group's scope, not cancelled,
+            // reads as `Requested`, no message).
+            Watch::Tracker => {
+                (shared.scope.is_cancelled() || start.cancel_requested || start.closing)
+                    .then(|| Cancelled::of(&shared.scope))
+            }
             Watch::Own(scope) => scope.is_cancelled().then(|| Cancelled::of(scope)),
             Watch::Nothing => None,
         };
@@ -724,6 +739,7 @@ where
             this.guard.outcome = TaskOutcome::Cancelled;
             return Poll::Ready(Err(TaskError::Cancelled(cancelled)));
         }
+
         let fut = this.fut;
         match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(Poll::Pending) => {

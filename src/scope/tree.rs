@@ -46,6 +46,12 @@
 //!    its parent is cancelled by that same cancel, and the walk up the `parent`
 //!    links from any cancelled node ends at its origin. A shielded node is only
 //!    ever cancelled as an origin.
+//! 8. `SUBTREE_DONE` is set on a node once a cancel walk that started there
+//!    has finished: every descendant is cancelled (later children are born
+//!    cancelled, invariant 3). A cancel that finds its node cancelled but
+//!    not done walks the subtree too, with the reason found there, so no
+//!    `cancel()` returns while a descendant is still uncancelled, even when
+//!    another thread's cancel of the same node is still walking it.
 //!
 //! # Messages
 //!
@@ -83,6 +89,9 @@ const BY_DEADLINE: u8 = 0b10;
 /// Set together with `CANCELLED` on the node where the cancel started, never
 /// alone, never copied to a child (invariant 7).
 const ORIGIN: u8 = 0b100;
+/// A cancel walk from this node finished (invariant 8); never copied to a
+/// child.
+const SUBTREE_DONE: u8 = 0b1000;
 
 /// Deadline value meaning "no deadline".
 pub(crate) const NO_DEADLINE: i64 = i64::MAX;
@@ -168,7 +177,7 @@ fn node(
         parent,
         shielded,
         // A born-cancelled child is not an origin (invariant 7).
-        state: AtomicU8::new(state & !ORIGIN),
+        state: AtomicU8::new(state & !(ORIGIN | SUBTREE_DONE)),
         message: OnceLock::new(),
         deadline: AtomicI64::new(deadline),
         own_deadline: AtomicI64::new(NO_DEADLINE),
@@ -253,21 +262,26 @@ pub(crate) fn cancel_with(
     reason: CancelReason,
     mut message: Option<CancelMessage>,
 ) -> bool {
-    let bits = reason.bits();
-    let mut first = true;
     let mut did = false;
-    let mut work = vec![node.clone()];
+    let mut top = true;
+    // Each node with the reason bits to give it if it is not cancelled yet:
+    // those of the node the walk came from (invariant 7).
+    let mut work = vec![(node.clone(), reason.bits())];
     let mut wake = Vec::new();
-    while let Some(n) = work.pop() {
-        {
-            let mut inner = lock(&n.inner);
-            if n.state.load(Ordering::Relaxed) & CANCELLED != 0 {
-                // Already cancelled: its subtree was (or is being) handled by
-                // the call that set the flag (invariant 3).
-                first = false;
+    while let Some((n, bits)) = work.pop() {
+        let mut inner = lock(&n.inner);
+        let state = n.state.load(Ordering::Relaxed);
+        let here = if state & CANCELLED != 0 {
+            // Already cancelled, the first reason stays. The call that set it
+            // may still be walking the subtree: walk it too unless a walk
+            // from here has finished (invariant 8).
+            if state & SUBTREE_DONE != 0 {
+                top = false;
                 continue;
             }
-            if first {
+            state & (CANCELLED | BY_DEADLINE)
+        } else {
+            if top {
                 // Invariant 1: the message before the flag that publishes it.
                 if let Some(m) = message.take() {
                     let set = n.message.set(m);
@@ -277,16 +291,19 @@ pub(crate) fn cancel_with(
                 // `is_cancelled` / `message`.
                 n.state.store(bits | ORIGIN, Ordering::Release);
                 did = true;
-                first = false;
             } else {
                 n.state.store(bits, Ordering::Release);
             }
             // Invariant 2: drain in the same critical section.
             wake.extend(inner.waiters.drain());
             wake.extend(inner.timer_waker.take());
-            work.extend(inner.children.iter().map(|(_, c)| c.clone()));
-        }
+            bits
+        };
+        top = false;
+        work.extend(inner.children.iter().map(|(_, c)| (c.clone(), here)));
     }
+    // Invariant 8. (An OR on a node already cancelled: no lock needed.)
+    node.state.fetch_or(SUBTREE_DONE, Ordering::Release);
     // Wake only once the whole subtree is marked: whoever wakes first sees
     // every descendant cancelled already.
     for w in wake {
