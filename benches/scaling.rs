@@ -10,7 +10,8 @@
 //!    ns/task.
 //! 2. `many`: the same N tasks from one spawner task per worker, all into one
 //!    shared group / tracker / `Mutex<JoinSet>` (per-spawner handle lists for
-//!    bare `tokio::spawn`). current_thread has one worker, so one spawner.
+//!    bare `tokio::spawn`). current_thread has one worker, so one spawner
+//!    task, still through the shared path.
 //!    ns/task.
 //! 3. `fanout`: W waiters, each in its own task, park on cancellation; one
 //!    cancel; time until the last has woken and finished. Shapes: a child per
@@ -371,57 +372,72 @@ fn split(n: usize, parts: usize) -> impl Iterator<Item = std::ops::Range<u64>> {
     (0..parts).map(move |p| p * n / parts..(p + 1) * n / parts)
 }
 
-async fn spawn_group(n: usize, spawners: usize) -> Duration {
+/// Who spawns: the timed task itself (an accept loop), or `k` spawner tasks
+/// sharing one group / tracker / `Mutex<JoinSet>`.
+#[derive(Debug, Clone, Copy)]
+enum Spawners {
+    One,
+    Shared(usize),
+}
+
+async fn spawn_group(n: usize, spawners: Spawners) -> Duration {
     let start = Instant::now();
     let group = TaskGroup::new();
-    if spawners == 1 {
-        for i in 0..n as u64 {
-            // The handle is dropped: the group tracks the task, as `JoinSet` does.
-            drop(group.spawn(trivial(i)));
+    match spawners {
+        Spawners::One => {
+            for i in 0..n as u64 {
+                // The handle is dropped: the group tracks the task, as `JoinSet` does.
+                drop(group.spawn(trivial(i)));
+            }
         }
-    } else {
-        let spawning: Vec<_> = split(n, spawners)
-            .map(|range| {
-                let group = group.clone();
-                tokio::spawn(async move {
-                    for i in range {
-                        drop(group.spawn(trivial(i)));
-                    }
+        Spawners::Shared(k) => {
+            let spawning: Vec<_> = split(n, k)
+                .map(|range| {
+                    let group = group.clone();
+                    tokio::spawn(async move {
+                        for i in range {
+                            drop(group.spawn(trivial(i)));
+                        }
+                    })
                 })
-            })
-            .collect();
-        for s in spawning {
-            s.await.expect("spawner");
+                .collect();
+            for s in spawning {
+                s.await.expect("spawner");
+            }
         }
     }
     group.join().await.expect("no panic");
     start.elapsed()
 }
 
-async fn spawn_join_set(n: usize, spawners: usize) -> Duration {
+async fn spawn_join_set(n: usize, spawners: Spawners) -> Duration {
     let start = Instant::now();
     let mut set = JoinSet::new();
-    if spawners == 1 {
-        for i in 0..n as u64 {
-            set.spawn(trivial(i));
+    match spawners {
+        Spawners::One => {
+            for i in 0..n as u64 {
+                set.spawn(trivial(i));
+            }
         }
-    } else {
-        // What users do to spawn into one JoinSet from many tasks.
-        let shared = Arc::new(Mutex::new(set));
-        let spawning: Vec<_> = split(n, spawners)
-            .map(|range| {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    for i in range {
-                        shared.lock().expect("join set lock").spawn(trivial(i));
-                    }
+        Spawners::Shared(k) => {
+            // What users do to spawn into one JoinSet from many tasks; the
+            // owner drains it once the spawners are done.
+            let shared = Arc::new(Mutex::new(set));
+            let spawning: Vec<_> = split(n, k)
+                .map(|range| {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        for i in range {
+                            shared.lock().expect("join set lock").spawn(trivial(i));
+                        }
+                    })
                 })
-            })
-            .collect();
-        for s in spawning {
-            s.await.expect("spawner");
+                .collect();
+            for s in spawning {
+                s.await.expect("spawner");
+            }
+            set = std::mem::take(&mut *shared.lock().expect("join set lock"));
         }
-        set = std::mem::take(&mut *shared.lock().expect("join set lock"));
     }
     while let Some(r) = set.join_next().await {
         black_box(r.expect("no panic"));
@@ -429,26 +445,29 @@ async fn spawn_join_set(n: usize, spawners: usize) -> Duration {
     start.elapsed()
 }
 
-async fn spawn_tracker(n: usize, spawners: usize) -> Duration {
+async fn spawn_tracker(n: usize, spawners: Spawners) -> Duration {
     let start = Instant::now();
     let tracker = TaskTracker::new();
-    if spawners == 1 {
-        for i in 0..n as u64 {
-            drop(tracker.spawn(trivial(i)));
+    match spawners {
+        Spawners::One => {
+            for i in 0..n as u64 {
+                drop(tracker.spawn(trivial(i)));
+            }
         }
-    } else {
-        let spawning: Vec<_> = split(n, spawners)
-            .map(|range| {
-                let tracker = tracker.clone();
-                tokio::spawn(async move {
-                    for i in range {
-                        drop(tracker.spawn(trivial(i)));
-                    }
+        Spawners::Shared(k) => {
+            let spawning: Vec<_> = split(n, k)
+                .map(|range| {
+                    let tracker = tracker.clone();
+                    tokio::spawn(async move {
+                        for i in range {
+                            drop(tracker.spawn(trivial(i)));
+                        }
+                    })
                 })
-            })
-            .collect();
-        for s in spawning {
-            s.await.expect("spawner");
+                .collect();
+            for s in spawning {
+                s.await.expect("spawner");
+            }
         }
     }
     tracker.close();
@@ -456,7 +475,7 @@ async fn spawn_tracker(n: usize, spawners: usize) -> Duration {
     start.elapsed()
 }
 
-async fn spawn_handles(n: usize, spawners: usize) -> Duration {
+async fn spawn_handles(n: usize, spawners: Spawners) -> Duration {
     async fn spawn_and_await(range: std::ops::Range<u64>) {
         let handles: Vec<_> = range.map(|i| tokio::spawn(trivial(i))).collect();
         for h in handles {
@@ -464,14 +483,16 @@ async fn spawn_handles(n: usize, spawners: usize) -> Duration {
         }
     }
     let start = Instant::now();
-    if spawners == 1 {
-        spawn_and_await(0..n as u64).await;
-    } else {
-        let spawning: Vec<_> = split(n, spawners)
-            .map(|range| tokio::spawn(spawn_and_await(range)))
-            .collect();
-        for s in spawning {
-            s.await.expect("spawner");
+    match spawners {
+        Spawners::One => spawn_and_await(0..n as u64).await,
+        // Each spawner awaits its own handles: nothing is shared.
+        Spawners::Shared(k) => {
+            let spawning: Vec<_> = split(n, k)
+                .map(|range| tokio::spawn(spawn_and_await(range)))
+                .collect();
+            for s in spawning {
+                s.await.expect("spawner");
+            }
         }
     }
     start.elapsed()
@@ -479,8 +500,15 @@ async fn spawn_handles(n: usize, spawners: usize) -> Duration {
 
 fn spawn_cell(cfg: &Config, w: Workers, many: bool) -> Cell {
     let rt = w.runtime();
-    let (n, spawners) = (cfg.n, if many { w.threads() } else { 1 });
-    type SpawnFn = fn(usize, usize) -> Pin<Box<dyn Future<Output = Duration> + Send>>;
+    let n = cfg.n;
+    // One spawner per worker; current_thread's one worker gets one spawner
+    // task, still through the shared path.
+    let spawners = if many {
+        Spawners::Shared(w.threads())
+    } else {
+        Spawners::One
+    };
+    type SpawnFn = fn(usize, Spawners) -> Pin<Box<dyn Future<Output = Duration> + Send>>;
     let variants: [(&'static str, SpawnFn); 4] = [
         ("TaskGroup", |n, s| Box::pin(spawn_group(n, s))),
         ("JoinSet", |n, s| Box::pin(spawn_join_set(n, s))),
