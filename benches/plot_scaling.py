@@ -23,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-# Panel order; scenarios not listed here (new fan-out sizes) follow by name.
+# The swept scenarios, in panel order (fan-out sizes by waiter count).
 PANEL_ORDER = ["spawn_one", "spawn_many", "fanout_child", "fanout_shared", "pingpong"]
 TITLES = {
     "spawn_one": "spawn + join, one spawner",
@@ -75,15 +75,8 @@ def main():
     src = sys.argv[1] if len(sys.argv) > 1 else "target/scaling.csv"
     dst = sys.argv[2] if len(sys.argv) > 2 else "target/scaling.png"
     data, units, order = load(src)
-    # Only the swept scenarios: those measured at a multi_thread worker count.
-    swept = sorted(
-        (
-            s
-            for s, by_c in data.items()
-            if any(w.isdigit() for ws in by_c.values() for w in ws)
-        ),
-        key=panel_key,
-    )
+    # Only the swept rows (1-4); memory, is_cancelled and stuck run once.
+    swept = sorted((s for s in data if s.partition("/")[0] in PANEL_ORDER), key=panel_key)
     if not swept:
         sys.exit(f"{src}: no worker-sweep scenario (rows spawn, many, fanout, pingpong)")
 
