@@ -1108,6 +1108,11 @@ fn main() {
         cfg.rounds,
         started.elapsed().as_secs_f64()
     );
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    println!(
+        "machine: {cpus} CPUs available; worker counts above that are oversubscribed \
+         and say nothing about scaling"
+    );
     println!(
         "anchors: JoinSet (spawn, memory; TaskTracker in its own column), \
          CancellationToken (fan-out, is_cancelled), tokio::spawn (ping-pong), \
