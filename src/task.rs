@@ -337,13 +337,58 @@ pub(crate) enum Mode {
 
 /// The tokio layer's data in each task cell.
 pub(crate) struct TaskMeta {
-    pub(crate) name: Option<Arc<str>>,
     pub(crate) spawned_at: Instant,
-    pub(crate) hook: Mutex<Option<Hook>>,
     /// The task's own scope when it has one (keyed or cooperative tasks).
     pub(crate) scope: Option<CancelScope>,
+    /// What only some tasks have, boxed so a plain task's cell stays small
+    /// (bytes per pending task).
+    pub(crate) extra: Option<Box<TaskExtra>>,
+}
+
+/// The rarer parts of a task's data: a name, an escalation hook, a child
+/// process.
+pub(crate) struct TaskExtra {
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) hook: Mutex<Option<Hook>>,
     /// The task reaps a scoped child process; its completion counts one.
     pub(crate) owns_process: bool,
+}
+
+impl TaskMeta {
+    pub(crate) fn new(
+        spawned_at: Instant,
+        scope: Option<CancelScope>,
+        name: Option<Arc<str>>,
+        hook: Option<Hook>,
+        owns_process: bool,
+    ) -> Self {
+        let extra = (name.is_some() || hook.is_some() || owns_process).then(|| {
+            Box::new(TaskExtra {
+                name,
+                hook: Mutex::new(hook),
+                owns_process,
+            })
+        });
+        TaskMeta {
+            spawned_at,
+            scope,
+            extra,
+        }
+    }
+
+    pub(crate) fn name(&self) -> Option<&Arc<str>> {
+        self.extra.as_ref().and_then(|e| e.name.as_ref())
+    }
+
+    /// Takes the escalation hook, if any (once).
+    pub(crate) fn take_hook(&self) -> Option<Hook> {
+        let extra = self.extra.as_ref()?;
+        extra.hook.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    pub(crate) fn owns_process(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| e.owns_process)
+    }
 }
 
 pub(crate) type Cell = TaskCell<TaskMeta>;

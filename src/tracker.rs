@@ -193,22 +193,17 @@ where
         } = opts;
         let own_scope = (mode == Mode::Cooperative || key.is_some()).then(|| self.scope.child());
         let watch = match (mode, &own_scope) {
-            (Mode::Drop, Some(own)) => Watch::Own(own.clone()),
+            (Mode::Drop, Some(_)) => Watch::Own,
             // The tracker's scope, read through `shared`: no handle clone (two
             // atomic updates on a line every worker writes) per task.
             (Mode::Drop, None) => Watch::Tracker,
             (Mode::Cooperative, _) => Watch::Nothing,
         };
         let fut = make(own_scope.clone());
-        let meta = TaskMeta {
-            name,
-            spawned_at: Instant::now(),
-            hook: Mutex::new(hook),
-            // Kept for a per-task cancel (`TaskHandle::cancel`, a key's
-            // ladder) and for an abort, which cancels it (see `Tracked`).
-            scope: own_scope,
-            owns_process,
-        };
+        // The own scope is kept for a per-task cancel (`TaskHandle::cancel`,
+        // a key's ladder), for an abort, which cancels it (see `Tracked`),
+        // and for `Watch::Own`.
+        let meta = TaskMeta::new(Instant::now(), own_scope, name, hook, owns_process);
         let keyed = key.is_some();
         // One span per task, made only when a subscriber wants it: with none,
         // even a disabled span costs ~200 instructions per task once tracing's
@@ -223,18 +218,18 @@ where
         let (guard, replaced) = Registry::insert(self, meta, key);
         let cell = guard.cell().clone();
         let id = cell.id;
-        let span = if traced {
-            tracing::debug_span!(
+        // Boxed, and absent without a subscriber: the future stays small
+        // and an untraced poll enters nothing.
+        let span = traced.then(|| {
+            Box::new(tracing::debug_span!(
                 parent: None,
                 "task",
                 task = %id,
                 scope = self.scope.id(),
-                name = cell.meta.name.as_deref(),
+                name = cell.meta.name().map(|n| &**n),
                 key = key_field.as_deref(),
-            )
-        } else {
-            tracing::Span::none()
-        };
+            ))
+        });
         let tracked = Tracked {
             fut,
             span,
@@ -242,7 +237,7 @@ where
             watch,
         };
         let join = rt.spawn(tracked);
-        tracing::trace!(task = %id, name = ?cell.meta.name, keyed, "spawned tracked task");
+        tracing::trace!(task = %id, name = ?cell.meta.name(), keyed, "spawned tracked task");
         // A `shutdown` (close, then cancel) that raced with this spawn may
         // have walked the registry before the insertion: give the task its
         // own ladder. SeqCst with `close`: if this load misses the store, the
@@ -449,7 +444,7 @@ where
                 let message = self.cancel_message(&cell);
                 tracing::warn!(
                     task = %cell.id,
-                    name = ?cell.meta.name,
+                    name = ?cell.meta.name(),
                     key = ?key,
                     age_ms = age.as_millis() as u64,
                     // Recorded only when the cancel had a message.
@@ -459,7 +454,7 @@ where
                 );
                 stuck.push(StuckTask {
                     id: cell.id,
-                    name: cell.meta.name.clone(),
+                    name: cell.meta.name().cloned(),
                     key: key.map(|k| format!("{k:?}")),
                     age,
                 });
@@ -504,7 +499,7 @@ where
         let message = self.cancel_message(cell);
         tracing::warn!(
             task = %cell.id,
-            name = ?meta.name,
+            name = ?meta.name(),
             age_ms = meta.spawned_at.elapsed().as_millis() as u64,
             redeliveries = cell.redeliveries(),
             // Recorded only when the cancel had a message. Not `message`:
@@ -512,7 +507,7 @@ where
             cancel_message = message.as_deref(),
             "task ignored cancellation for the whole grace period: escalating (hook, then abort)"
         );
-        let hook = meta.hook.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let hook = meta.take_hook();
         if let Some(hook) = hook {
             if let Err(payload) = catch_unwind(AssertUnwindSafe(hook)) {
                 tracing::error!(
@@ -656,8 +651,8 @@ pub(crate) async fn idle<K: Eq + Hash + Clone>(registry: &Registry<TaskMeta, K>)
 enum Watch {
     /// The tracker's own scope (a group's plain `spawn`).
     Tracker,
-    /// The task's own scope (a map's tasks).
-    Own(CancelScope),
+    /// The task's own scope, kept in its cell (a map's tasks).
+    Own,
     /// None: the task was handed its scope and decides (cooperative).
     Nothing,
 }
@@ -673,7 +668,7 @@ pin_project_lite::pin_project! {
     {
         #[pin]
         fut: F,
-        span: tracing::Span,
+        span: Option<Box<tracing::Span>>,
         // Dropped with the future, whatever ends it: prune on completion.
         // Holds the task's one reference to its tracker.
         guard: EntryGuard<TaskMeta, K, Arc<Shared<K>>>,
@@ -710,7 +705,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
+        let _entered = this.span.as_deref().map(tracing::Span::enter);
         let shared = this.guard.owner();
         let start = this.guard.cell().begin_poll(cx.waker());
         if start.escalated {
@@ -732,7 +727,14 @@ where
                 (shared.scope.is_cancelled() || start.cancel_requested || start.closing)
                     .then(|| Cancelled::of(&shared.scope))
             }
-            Watch::Own(scope) => scope.is_cancelled().then(|| Cancelled::of(scope)),
+            Watch::Own => this
+                .guard
+                .cell()
+                .meta
+                .scope
+                .as_ref()
+                .filter(|s| s.is_cancelled())
+                .map(Cancelled::of),
             Watch::Nothing => None,
         };
         if let Some(cancelled) = cancelled {
@@ -751,7 +753,7 @@ where
                 Poll::Pending
             }
             Ok(Poll::Ready(v)) => {
-                if this.guard.cell().meta.owns_process {
+                if this.guard.cell().meta.owns_process() {
                     Counters::bump(&shared.registry.counters.processes);
                 }
                 this.guard.outcome = TaskOutcome::Completed;
