@@ -180,6 +180,9 @@ impl std::fmt::Display for TaskId {
 pub(crate) struct TaskCell<T> {
     pub(crate) id: TaskId,
     state: AtomicU32,
+    /// A constant of the owner's (the tokio layer's spawn mode), in what
+    /// would otherwise be padding.
+    pub(crate) tag: u8,
     /// The runtime task's own waker, for the library's wakes; stored at the
     /// first poll and again after each library wake (invariant 2).
     waker: AtomicWaker,
@@ -448,10 +451,13 @@ pub(crate) struct Registry<T, K = ()> {
     pub(crate) counters: Counters,
 }
 
-fn next_task_id() -> TaskId {
-    // std atomic on purpose, see `crate::sync`.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    TaskId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+impl TaskId {
+    /// A fresh, process-unique id.
+    pub(crate) fn next() -> TaskId {
+        // std atomic on purpose, see `crate::sync`.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        TaskId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 impl<T, K: Eq + Hash + Clone> Registry<T, K> {
@@ -476,14 +482,28 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
     /// held the key before (still alive, still tracked) is returned. The guard
     /// keeps a clone of `owner` (whatever holds this registry), so a task
     /// holds one reference to its tracker, not one per layer.
+    #[cfg(test)]
     pub(crate) fn insert<O: HoldsRegistry<T, K>>(
         owner: &O,
         meta: T,
         key: Option<K>,
     ) -> (EntryGuard<T, K, O>, Option<Arc<TaskCell<T>>>) {
+        Self::insert_as(owner, TaskId::next(), 0, meta, key)
+    }
+
+    /// As [`insert`](Self::insert), with an id made beforehand and the
+    /// cell's `tag`.
+    pub(crate) fn insert_as<O: HoldsRegistry<T, K>>(
+        owner: &O,
+        id: TaskId,
+        tag: u8,
+        meta: T,
+        key: Option<K>,
+    ) -> (EntryGuard<T, K, O>, Option<Arc<TaskCell<T>>>) {
         let this = owner.registry();
         let cell = Arc::new(TaskCell {
-            id: next_task_id(),
+            id,
+            tag,
             // A new task is scheduled: its first poll is on its way.
             state: AtomicU32::new(SCHEDULED),
             waker: AtomicWaker::new(),
@@ -494,6 +514,9 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
         let mut guard = lock(&this.inner);
         let inner = &mut *guard;
         let slot = inner.entries.vacant_entry().key();
+        // A slot is 4 bytes in every task's future (bytes per task); more
+        // than 2^32 live tasks would need over a terabyte.
+        let slot32 = u32::try_from(slot).expect("cancel_scope: more than 2^32 live tasks");
         let replaced = match &key {
             // A taken key keeps its index entry and points it at the new slot:
             // no key is dropped here (tokio-util's `duplicate_keys_drop`).
@@ -516,7 +539,7 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
             owner: owner.clone(),
             _key: std::marker::PhantomData,
             cell,
-            slot,
+            slot: slot32,
             outcome: TaskOutcome::Aborted,
         };
         (guard, replaced)
@@ -779,7 +802,7 @@ pub(crate) struct EntryGuard<
     owner: O,
     _key: std::marker::PhantomData<fn() -> K>,
     cell: Arc<TaskCell<T>>,
-    slot: usize,
+    slot: u32,
     /// What the task's wrapper observed; a future dropped without a verdict
     /// (abort, runtime shutdown) counts as aborted.
     pub(crate) outcome: TaskOutcome,
@@ -790,9 +813,10 @@ impl<T, K: Eq + Hash + Clone, O: HoldsRegistry<T, K>> EntryGuard<T, K, O> {
         &self.cell
     }
 
-    /// What holds the registry (the tracker, for the tokio layer).
-    pub(crate) fn owner(&self) -> &O {
-        &self.owner
+    /// The owner, the cell and the outcome at once (disjoint borrows, for a
+    /// poll that records its verdict while holding the other two).
+    pub(crate) fn parts(&mut self) -> (&O, &Arc<TaskCell<T>>, &mut TaskOutcome) {
+        (&self.owner, &self.cell, &mut self.outcome)
     }
 }
 
@@ -800,7 +824,7 @@ impl<T, K: Eq + Hash + Clone, O: HoldsRegistry<T, K>> Drop for EntryGuard<T, K, 
     fn drop(&mut self) {
         self.owner
             .registry()
-            .remove(self.slot, &self.cell, self.outcome);
+            .remove(self.slot as usize, &self.cell, self.outcome);
     }
 }
 

@@ -349,6 +349,8 @@ pub(crate) struct TaskMeta {
 /// process.
 pub(crate) struct TaskExtra {
     pub(crate) name: Option<Arc<str>>,
+    /// The task's span, when a subscriber wanted one at its spawn.
+    pub(crate) span: Option<tracing::Span>,
     pub(crate) hook: Mutex<Option<Hook>>,
     /// The task reaps a scoped child process; its completion counts one.
     pub(crate) owns_process: bool,
@@ -361,10 +363,12 @@ impl TaskMeta {
         name: Option<Arc<str>>,
         hook: Option<Hook>,
         owns_process: bool,
+        span: Option<tracing::Span>,
     ) -> Self {
-        let extra = (name.is_some() || hook.is_some() || owns_process).then(|| {
+        let extra = (name.is_some() || hook.is_some() || owns_process || span.is_some()).then(|| {
             Box::new(TaskExtra {
                 name,
+                span,
                 hook: Mutex::new(hook),
                 owns_process,
             })
@@ -374,6 +378,10 @@ impl TaskMeta {
             scope,
             extra,
         }
+    }
+
+    pub(crate) fn span(&self) -> Option<&tracing::Span> {
+        self.extra.as_ref().and_then(|e| e.span.as_ref())
     }
 
     pub(crate) fn name(&self) -> Option<&Arc<str>> {

@@ -21,7 +21,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use tokio::time::Instant;
 
 use crate::ladder::{Schedule, ShutdownPolicy, ShutdownReport, Step, StuckTask};
-use crate::registry::{Counters, EntryGuard, HoldsRegistry, Registry, TaskOutcome};
+use crate::registry::{Counters, EntryGuard, HoldsRegistry, Registry, TaskId, TaskOutcome};
 use crate::scope::{CancelMessage, CancelScope, Cancelled, Waiter};
 use crate::task::{
     Cell, Mode, SpawnError, Stats, TaskError, TaskHandle, TaskMeta, TaskOptions, panic_message,
@@ -200,42 +200,31 @@ where
             (Mode::Cooperative, _) => Watch::Nothing,
         };
         let fut = make(own_scope.clone());
-        // The own scope is kept for a per-task cancel (`TaskHandle::cancel`,
-        // a key's ladder), for an abort, which cancels it (see `Tracked`),
-        // and for `Watch::Own`.
-        let meta = TaskMeta::new(Instant::now(), own_scope, name, hook, owns_process);
         let keyed = key.is_some();
+        let id = TaskId::next();
         // One span per task, made only when a subscriber wants it: with none,
         // even a disabled span costs ~200 instructions per task once tracing's
         // `log` feature is on somewhere in the build. The task is polled
         // inside it, so the task's own events carry scope, task, name and key.
-        let traced = tracing::enabled!(tracing::Level::DEBUG);
-        let key_field = if traced {
-            key.as_ref().map(|k| format!("{k:?}"))
-        } else {
-            None
-        };
-        let (guard, replaced) = Registry::insert(self, meta, key);
-        let cell = guard.cell().clone();
-        let id = cell.id;
-        // Boxed, and absent without a subscriber: the future stays small
-        // and an untraced poll enters nothing.
-        let span = traced.then(|| {
-            Box::new(tracing::debug_span!(
+        // It lives in the cell's boxed extras: the future stays small.
+        let span = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+            let key_field = key.as_ref().map(|k| format!("{k:?}"));
+            tracing::debug_span!(
                 parent: None,
                 "task",
                 task = %id,
                 scope = self.scope.id(),
-                name = cell.meta.name().map(|n| &**n),
+                name = name.as_deref(),
                 key = key_field.as_deref(),
-            ))
+            )
         });
-        let tracked = Tracked {
-            fut,
-            span,
-            guard,
-            watch,
-        };
+        // The own scope is kept for a per-task cancel (`TaskHandle::cancel`,
+        // a key's ladder), for an abort, which cancels it (see `Tracked`),
+        // and for `Watch::Own`.
+        let meta = TaskMeta::new(Instant::now(), own_scope, name, hook, owns_process, span);
+        let (guard, replaced) = Registry::insert_as(self, id, watch as u8, meta, key);
+        let cell = guard.cell().clone();
+        let tracked = Tracked { fut, guard };
         let join = rt.spawn(tracked);
         tracing::trace!(task = %id, name = ?cell.meta.name(), keyed, "spawned tracked task");
         // A `shutdown` (close, then cancel) that raced with this spawn may
@@ -647,7 +636,10 @@ pub(crate) async fn idle<K: Eq + Hash + Clone>(registry: &Registry<TaskMeta, K>)
 
 // ===== the tracked future =====
 
-/// Which scope's cancellation drops a tracked future.
+/// Which scope's cancellation drops a tracked future; kept in the cell's
+/// `tag`, so the future carries nothing for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum Watch {
     /// The tracker's own scope (a group's plain `spawn`).
     Tracker,
@@ -655,6 +647,16 @@ enum Watch {
     Own,
     /// None: the task was handed its scope and decides (cooperative).
     Nothing,
+}
+
+impl Watch {
+    fn from_tag(tag: u8) -> Self {
+        match tag {
+            t if t == Watch::Tracker as u8 => Watch::Tracker,
+            t if t == Watch::Own as u8 => Watch::Own,
+            _ => Watch::Nothing,
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -668,12 +670,9 @@ pin_project_lite::pin_project! {
     {
         #[pin]
         fut: F,
-        span: Option<Box<tracing::Span>>,
         // Dropped with the future, whatever ends it: prune on completion.
         // Holds the task's one reference to its tracker.
         guard: EntryGuard<TaskMeta, K, Arc<Shared<K>>>,
-        // For `Mode::Drop`: the scope whose cancellation drops `fut`.
-        watch: Watch,
     }
     impl<F, K> PinnedDrop for Tracked<F, K>
     where
@@ -705,9 +704,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.as_deref().map(tracing::Span::enter);
-        let shared = this.guard.owner();
-        let start = this.guard.cell().begin_poll(cx.waker());
+        let (shared, cell, outcome) = this.guard.parts();
+        let _entered = cell.meta.span().map(tracing::Span::enter);
+        let watch = Watch::from_tag(cell.tag);
+        let start = cell.begin_poll(cx.waker());
         if start.escalated {
             // Escalated: end now, as an abort would.
             return Poll::Ready(Err(TaskError::Aborted));
@@ -715,10 +715,9 @@ where
         if start.cancel_requested && !start.closing {
             // `TaskHandle::cancel`, first seen: counted here; a task that
             // decides for itself gets its ladder from here.
-            let ladder = matches!(this.watch, Watch::Nothing);
-            shared.take_cancel_request(this.guard.cell(), ladder);
+            shared.take_cancel_request(cell, watch == Watch::Nothing);
         }
-        let cancelled = match this.watch {
+        let cancelled = match watch {
             // A plain group task has no scope of its own: a cancel of this
             // task alone (`TaskHandle::cancel`, or a ladder that marked it
             // closing) ends it here (then the group's scope, not cancelled,
@@ -727,9 +726,7 @@ where
                 (shared.scope.is_cancelled() || start.cancel_requested || start.closing)
                     .then(|| Cancelled::of(&shared.scope))
             }
-            Watch::Own => this
-                .guard
-                .cell()
+            Watch::Own => cell
                 .meta
                 .scope
                 .as_ref()
@@ -738,7 +735,7 @@ where
             Watch::Nothing => None,
         };
         if let Some(cancelled) = cancelled {
-            this.guard.outcome = TaskOutcome::Cancelled;
+            *outcome = TaskOutcome::Cancelled;
             return Poll::Ready(Err(TaskError::Cancelled(cancelled)));
         }
 
@@ -748,28 +745,41 @@ where
                 if start.delivered {
                     // Parked again after seeing the cancellation: from now
                     // on (until its next poll) the ladder may re-deliver.
-                    this.guard.cell().parked_after_delivery();
+                    cell.parked_after_delivery();
                 }
                 Poll::Pending
             }
             Ok(Poll::Ready(v)) => {
-                if this.guard.cell().meta.owns_process() {
+                if cell.meta.owns_process() {
                     Counters::bump(&shared.registry.counters.processes);
                 }
-                this.guard.outcome = TaskOutcome::Completed;
+                *outcome = TaskOutcome::Completed;
                 Poll::Ready(Ok(v))
             }
             Err(payload) => {
                 let message = panic_message(&*payload);
-                let id = this.guard.cell().id;
-                tracing::debug!(task = %id, panic = %message, "tracked task panicked");
+                tracing::debug!(task = %cell.id, panic = %message, "tracked task panicked");
                 shared.record_panic(&message);
                 if shared.cancel_on_panic {
                     shared.scope.cancel();
                 }
-                this.guard.outcome = TaskOutcome::Panicked;
+                *outcome = TaskOutcome::Panicked;
                 Poll::Ready(Err(TaskError::Panicked(message)))
             }
         }
+    }
+}
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn sizes() {
+        type F = std::future::Pending<()>;
+        eprintln!("cell {}", std::mem::size_of::<super::Cell>());
+        eprintln!("meta {}", std::mem::size_of::<super::TaskMeta>());
+        eprintln!("tracked {}", std::mem::size_of::<super::Tracked<F, ()>>());
+        eprintln!("guard {}", std::mem::size_of::<super::EntryGuard<super::TaskMeta, (), std::sync::Arc<super::Shared<()>>>>());
+        eprintln!("atomicwaker {}", std::mem::size_of::<crate::sync::AtomicWaker>());
+        eprintln!("instant {}", std::mem::size_of::<tokio::time::Instant>());
+        eprintln!("result {}", std::mem::size_of::<Result<(), crate::task::TaskError>>());
     }
 }
