@@ -195,6 +195,7 @@ impl<T> TaskCell<T> {
     /// the task is running). The order matters: a wake that sees the bit
     /// clear must find the waker. An ordinary poll (nothing set) costs one
     /// load.
+    #[inline]
     pub(crate) fn begin_poll(&self, waker: &Waker) -> PollStart {
         // Acquire: pairs with the Release half of a wake that set a bit.
         let mut prev = self.state.load(Ordering::Acquire);

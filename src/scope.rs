@@ -344,6 +344,7 @@ impl CancelScope {
     /// One atomic load (plus a clock read when the scope has a deadline); never
     /// takes a lock unless it is the call that notices a passed deadline.
     #[must_use]
+    #[inline]
     pub fn is_cancelled(&self) -> bool {
         is_cancelled(&self.node)
     }
@@ -445,12 +446,16 @@ impl CancelScope {
     }
 }
 
+/// Two loads on the fast path (the flag, the deadline); the clock is read
+/// only for a scope with a deadline, out of line.
+#[inline]
 fn is_cancelled(node: &Arc<Node>) -> bool {
-    if tree::is_cancelled(node) {
-        return true;
-    }
-    let deadline = tree::deadline(node);
-    if deadline == NO_DEADLINE || now_ticks() < deadline {
+    tree::is_cancelled(node) || (tree::deadline(node) != NO_DEADLINE && deadline_passed(node))
+}
+
+#[inline(never)]
+fn deadline_passed(node: &Arc<Node>) -> bool {
+    if now_ticks() < tree::deadline(node) {
         return false;
     }
     // The deadline passed and nobody noticed yet: cancel where it came from.

@@ -380,6 +380,7 @@ impl TaskMeta {
         }
     }
 
+    #[inline]
     pub(crate) fn span(&self) -> Option<&tracing::Span> {
         self.extra.as_ref().and_then(|e| e.span.as_ref())
     }

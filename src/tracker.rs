@@ -650,6 +650,7 @@ enum Watch {
 }
 
 impl Watch {
+    #[inline]
     fn from_tag(tag: u8) -> Self {
         match tag {
             t if t == Watch::Tracker as u8 => Watch::Tracker,

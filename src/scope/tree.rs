@@ -237,6 +237,7 @@ pub(crate) fn reason(node: &Node) -> Option<CancelReason> {
     CancelReason::from_bits(node.state.load(Ordering::Acquire))
 }
 
+#[inline]
 pub(crate) fn is_cancelled(node: &Node) -> bool {
     node.state.load(Ordering::Acquire) & CANCELLED != 0
 }
