@@ -2,7 +2,7 @@
 //! the canceller burn meanwhile, and how often is the task woken?
 //!
 //! - `TaskGroup::shutdown` (our ladder, default policy: 1 delivery, then up to
-//!   8 re-deliveries spaced by a doubling timer, escalation only at 5 s);
+//!   2 re-deliveries, at 1 s and 3 s, escalation only at 5 s);
 //! - the anti-pattern: cancel, then `yield_now` and re-deliver (wake the task
 //!   again) until it ends;
 //! - the floor: `CancellationToken::cancel` once and await the handle.

@@ -365,14 +365,15 @@ impl TaskMeta {
         owns_process: bool,
         span: Option<tracing::Span>,
     ) -> Self {
-        let extra = (name.is_some() || hook.is_some() || owns_process || span.is_some()).then(|| {
-            Box::new(TaskExtra {
-                name,
-                span,
-                hook: Mutex::new(hook),
-                owns_process,
-            })
-        });
+        let extra =
+            (name.is_some() || hook.is_some() || owns_process || span.is_some()).then(|| {
+                Box::new(TaskExtra {
+                    name,
+                    span,
+                    hook: Mutex::new(hook),
+                    owns_process,
+                })
+            });
         TaskMeta {
             spawned_at,
             scope,

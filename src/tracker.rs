@@ -778,9 +778,20 @@ mod size_probe {
         eprintln!("cell {}", std::mem::size_of::<super::Cell>());
         eprintln!("meta {}", std::mem::size_of::<super::TaskMeta>());
         eprintln!("tracked {}", std::mem::size_of::<super::Tracked<F, ()>>());
-        eprintln!("guard {}", std::mem::size_of::<super::EntryGuard<super::TaskMeta, (), std::sync::Arc<super::Shared<()>>>>());
-        eprintln!("atomicwaker {}", std::mem::size_of::<crate::sync::AtomicWaker>());
+        eprintln!(
+            "guard {}",
+            std::mem::size_of::<
+                super::EntryGuard<super::TaskMeta, (), std::sync::Arc<super::Shared<()>>>,
+            >()
+        );
+        eprintln!(
+            "atomicwaker {}",
+            std::mem::size_of::<crate::sync::AtomicWaker>()
+        );
         eprintln!("instant {}", std::mem::size_of::<tokio::time::Instant>());
-        eprintln!("result {}", std::mem::size_of::<Result<(), crate::task::TaskError>>());
+        eprintln!(
+            "result {}",
+            std::mem::size_of::<Result<(), crate::task::TaskError>>()
+        );
     }
 }

@@ -257,8 +257,14 @@ async fn abort_through_the_handle_prunes_the_entry() {
 #[tokio::test(start_paused = true)]
 async fn library_wakeups_of_an_ignoring_task_are_exactly_one_plus_max_redeliveries() {
     for max in [0u32, 1, 3, 8] {
+        // Re-deliveries 100 ms apart, so all of them fit in the grace.
         let policy = ShutdownPolicy {
             max_redeliveries: max,
+            backoff: cancel_scope::Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_millis(100),
+                multiplier: 1,
+            },
             ..Default::default()
         };
         let group = TaskGroup::builder().policy(policy).build();

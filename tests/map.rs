@@ -9,10 +9,17 @@ use cancel_scope::{ShutdownPolicy, TaskMap, TaskOutcome};
 use common::alive_tasks;
 use tokio::sync::oneshot;
 
+/// A ladder on a 100 ms grace, its re-deliveries 1 ms doubling (they fit in
+/// it, unlike the default 1 s).
 fn short() -> ShutdownPolicy {
     ShutdownPolicy {
         grace: Duration::from_millis(100),
         abort_grace: Duration::from_millis(50),
+        backoff: cancel_scope::Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(50),
+            multiplier: 2,
+        },
         ..Default::default()
     }
 }
