@@ -234,6 +234,8 @@ enum Upstream {
 pub struct Generation {
     tid: OnceLock<TaskId>,
     requests: OnceLock<TaskGroup>,
+    /// Owns the upstream process (a shielded child scope of the session).
+    upstream_group: OnceLock<TaskGroup>,
     upstream: watch::Sender<Upstream>,
     /// Closes the upstream client (and so its stdin); taken by the first user.
     close_upstream: Mutex<Option<RunningServiceCancellationToken>>,
@@ -309,7 +311,9 @@ impl Generation {
         let task = requests.try_spawn(async move {
             let _guard = guard;
             let peer = gen_.peer(&scope).await?;
-            work(peer, scope).await
+            let r = work(peer, scope).await;
+            tracing::debug!(ok = r.is_ok(), err = ?r.as_ref().err().map(|e| e.message.to_string()), "request ended");
+            r
         });
         match task {
             Ok(handle) => match handle.await {
@@ -377,6 +381,7 @@ fn start_generation(
     let generation = Arc::new(Generation {
         tid: OnceLock::new(),
         requests: OnceLock::new(),
+        upstream_group: OnceLock::new(),
         upstream,
         close_upstream: Mutex::new(None),
         inflight: Mutex::new(HashMap::new()),
@@ -422,14 +427,27 @@ fn start_generation(
             if let Some(requests) = hook_gen.requests.get() {
                 requests.cancel_with("session escalated: upstream stdin closed");
             }
+            // The upstream's process group: SIGTERM, term_grace, SIGKILL, reaped.
+            if let Some(upstream) = hook_gen.upstream_group.get() {
+                upstream.cancel();
+            }
         })
-        .spawn_with_process(cmd, policy, move |scope, child| {
-            // Called at once, with the session task's own scope.
+        .try_spawn_with_scope(move |scope| {
+            // Called at once, with the session task's own scope. The requests
+            // and the upstream live in shielded children of it: cancelling the
+            // session starts a bounded drain instead of killing them mid-call
+            // (`spawn_with_process` would SIGTERM the upstream at the cancel).
             let requests = TaskGroup::builder()
                 .scope(scope.shielded_child())
                 .policy(task_shared.timings.policy)
                 .build();
             let _ = task_gen.requests.set(requests);
+            let upstream = TaskGroup::builder()
+                .scope(scope.shielded_child())
+                .policy(task_shared.timings.policy)
+                .build();
+            let child = upstream.spawn_process_with(cmd, policy);
+            let _ = task_gen.upstream_group.set(upstream);
             session(task_shared, task_slot, task_gen, scope, child)
         });
     match spawned {
@@ -451,8 +469,21 @@ async fn session(
     slot: Arc<Slot>,
     generation: Arc<Generation>,
     scope: CancelScope,
-    mut child: cancel_scope::ScopedChild,
+    child: std::io::Result<cancel_scope::ScopedChild>,
 ) {
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            shared
+                .counters
+                .upstream_failed_start
+                .fetch_add(1, Ordering::Relaxed);
+            generation.fail(format!("cannot start the upstream: {e}"));
+            // Serve errors until the client leaves, like any failed upstream.
+            let _ = scope.cancelled().await;
+            return;
+        }
+    };
     let pid = child.id();
     if let Some(pid) = pid {
         let _ = generation.pid.set(pid);
@@ -513,11 +544,22 @@ async fn session(
         }
     };
 
+    if end != End::Cancelled {
+        // Ended by itself: close the wire (unless a newer generation took the
+        // id over), and put this session on the map's ladder, by its own task
+        // id, so that a drain that never ends is escalated like any other.
+        slot.end_generation(&generation);
+        if let Some(&tid) = generation.tid.get() {
+            shared.sessions.begin_cancel_task(&slot.id, tid);
+        }
+    }
     // Teardown: refuse new requests, drain those in flight (a stubborn one
     // holds this until the ladder's escalation hook closes the upstream).
     if let Some(requests) = generation.requests.get() {
         requests.close();
+        tracing::debug!(id = %slot.id, ?end, in_flight = requests.len(), "session draining");
         let _ = requests.join().await;
+        tracing::debug!(id = %slot.id, "session drained");
     }
     generation.close_upstream();
     drop(client);
@@ -526,11 +568,11 @@ async fn session(
     // (a `fork` grandchild is still there) and reap it.
     let _ = tokio::time::timeout(t.term_grace, child.wait()).await;
     let _ = child.shutdown().await;
+    if let Some(upstream) = generation.upstream_group.get() {
+        let _ = upstream.shutdown().await;
+    }
     if let Some(pid) = pid {
         shared.counters.live_children.lock().unwrap().remove(&pid);
-    }
-    if end != End::Cancelled {
-        slot.end_generation(&generation);
     }
 }
 
