@@ -134,9 +134,11 @@ async def reinit_client(url, errors):
         r = await http.delete(url, headers={"mcp-session-id": sid, "mcp-protocol-version": PROTO})
         if r.status_code not in (200, 202, 204):
             errors.append(f"reinit: DELETE {r.status_code}")
-        st, _, _ = await raw(http, url, list_body(5), sid)
+        call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "late"}}}
+        st, _, _ = await raw(http, url, call, sid)
         if st != 404:
-            errors.append(f"reuse of a deleted id: {st}, expected 404")
+            errors.append(f"tool call after DELETE (a used id): {st}, expected 404")
 
 
 async def stubborn_delete(url, errors):

@@ -410,7 +410,6 @@ fn start_generation(
     let task_slot = slot.clone();
     let policy = ProcessPolicy {
         term_grace: shared.timings.term_grace,
-        ..ProcessPolicy::default()
     };
     let spawned = shared
         .sessions
@@ -485,10 +484,13 @@ async fn session(
         }
     };
     let pid = child.id();
-    if let Some(pid) = pid {
+    // Listed while this session owns it: removed however the task ends
+    // (an escalation aborts it), so `/reap` can tell live children apart.
+    let _live = pid.map(|pid| {
         let _ = generation.pid.set(pid);
         shared.counters.live_children.lock().unwrap().insert(pid);
-    }
+        LiveChild(shared.clone(), pid)
+    });
     let t = shared.timings;
     let stdin = child.stdin.take().expect("piped");
     let stdout = child.stdout.take().expect("piped");
@@ -571,8 +573,18 @@ async fn session(
     if let Some(upstream) = generation.upstream_group.get() {
         let _ = upstream.shutdown().await;
     }
-    if let Some(pid) = pid {
-        shared.counters.live_children.lock().unwrap().remove(&pid);
+}
+
+struct LiveChild(Arc<Shared>, u32);
+
+impl Drop for LiveChild {
+    fn drop(&mut self) {
+        self.0
+            .counters
+            .live_children
+            .lock()
+            .unwrap()
+            .remove(&self.1);
     }
 }
 
@@ -620,8 +632,7 @@ impl ScopedTransport {
                 ClientNotification::CancelledNotification(c) => {
                     let found = c.params.request_id.as_ref().and_then(|id| {
                         let generation = self.slot.current()?;
-                        let scope = generation.inflight.lock().unwrap().get(id).cloned();
-                        scope
+                        generation.inflight.lock().unwrap().get(id).cloned()
                     });
                     if let Some(scope) = found {
                         let reason = c.params.reason.as_deref().unwrap_or("no reason given");
