@@ -82,6 +82,9 @@ use crate::wait_list::{WaitKey, WaitList};
 /// without cloning the user's value (a `std` `Arc`: keys are not modelled).
 pub(crate) type SharedKey<K> = std::sync::Arc<K>;
 
+/// A new task's guard, and the task that held its key before (still alive).
+pub(crate) type Inserted<T, K, O> = (EntryGuard<T, K, O>, Option<Arc<TaskCell<T>>>);
+
 /// A live task with its key, as [`Registry::pending_keyed`] lists them.
 pub(crate) type KeyedCell<T, K> = (Arc<TaskCell<T>>, Option<SharedKey<K>>);
 
@@ -488,7 +491,7 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
         owner: &O,
         meta: T,
         key: Option<K>,
-    ) -> (EntryGuard<T, K, O>, Option<Arc<TaskCell<T>>>) {
+    ) -> Inserted<T, K, O> {
         Self::insert_as(owner, TaskId::next(), 0, meta, key)
     }
 
@@ -500,7 +503,7 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
         tag: u8,
         meta: T,
         key: Option<K>,
-    ) -> (EntryGuard<T, K, O>, Option<Arc<TaskCell<T>>>) {
+    ) -> Inserted<T, K, O> {
         let this = owner.registry();
         let cell = Arc::new(TaskCell {
             id,
