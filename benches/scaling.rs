@@ -66,13 +66,13 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::pin::{Pin, pin};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use cancel_scope::{CancelScope, TaskGroup};
-use common::{CancelTree, process_cpu, rss_bytes};
+use common::{CancelTree, StuckProbe, process_cpu, rss_bytes, stubborn, until_first_poll};
 use tokio::runtime::{Builder, Runtime};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
@@ -953,30 +953,6 @@ fn is_cancelled_cells(cfg: &Config) -> [Cell; 2] {
 
 // ===== row 7: CPU while a task ignores cancellation =====
 
-/// What the stubborn task exposes to the bench.
-#[derive(Default)]
-struct Probe {
-    polls: AtomicU64,
-    waker: Mutex<Option<Waker>>,
-}
-
-/// Ignores any cancellation: sleeps `stuck_for`, counting every poll.
-async fn stubborn(probe: Arc<Probe>, stuck_for: Duration) {
-    let mut sleep = pin!(tokio::time::sleep(stuck_for));
-    std::future::poll_fn(|cx| {
-        probe.polls.fetch_add(1, Ordering::Relaxed);
-        *probe.waker.lock().expect("probe lock") = Some(cx.waker().clone());
-        sleep.as_mut().poll(cx)
-    })
-    .await;
-}
-
-async fn until_first_poll(probe: &Probe) {
-    while probe.polls.load(Ordering::Relaxed) == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 /// Process CPU (µs) spent while `teardown` runs.
 async fn cpu_us(teardown: impl Future<Output = ()>) -> f64 {
     let c0 = process_cpu();
@@ -985,7 +961,7 @@ async fn cpu_us(teardown: impl Future<Output = ()>) -> f64 {
 }
 
 async fn stuck_ladder(stuck_for: Duration) -> f64 {
-    let probe = Arc::new(Probe::default());
+    let probe = Arc::new(StuckProbe::default());
     let group = TaskGroup::new(); // default policy: grace 5 s > 2 s
     let p = probe.clone();
     drop(group.spawn_with_scope(move |_ignored| stubborn(p, stuck_for)));
@@ -998,7 +974,7 @@ async fn stuck_ladder(stuck_for: Duration) -> f64 {
 }
 
 async fn stuck_cancel_once(stuck_for: Duration) -> f64 {
-    let probe = Arc::new(Probe::default());
+    let probe = Arc::new(StuckProbe::default());
     let token = CancellationToken::new();
     let handle = tokio::spawn(stubborn(probe.clone(), stuck_for));
     until_first_poll(&probe).await;

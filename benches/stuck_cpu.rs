@@ -20,42 +20,19 @@
 mod common;
 
 use std::future::Future;
-use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::Waker;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cancel_scope::{ShutdownPolicy, TaskGroup};
-use common::{Flavor, context_switches, median, process_cpu, rusage_cpu};
+use common::{
+    Flavor, StuckProbe, context_switches, median, process_cpu, rusage_cpu, stubborn,
+    until_first_poll,
+};
 use tokio_util::sync::CancellationToken;
 
 const STUCK_FOR: Duration = Duration::from_secs(2);
 const REPS: usize = 3;
-
-/// What the stubborn task exposes to the bench.
-#[derive(Default)]
-struct Probe {
-    polls: AtomicU64,
-    waker: Mutex<Option<Waker>>,
-}
-
-/// Ignores any cancellation: sleeps `STUCK_FOR`, counting every poll.
-async fn stubborn(probe: Arc<Probe>) {
-    let mut sleep = pin!(tokio::time::sleep(STUCK_FOR));
-    std::future::poll_fn(|cx| {
-        probe.polls.fetch_add(1, Ordering::Relaxed);
-        *probe.waker.lock().expect("probe lock") = Some(cx.waker().clone());
-        sleep.as_mut().poll(cx)
-    })
-    .await;
-}
-
-async fn until_first_poll(probe: &Probe) {
-    while probe.polls.load(Ordering::Relaxed) == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -71,7 +48,7 @@ struct Sample {
 }
 
 /// Runs `teardown` around process gauges. It returns the wakes it issued.
-async fn measure<F: Future<Output = u64>>(probe: &Probe, teardown: F) -> Sample {
+async fn measure<F: Future<Output = u64>>(probe: &StuckProbe, teardown: F) -> Sample {
     let polls0 = probe.polls.load(Ordering::Relaxed);
     let (r0, c0, cs0, t0) = (
         rusage_cpu(),
@@ -99,14 +76,14 @@ async fn measure<F: Future<Output = u64>>(probe: &Probe, teardown: F) -> Sample 
 /// `max_redeliveries: None` is the default policy (8); `Some(0)` isolates
 /// the cost of the first delivery from that of the re-delivery rungs.
 async fn ladder(max_redeliveries: Option<u32>) -> Sample {
-    let probe = Arc::new(Probe::default());
+    let probe = Arc::new(StuckProbe::default());
     let mut policy = ShutdownPolicy::default(); // grace 5 s > 2 s
     if let Some(n) = max_redeliveries {
         policy.max_redeliveries = n;
     }
     let group = TaskGroup::builder().policy(policy).build();
     let p = probe.clone();
-    drop(group.spawn_with_scope(move |_ignored| stubborn(p)));
+    drop(group.spawn_with_scope(move |_ignored| stubborn(p, STUCK_FOR)));
     until_first_poll(&probe).await;
     measure(&probe, async {
         let report = group.shutdown().await;
@@ -117,9 +94,9 @@ async fn ladder(max_redeliveries: Option<u32>) -> Sample {
 }
 
 async fn busy_loop() -> Sample {
-    let probe = Arc::new(Probe::default());
+    let probe = Arc::new(StuckProbe::default());
     let token = CancellationToken::new();
-    let handle = tokio::spawn(stubborn(probe.clone()));
+    let handle = tokio::spawn(stubborn(probe.clone(), STUCK_FOR));
     until_first_poll(&probe).await;
     measure(&probe, async {
         let mut wakes = 0;
@@ -138,9 +115,9 @@ async fn busy_loop() -> Sample {
 }
 
 async fn cancel_once() -> Sample {
-    let probe = Arc::new(Probe::default());
+    let probe = Arc::new(StuckProbe::default());
     let token = CancellationToken::new();
-    let handle = tokio::spawn(stubborn(probe.clone()));
+    let handle = tokio::spawn(stubborn(probe.clone(), STUCK_FOR));
     until_first_poll(&probe).await;
     measure(&probe, async {
         token.cancel();

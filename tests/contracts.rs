@@ -81,6 +81,16 @@ impl Drop for Probe {
     }
 }
 
+/// A probe whose drop and wake call `group.len()` (the registry's lock).
+fn len_probe(group: &Arc<TaskGroup>) -> Arc<Probe> {
+    let g = Arc::downgrade(group);
+    Probe::new(move || {
+        if let Some(g) = g.upgrade() {
+            let _ = g.len();
+        }
+    })
+}
+
 fn poll_with<F: Future + ?Sized>(fut: Pin<&mut F>, waker: &Waker) -> Poll<F::Output> {
     fut.poll(&mut Context::from_waker(waker))
 }
@@ -231,12 +241,7 @@ fn join_waker_that_reenters_on_wake_is_woken_outside_the_lock() {
             let group = Arc::new(TaskGroup::new());
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             group.spawn(async move { drop(rx.await) });
-            let g = Arc::downgrade(&group);
-            let probe = Probe::new(move || {
-                if let Some(g) = g.upgrade() {
-                    let _ = g.len();
-                }
-            });
+            let probe = len_probe(&group);
             let waker = Waker::from(probe.clone());
             let mut join = Box::pin(group.join());
             assert!(poll_with(join.as_mut(), &waker).is_pending());
@@ -605,9 +610,9 @@ async fn zero_abort_grace_gives_the_abort_a_scheduling_round() {
 
 // ===== re-entrant wakers on the tracked task itself =====
 
-/// A task's own waker is the cell's; a task whose inner future's waker
-/// re-enters the group on wake (e.g. a channel whose sender calls `len()`)
-/// neither deadlocks nor is woken twice by one delivery.
+/// A group whose `join` waker re-enters it on wake (calls `len()`) while a
+/// shutdown delivers to its tasks: no deadlock, one wake per task, one wake
+/// of the waiter.
 #[test]
 fn cancel_delivery_wakes_each_task_once_with_reentrant_inner_wakes() {
     watchdog(|| {
@@ -620,12 +625,7 @@ fn cancel_delivery_wakes_each_task_once_with_reentrant_inner_wakes() {
             }
             settle().await;
             assert_eq!(polls.load(Ordering::SeqCst), 10);
-            let g = Arc::downgrade(&group);
-            let probe = Probe::new(move || {
-                if let Some(g) = g.upgrade() {
-                    let _ = g.len();
-                }
-            });
+            let probe = len_probe(&group);
             let waker = Waker::from(probe.clone());
             let mut join = Box::pin(group.join());
             assert!(poll_with(join.as_mut(), &waker).is_pending());

@@ -151,3 +151,34 @@ impl CancelTree for tokio_util::sync::CancellationToken {
         tokio_util::sync::CancellationToken::cancel(self);
     }
 }
+
+// ===== a task that ignores cancellation =====
+
+/// What a stubborn task exposes to a bench: its polls, and its last waker
+/// (for a canceller that re-delivers by hand).
+#[derive(Default)]
+pub struct StuckProbe {
+    pub polls: std::sync::atomic::AtomicU64,
+    pub waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+/// Ignores any cancellation: sleeps `stuck_for`, counting every poll.
+pub async fn stubborn(probe: std::sync::Arc<StuckProbe>, stuck_for: Duration) {
+    use std::future::Future;
+    use std::sync::atomic::Ordering;
+    let mut sleep = std::pin::pin!(tokio::time::sleep(stuck_for));
+    std::future::poll_fn(|cx| {
+        probe.polls.fetch_add(1, Ordering::Relaxed);
+        *probe.waker.lock().expect("probe lock") = Some(cx.waker().clone());
+        sleep.as_mut().poll(cx)
+    })
+    .await;
+}
+
+/// Waits (1 ms naps) until the stubborn task was polled once.
+pub async fn until_first_poll(probe: &StuckProbe) {
+    use std::sync::atomic::Ordering;
+    while probe.polls.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -83,6 +83,32 @@ where
     }
 }
 
+/// Runs the `#[ignore]`d negative-control model `test` (its path in this
+/// binary) in a child process, as loom aborts the process while unwinding out
+/// of a failed model; asserts that it failed for the reason named by a line
+/// containing any of `expected`, and reports that line.
+pub(super) fn negative_control(test: &str, expected: &[&str]) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--ignored", "--test-threads=1"])
+        .output()
+        .expect("run the test binary");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "the negative control {test} passed: the model misses the bug it targets\n{text}"
+    );
+    let why = text
+        .lines()
+        .find(|l| expected.iter().any(|e| l.contains(e)))
+        .unwrap_or_else(|| {
+            panic!("the negative control {test} failed for another reason:\n{text}")
+        });
+    report(&format!(
+        "negative control {test} failed as expected: {why}"
+    ));
+}
+
 /// Writes a line to stderr past the test harness's capture, which swallows
 /// loom's own (voluminous) output but should not hide the tallies.
 pub(super) fn report(line: &str) {
