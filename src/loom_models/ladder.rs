@@ -33,7 +33,13 @@ fn policy(max_redeliveries: u32) -> ShutdownPolicy {
     ShutdownPolicy {
         grace: Duration::from_millis(100),
         max_redeliveries,
-        backoff: Backoff::default(),
+        // Every re-delivery rung well inside the grace (the default's first
+        // one comes after 1 s).
+        backoff: Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_secs(1),
+            multiplier: 2,
+        },
         abort_grace: Duration::from_millis(100),
     }
 }

@@ -214,7 +214,8 @@ fn redelivery_races_poll(ends: bool, seen: &Seen) {
     let (woke_here, began_seen) = rung(&cell, &began, &returned, LIMIT);
     let parked = task.join().unwrap();
     let claims = usize::from(woke_here) + usize::from(other.join().unwrap());
-    seen.hit(match (woke_here, began_seen) {
+    // Either ladder's rung may be the one that finds the task parked.
+    seen.hit(match (claims > 0, began_seen) {
         (true, _) => "rung_after_park",
         (false, false) => "rung_before_poll",
         (false, true) => "rung_during_or_after_poll",
