@@ -66,7 +66,8 @@
 //!
 //! # Deadlock safety
 //!
-//! Locks are taken parent before child, and at most two at a time (in `detach`).
+//! Locks are taken parent before child, and at most two at a time (in `detach`,
+//! and in `cancel`, which marks a parent's leaf children under its lock).
 //! `cancel` and `tighten_deadline` hold one node's lock at a time and collect the
 //! children to visit next. Under a node's lock no waker is cloned, dropped or
 //! woken (the rule of `crate::sync`): wakers come in cloned, and replaced,
@@ -301,7 +302,24 @@ pub(crate) fn cancel_with(
             bits
         };
         top = false;
-        work.extend(inner.children.iter().map(|(_, c)| (c.clone(), here)));
+        for (_, c) in inner.children.iter() {
+            // A leaf (the usual fan-out: a scope per waiter) is marked here,
+            // under its parent's lock, parent before child as the lock order
+            // says: no reference to it is taken. A node with children of its
+            // own is walked later (a new child of it is born cancelled if it
+            // comes after the mark, invariant 3).
+            let mut leaf = lock(&c.inner);
+            if leaf.children.is_empty() {
+                if c.state.load(Ordering::Relaxed) & CANCELLED == 0 {
+                    c.state.store(here, Ordering::Release);
+                    wake.extend(leaf.waiters.drain());
+                    wake.extend(leaf.timer_waker.take());
+                }
+                continue;
+            }
+            drop(leaf);
+            work.push((c.clone(), here));
+        }
     }
     // Invariant 8. (An OR on a node already cancelled: no lock needed.)
     node.state.fetch_or(SUBTREE_DONE, Ordering::Release);
@@ -370,6 +388,13 @@ pub(crate) fn register(node: &Node, waker: Waker, slot: &mut Option<usize>) -> R
 /// the lock.
 pub(crate) fn deregister(node: &Node, slot: &mut Option<usize>) {
     if let Some(key) = slot.take() {
+        // Cancelled: the slab was drained when the flag was set (invariant
+        // 2; Acquire in `is_cancelled` pairs with that store), so the key is
+        // gone already and the lock is not needed (a fan-out's every waiter
+        // takes this path).
+        if is_cancelled(node) {
+            return;
+        }
         let mut after = AfterUnlock::new();
         let mut inner = lock(&node.inner);
         // After a cancel or a detach the slab was drained and the key is
