@@ -49,12 +49,23 @@
 //!    task's waker: only a wake that set the bit took it out, and the poll
 //!    that clears the bit stores it back first.
 //! 3. The re-delivery count of a cell never exceeds the limit passed to
-//!    [`TaskCell::redeliver`], whatever number of ladders run over the cell.
-//!    A re-delivery is claimed only from `PARKED` and clears it, in the same
-//!    read-modify-write that sets `SCHEDULED`.
+//!    [`TaskCell::redeliver`], whatever number of ladders run over the cell,
+//!    for every `u32` limit: the count is the high 32 bits of the state word,
+//!    compared with the limit and incremented in one compare-and-swap
+//!    ([`Snapshot::redelivered`], checked, never wrapping). A re-delivery is
+//!    claimed only from `PARKED` and clears it, in the same read-modify-write
+//!    that sets `SCHEDULED`.
 //! 4. A key maps to the entry that was inserted last under it; removing an entry
 //!    removes the key only if it still maps to that entry, so an old task's end
-//!    never removes a newer task under the same key.
+//!    never removes a newer task under the same key. The index finds an entry
+//!    to remove by the key's hash stored at insertion and the entry's slot
+//!    (as tokio-util's `JoinMap`, by hash and id), so a removal runs no user
+//!    code and the index and the slab change together or not at all.
+//! 5. Every library wake of a task is claimed by one read-modify-write of its
+//!    state word, and each kind is bounded per task: the first delivery
+//!    (`DELIVERED`, once), a per-task cancel's wake (`CANCEL_REQUESTED`,
+//!    once), re-deliveries (invariant 3), escalation's (`ESCALATED`, once).
+//!    So a task is woken by the library at most `limit + 3` times.
 //!
 //! # Deadlock safety
 //!
@@ -62,20 +73,23 @@
 //! or called (the rule of `crate::sync`): wakers are cloned before it is taken
 //! and woken or dropped after it is released ([`AfterUnlock`]); keys live in
 //! `std::sync::Arc`s, so the lock only moves and counts references, and a
-//! removed key is dropped after it, once every waiter has been woken. Only a
-//! key's `Hash` and `Eq` run under the lock, as any `HashMap` lookup needs.
+//! removed key is dropped after it, once every waiter has been woken. A key's
+//! `Hash` runs before the lock; only its `Eq` runs under it, in a lookup that
+//! comes before any write, so a panic there fails one call and changes
+//! nothing (invariant 4).
 //!
 //! Waiter registrations (`join`, `join_next`, the ladder's waits) are
 //! generation-checked [`WaitList`] keys, so a waiter that was woken but has not
 //! re-polled yet can never overwrite a later waiter's registration.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::task::{Poll, Waker};
 
+use hashbrown::HashTable;
 use slab::Slab;
 
-use crate::sync::{AfterUnlock, Arc, AtomicU32, AtomicU64, AtomicWaker, Mutex, Ordering, lock};
+use crate::sync::{AfterUnlock, Arc, AtomicU64, AtomicWaker, Mutex, Ordering, lock};
 use crate::wait_list::{WaitKey, WaitList};
 
 /// A key as the registry holds it: shared between the entry and the key index
@@ -88,35 +102,179 @@ pub(crate) type Inserted<T, K, O> = (EntryGuard<T, K, O>, Option<Arc<TaskCell<T>
 /// A live task with its key, as [`Registry::pending_keyed`] lists them.
 pub(crate) type KeyedCell<T, K> = (Arc<TaskCell<T>>, Option<SharedKey<K>>);
 
+// ===== the state word =====
+
 /// A wake was issued since the task's last poll began (invariant 2).
-const SCHEDULED: u32 = 1 << 0;
+const SCHEDULED: u64 = 1 << 0;
 /// The task's future is gone and its entry removed (invariant 1).
-const ENDED: u32 = 1 << 1;
+const ENDED: u64 = 1 << 1;
 /// A canceller started the ladder for this task (`TaskMap::is_closing`).
-const CLOSING: u32 = 1 << 2;
-/// The task was escalated: its hook ran (or is running) and its next poll
-/// ends it as aborted; set once.
-const ESCALATED: u32 = 1 << 3;
+const CLOSING: u64 = 1 << 2;
+/// The task was escalated: its hook was started (it may still run, see
+/// `HOOK_RUNNING`) and its next poll ends it as aborted; set once.
+const ESCALATED: u64 = 1 << 3;
 /// The task outlived escalation and abort grace: it is reported stuck.
-const STUCK: u32 = 1 << 4;
+const STUCK: u64 = 1 << 4;
 /// A canceller made the task's first delivery (at most one per task, whatever
 /// number of cancel paths reach it: group, parent scope, key, replacement).
-const DELIVERED: u32 = 1 << 5;
+const DELIVERED: u64 = 1 << 5;
 /// A poll that began after `DELIVERED` was set returned `Pending`, and no poll
 /// or wake came since: the task saw the cancellation and parked again, so a
 /// re-delivery may wake it (invariant 3). Never set while a poll runs (the
 /// poll's start clears it), never set without `DELIVERED`.
-const PARKED: u32 = 1 << 6;
+const PARKED: u64 = 1 << 6;
 /// This one task was asked to cancel (`TaskHandle::cancel`); set once, read
 /// by the task's next poll, which ends a plain task or starts the task's
 /// ladder.
-const CANCEL_REQUESTED: u32 = 1 << 7;
+const CANCEL_REQUESTED: u64 = 1 << 7;
 /// Outcome code, written together with `ENDED` (never without it).
 const OUTCOME_SHIFT: u32 = 8;
-const OUTCOME_MASK: u32 = 0b111 << OUTCOME_SHIFT;
-/// Re-deliveries made so far (invariant 3), in the high half.
-const REDELIVERY_SHIFT: u32 = 16;
-const REDELIVERY_ONE: u32 = 1 << REDELIVERY_SHIFT;
+const OUTCOME_MASK: u64 = 0b111 << OUTCOME_SHIFT;
+/// The owner's constant (the tokio layer's spawn mode), written at creation
+/// and never changed: two bits, so a tag that does not fit cannot be made
+/// ([`Snapshot::new`] checks it).
+const TAG_SHIFT: u32 = 12;
+const TAG_MASK: u64 = 0b11 << TAG_SHIFT;
+/// The largest tag a cell can hold.
+pub(crate) const MAX_TAG: u8 = 0b11;
+/// The task's escalation hook was started and has not returned yet (set
+/// only with `ESCALATED`; cleared by whoever runs the hook).
+const HOOK_RUNNING: u64 = 1 << 14;
+/// Re-deliveries made so far (invariant 3): the whole high half, so every
+/// `u32` limit fits and the count never wraps ([`Snapshot::redelivered`]
+/// refuses to pass `u32::MAX`).
+const REDELIVERY_SHIFT: u32 = 32;
+
+/// A decoded copy of a cell's state word, as tokio's `runtime/task/state.rs`
+/// `Snapshot`: every read of the word goes through one, and every
+/// transition is a `#[must_use]` method that returns the next word (or
+/// `None` when the transition is not allowed), so a field that cannot hold
+/// its range cannot be written and a computed transition cannot be dropped
+/// by mistake.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Snapshot(u64);
+
+impl Snapshot {
+    /// A new task's word: scheduled (its first poll is on its way), with the
+    /// owner's `tag`.
+    ///
+    /// # Panics
+    ///
+    /// If `tag > MAX_TAG`: a bug of the owner, caught at its first spawn.
+    fn new(tag: u8) -> Self {
+        assert!(tag <= MAX_TAG, "cancel_scope: a cell tag holds 2 bits");
+        Snapshot(SCHEDULED | (u64::from(tag) << TAG_SHIFT))
+    }
+
+    fn has(self, bit: u64) -> bool {
+        self.0 & bit != 0
+    }
+
+    pub(crate) fn is_scheduled(self) -> bool {
+        self.has(SCHEDULED)
+    }
+
+    pub(crate) fn is_ended(self) -> bool {
+        self.has(ENDED)
+    }
+
+    pub(crate) fn is_closing(self) -> bool {
+        self.has(CLOSING)
+    }
+
+    pub(crate) fn is_escalated(self) -> bool {
+        self.has(ESCALATED)
+    }
+
+    pub(crate) fn is_stuck(self) -> bool {
+        self.has(STUCK)
+    }
+
+    pub(crate) fn is_delivered(self) -> bool {
+        self.has(DELIVERED)
+    }
+
+    pub(crate) fn is_parked(self) -> bool {
+        self.has(PARKED)
+    }
+
+    pub(crate) fn is_cancel_requested(self) -> bool {
+        self.has(CANCEL_REQUESTED)
+    }
+
+    pub(crate) fn is_hook_running(self) -> bool {
+        self.has(HOOK_RUNNING)
+    }
+
+    /// The owner's constant given at insertion (see [`PollStart::tag`]).
+    pub(crate) fn tag(self) -> u8 {
+        ((self.0 & TAG_MASK) >> TAG_SHIFT) as u8
+    }
+
+    /// Re-deliveries made so far.
+    pub(crate) fn redeliveries(self) -> u32 {
+        (self.0 >> REDELIVERY_SHIFT) as u32
+    }
+
+    /// How the task ended, once `ENDED` is set.
+    pub(crate) fn outcome(self) -> Option<TaskOutcome> {
+        Some(match (self.0 & OUTCOME_MASK) >> OUTCOME_SHIFT {
+            1 => TaskOutcome::Completed,
+            2 => TaskOutcome::Cancelled,
+            3 => TaskOutcome::Aborted,
+            4 => TaskOutcome::Panicked,
+            _ => return None,
+        })
+    }
+
+    /// The first delivery: `None` if the task was delivered to already or
+    /// ended (at most one per task).
+    #[must_use]
+    fn delivered(self) -> Option<Snapshot> {
+        (!self.has(DELIVERED | ENDED)).then_some(Snapshot(self.0 | DELIVERED | SCHEDULED))
+    }
+
+    /// A counted re-delivery: only from `PARKED` (not scheduled, not ended),
+    /// only while fewer than `limit` were made, and never past `u32::MAX`
+    /// (invariant 3). Clears `PARKED`, sets `SCHEDULED`, counts one.
+    #[must_use]
+    fn redelivered(self, limit: u32) -> Option<Snapshot> {
+        if self.0 & (SCHEDULED | ENDED | PARKED) != PARKED || self.redeliveries() >= limit {
+            return None;
+        }
+        // Checked: `redeliveries() < limit <= u32::MAX`, so this cannot
+        // fail, and if it ever could, no wrapped count would be written.
+        let count = self.redeliveries().checked_add(1)?;
+        let flags = (self.0 | SCHEDULED) & !PARKED & ((1 << REDELIVERY_SHIFT) - 1);
+        Some(Snapshot(flags | (u64::from(count) << REDELIVERY_SHIFT)))
+    }
+
+    /// The end: `ENDED` and the outcome code, in one write (invariant 1).
+    #[must_use]
+    fn ended(self, outcome: TaskOutcome) -> Snapshot {
+        debug_assert!(!self.is_ended(), "a task ends once");
+        Snapshot((self.0 & !OUTCOME_MASK) | ENDED | outcome.code())
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("scheduled", &self.is_scheduled())
+            .field("ended", &self.is_ended())
+            .field("closing", &self.is_closing())
+            .field("delivered", &self.is_delivered())
+            .field("parked", &self.is_parked())
+            .field("cancel_requested", &self.is_cancel_requested())
+            .field("escalated", &self.is_escalated())
+            .field("hook_running", &self.is_hook_running())
+            .field("stuck", &self.is_stuck())
+            .field("outcome", &self.outcome())
+            .field("tag", &self.tag())
+            .field("redeliveries", &self.redeliveries())
+            .finish()
+    }
+}
 
 /// How a tracked task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -138,24 +296,15 @@ pub enum TaskOutcome {
 }
 
 impl TaskOutcome {
-    fn code(self) -> u32 {
+    fn code(self) -> u64 {
         (match self {
             TaskOutcome::Completed => 1,
             TaskOutcome::Cancelled => 2,
             TaskOutcome::Aborted => 3,
             TaskOutcome::Panicked => 4,
-            TaskOutcome::Stuck => 5,
+            // A verdict of the ladder, never an end: recorded as an abort.
+            TaskOutcome::Stuck => 3,
         }) << OUTCOME_SHIFT
-    }
-
-    fn from_state(state: u32) -> Option<Self> {
-        Some(match (state & OUTCOME_MASK) >> OUTCOME_SHIFT {
-            1 => TaskOutcome::Completed,
-            2 => TaskOutcome::Cancelled,
-            3 => TaskOutcome::Aborted,
-            4 => TaskOutcome::Panicked,
-            _ => return None,
-        })
     }
 }
 
@@ -182,10 +331,8 @@ impl std::fmt::Display for TaskId {
 /// The shared state of one tracked task; `meta` is the tokio layer's data.
 pub(crate) struct TaskCell<T> {
     pub(crate) id: TaskId,
-    state: AtomicU32,
-    /// A constant of the owner's (the tokio layer's spawn mode), in what
-    /// would otherwise be padding.
-    pub(crate) tag: u8,
+    /// The state word, read and written only through [`Snapshot`].
+    state: AtomicU64,
     /// The runtime task's own waker, for the library's wakes; stored at the
     /// first poll and again after each library wake (invariant 2).
     waker: AtomicWaker,
@@ -193,6 +340,46 @@ pub(crate) struct TaskCell<T> {
 }
 
 impl<T> TaskCell<T> {
+    /// The state word now. Acquire: pairs with the Release half of whichever
+    /// transition wrote it, so what the writer published before (a cancelled
+    /// flag, an escalation) is visible with the bits.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot(self.state.load(Ordering::Acquire))
+    }
+
+    /// A read-modify-write through `step`, which sees the current word and
+    /// returns the next one or `None` (nothing written). Returns the word
+    /// before the write and whether it happened.
+    fn transition(
+        &self,
+        step: impl Fn(Snapshot) -> Option<Snapshot>,
+    ) -> Result<Snapshot, Snapshot> {
+        let mut cur = self.snapshot();
+        loop {
+            let Some(next) = step(cur) else {
+                return Err(cur);
+            };
+            // AcqRel, invariant 2: Release publishes the caller's prior
+            // writes to the poll that reads the bits next; Acquire sees the
+            // writes of the transition it replaces.
+            match self.state.compare_exchange_weak(
+                cur.0,
+                next.0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(cur),
+                Err(actual) => cur = Snapshot(actual),
+            }
+        }
+    }
+
+    /// Sets `bit`, returning the word before.
+    fn set(&self, bit: u64) -> Snapshot {
+        // AcqRel as in `transition`.
+        Snapshot(self.state.fetch_or(bit, Ordering::AcqRel))
+    }
+
     /// Start of a poll of the task: after a library wake (or at the first
     /// poll), store the task's waker, then clear `SCHEDULED` (and `PARKED`:
     /// the task is running). The order matters: a wake that sees the bit
@@ -200,33 +387,36 @@ impl<T> TaskCell<T> {
     /// load.
     #[inline]
     pub(crate) fn begin_poll(&self, waker: &Waker) -> PollStart {
-        // Acquire: pairs with the Release half of a wake that set a bit.
-        let mut prev = self.state.load(Ordering::Acquire);
-        if prev & (SCHEDULED | PARKED) != 0 {
-            if prev & SCHEDULED != 0 {
+        let mut prev = self.snapshot();
+        if prev.0 & (SCHEDULED | PARKED) != 0 {
+            if prev.is_scheduled() {
                 self.waker.register(waker);
             }
             // AcqRel, invariant 2: Acquire pairs with the Release half of the
             // wake that set the bit, so this poll sees what the canceller
             // published (the cancelled flag, the escalation) before waking.
-            prev = self
-                .state
-                .fetch_and(!(SCHEDULED | PARKED), Ordering::AcqRel);
+            prev = Snapshot(
+                self.state
+                    .fetch_and(!(SCHEDULED | PARKED), Ordering::AcqRel),
+            );
         }
         PollStart {
-            escalated: prev & ESCALATED != 0,
-            delivered: prev & DELIVERED != 0,
-            cancel_requested: prev & CANCEL_REQUESTED != 0,
-            closing: prev & CLOSING != 0,
+            escalated: prev.is_escalated(),
+            delivered: prev.is_delivered(),
+            cancel_requested: prev.is_cancel_requested(),
+            closing: prev.is_closing(),
+            tag: prev.tag(),
         }
     }
 
     /// Asks this one task to cancel; `true` the first time, for a task that
-    /// has not ended. The caller then wakes it ([`deliver`](Self::deliver)).
+    /// has not ended. The caller then wakes it
+    /// ([`deliver_or_schedule`](Self::deliver_or_schedule)).
     pub(crate) fn request_cancel(&self) -> bool {
-        // AcqRel: Release publishes the caller's prior writes (the task's
-        // own scope cancelled) with the bit, as a wake does (invariant 2).
-        self.state.fetch_or(CANCEL_REQUESTED, Ordering::AcqRel) & (CANCEL_REQUESTED | ENDED) == 0
+        // Release publishes the caller's prior writes (the task's own scope
+        // cancelled) with the bit, as a wake does (invariant 2).
+        let prev = self.set(CANCEL_REQUESTED);
+        !prev.is_cancel_requested() && !prev.is_ended()
     }
 
     /// End of a poll that returned `Pending` and began with
@@ -242,40 +432,40 @@ impl<T> TaskCell<T> {
     /// A library wake: wakes the task unless the library already woke it since
     /// its last poll began, or it ended. Returns whether a wake was issued.
     pub(crate) fn schedule(&self) -> bool {
-        // AcqRel: Release publishes the caller's prior writes to the poll that
-        // clears the bit next (invariant 2).
-        let prev = self.state.fetch_or(SCHEDULED, Ordering::AcqRel);
-        if prev & (SCHEDULED | ENDED) == 0 {
-            self.waker.wake();
-            true
-        } else {
-            false
+        let prev = self.set(SCHEDULED);
+        if prev.is_scheduled() || prev.is_ended() {
+            return false;
         }
+        self.waker.wake();
+        true
     }
 
     /// The first delivery of cancellation: like [`schedule`](Self::schedule),
     /// but once per task. Returns whether a wake was issued (not when the task
     /// was already scheduled: it will see the cancel at that poll).
     pub(crate) fn deliver(&self) -> bool {
-        let mut cur = self.state.load(Ordering::Acquire);
-        loop {
-            if cur & (DELIVERED | ENDED) != 0 {
-                return false;
+        match self.transition(Snapshot::delivered) {
+            Ok(prev) if !prev.is_scheduled() => {
+                self.waker.wake();
+                true
             }
-            // AcqRel as in `schedule` (invariant 2).
-            match self.state.compare_exchange_weak(
-                cur,
-                cur | DELIVERED | SCHEDULED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) if cur & SCHEDULED == 0 => {
-                    self.waker.wake();
-                    return true;
-                }
-                Ok(_) => return false,
-                Err(actual) => cur = actual,
+            _ => false,
+        }
+    }
+
+    /// A per-task cancel's wake ([`request_cancel`](Self::request_cancel)
+    /// returned `true`): the first delivery if none was made yet, else one
+    /// plain wake, so that a task some other cancel already reached (and that
+    /// parked again since) still gets the poll that starts its own ladder.
+    /// Once per task, as the request is.
+    pub(crate) fn deliver_or_schedule(&self) -> bool {
+        match self.transition(Snapshot::delivered) {
+            Ok(prev) if !prev.is_scheduled() => {
+                self.waker.wake();
+                true
             }
+            Ok(_) => false,
+            Err(_) => self.schedule(),
         }
     }
 
@@ -283,60 +473,54 @@ impl<T> TaskCell<T> {
     /// task that parked again after seeing the cancellation (`PARKED`), and at
     /// most `limit` times over the task's life (invariant 3).
     pub(crate) fn redeliver(&self, limit: u32) -> bool {
-        let mut cur = self.state.load(Ordering::Acquire);
-        loop {
-            if cur & (SCHEDULED | ENDED | PARKED) != PARKED || cur >> REDELIVERY_SHIFT >= limit {
-                return false;
-            }
-            let next = ((cur | SCHEDULED) & !PARKED) + REDELIVERY_ONE;
-            match self
-                .state
-                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    self.waker.wake();
-                    return true;
-                }
-                Err(actual) => cur = actual,
-            }
+        if self.transition(|s| s.redelivered(limit)).is_err() {
+            return false;
         }
+        self.waker.wake();
+        true
     }
 
-    fn set(&self, bit: u32) -> bool {
-        self.state.fetch_or(bit, Ordering::AcqRel) & bit == 0
-    }
-
-    /// Marks the task escalated; `true` the first time, so the hook runs once.
+    /// Marks the task escalated; `true` the first time, so the hook runs
+    /// once.
     pub(crate) fn mark_escalated(&self) -> bool {
-        self.set(ESCALATED)
+        !self.set(ESCALATED).is_escalated()
     }
 
-    fn has(&self, bit: u32) -> bool {
-        self.state.load(Ordering::Acquire) & bit != 0
+    /// The escalation hook was started (by the one caller that won
+    /// [`mark_escalated`](Self::mark_escalated)) and has not returned yet.
+    pub(crate) fn mark_hook_running(&self) {
+        self.set(HOOK_RUNNING);
+    }
+
+    /// The escalation hook returned (or panicked).
+    pub(crate) fn hook_returned(&self) {
+        // Release: whoever sees the bit clear sees what the hook did.
+        self.state.fetch_and(!HOOK_RUNNING, Ordering::Release);
     }
 
     pub(crate) fn is_closing(&self) -> bool {
-        self.has(CLOSING)
+        self.snapshot().is_closing()
     }
 
     pub(crate) fn is_ended(&self) -> bool {
-        self.has(ENDED)
+        self.snapshot().is_ended()
     }
 
     pub(crate) fn is_stuck(&self) -> bool {
-        self.has(STUCK) && !self.has(ENDED)
+        let s = self.snapshot();
+        s.is_stuck() && !s.is_ended()
     }
 
     pub(crate) fn redeliveries(&self) -> u32 {
-        self.state.load(Ordering::Acquire) >> REDELIVERY_SHIFT
+        self.snapshot().redeliveries()
     }
 
     /// The outcome once ended; `Stuck` if still alive and declared stuck.
     pub(crate) fn outcome(&self) -> Option<TaskOutcome> {
-        let s = self.state.load(Ordering::Acquire);
-        if s & ENDED != 0 {
-            TaskOutcome::from_state(s)
-        } else if s & STUCK != 0 {
+        let s = self.snapshot();
+        if s.is_ended() {
+            s.outcome()
+        } else if s.is_stuck() {
             Some(TaskOutcome::Stuck)
         } else {
             None
@@ -346,19 +530,9 @@ impl<T> TaskCell<T> {
 
 impl<T> std::fmt::Debug for TaskCell<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = self.state.load(Ordering::Acquire);
         f.debug_struct("TaskCell")
             .field("id", &self.id)
-            .field("scheduled", &(s & SCHEDULED != 0))
-            .field("ended", &(s & ENDED != 0))
-            .field("closing", &(s & CLOSING != 0))
-            .field("delivered", &(s & DELIVERED != 0))
-            .field("parked", &(s & PARKED != 0))
-            .field("cancel_requested", &(s & CANCEL_REQUESTED != 0))
-            .field("escalated", &(s & ESCALATED != 0))
-            .field("stuck", &(s & STUCK != 0))
-            .field("outcome", &TaskOutcome::from_state(s))
-            .field("redeliveries", &(s >> REDELIVERY_SHIFT))
+            .field("state", &self.snapshot())
             .finish()
     }
 }
@@ -375,6 +549,9 @@ pub(crate) struct PollStart {
     pub(crate) cancel_requested: bool,
     /// A ladder already runs (or ran) for this task (`CLOSING`).
     pub(crate) closing: bool,
+    /// The owner's constant given at insertion (the tokio layer's spawn
+    /// mode), kept in the state word and read in the same load.
+    pub(crate) tag: u8,
 }
 
 // ===== counters =====
@@ -429,12 +606,25 @@ impl Counters {
 struct Entry<T, K> {
     cell: Arc<TaskCell<T>>,
     key: Option<SharedKey<K>>,
+    /// The key's hash, computed once at insertion (before the lock): the
+    /// entry leaves the index by this hash and its slot, never calling the
+    /// user's `Hash` or `Eq` again (invariant 4).
+    hash: u64,
+}
+
+/// One key of the index: the slot of the newest entry under it, with the
+/// key's hash (the key itself is the entry's).
+#[derive(Debug, Clone, Copy)]
+struct KeySlot {
+    hash: u64,
+    slot: usize,
 }
 
 struct Inner<T, K> {
     entries: Slab<Entry<T, K>>,
-    /// Key → slot of the newest entry under it (invariant 4).
-    keys: HashMap<SharedKey<K>, usize>,
+    /// Key → slot of the newest entry under it (invariant 4); the key of a
+    /// [`KeySlot`] is `entries[slot].key`.
+    keys: HashTable<KeySlot>,
     /// Woken when `entries` becomes empty; a drained key reads as woken, so
     /// a waiter that saw the registry idle stays done (`poll_idle`).
     idle: WaitList,
@@ -452,6 +642,8 @@ struct Inner<T, K> {
 /// The set of live tracked tasks, optionally keyed.
 pub(crate) struct Registry<T, K = ()> {
     inner: Mutex<Inner<T, K>>,
+    /// Hashes keys outside the lock.
+    hasher: RandomState,
     pub(crate) counters: Counters,
 }
 
@@ -471,15 +663,27 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
         Registry {
             inner: Mutex::new(Inner {
                 entries: Slab::new(),
-                keys: HashMap::new(),
+                keys: HashTable::new(),
                 idle: WaitList::new(),
                 ended: HashMap::new(),
                 log: record_ends.then(VecDeque::new),
                 log_waiters: WaitList::new(),
                 totals: Totals::default(),
             }),
+            hasher: RandomState::new(),
             counters: Counters::default(),
         }
+    }
+
+    /// The slot `key` maps to; `Eq` runs under the lock, on the caller's
+    /// thread, and a panic in it changes nothing.
+    fn find(inner: &Inner<T, K>, hash: u64, key: &K) -> Option<usize> {
+        inner
+            .keys
+            .find(hash, |ks| {
+                inner.entries[ks.slot].key.as_deref() == Some(key)
+            })
+            .map(|ks| ks.slot)
     }
 
     /// Tracks a new task. With a key, the key now maps to it, and the task that
@@ -495,7 +699,7 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
         Self::insert_as(owner, TaskId::next(), 0, meta, key)
     }
 
-    /// As [`insert`](Self::insert), with an id made beforehand and the
+    /// As `insert` (the tests'), with an id made beforehand and the
     /// cell's `tag`.
     pub(crate) fn insert_as<O: HoldsRegistry<T, K>>(
         owner: &O,
@@ -507,13 +711,15 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
         let this = owner.registry();
         let cell = Arc::new(TaskCell {
             id,
-            tag,
             // A new task is scheduled: its first poll is on its way.
-            state: AtomicU32::new(SCHEDULED),
+            state: AtomicU64::new(Snapshot::new(tag).0),
             waker: AtomicWaker::new(),
             meta,
         });
-        // Wrapped before the lock: under it, only references are counted.
+        // Hashed and wrapped before the lock: a panicking `Hash` fails this
+        // call with nothing changed, and under the lock only references are
+        // counted.
+        let hash = key.as_ref().map_or(0, |k| this.hasher.hash_one(k));
         let key = key.map(SharedKey::new);
         let mut guard = lock(&this.inner);
         let inner = &mut *guard;
@@ -521,21 +727,35 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
         // A slot is 4 bytes in every task's future (bytes per task); more
         // than 2^32 live tasks would need over a terabyte.
         let slot32 = u32::try_from(slot).expect("cancel_scope: more than 2^32 live tasks");
-        let replaced = match &key {
+        // The lookup (the only user code here, `Eq`) comes before any write,
+        // so a panic in it leaves the registry as it was.
+        let taken = match &key {
+            Some(k) => Self::find(inner, hash, k),
+            None => None,
+        };
+        let replaced = match (&key, taken) {
             // A taken key keeps its index entry and points it at the new slot:
             // no key is dropped here (tokio-util's `duplicate_keys_drop`).
-            Some(k) => match inner.keys.get_mut(&**k) {
-                Some(old) => Some(inner.entries[std::mem::replace(old, slot)].cell.clone()),
-                None => {
-                    inner.keys.insert(k.clone(), slot);
-                    None
-                }
-            },
-            None => None,
+            (Some(_), Some(old)) => {
+                let ks = inner
+                    .keys
+                    .find_mut(hash, |ks| ks.slot == old)
+                    .expect("the index entry just found");
+                ks.slot = slot;
+                Some(inner.entries[old].cell.clone())
+            }
+            (Some(_), None) => {
+                inner
+                    .keys
+                    .insert_unique(hash, KeySlot { hash, slot }, |ks| ks.hash);
+                None
+            }
+            (None, _) => None,
         };
         inner.entries.insert(Entry {
             cell: cell.clone(),
             key,
+            hash,
         });
         inner.totals.spawned += 1;
         drop(guard);
@@ -578,13 +798,12 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
             .collect()
     }
 
-    /// The task that `key` maps to.
+    /// The task that `key` maps to. `Hash` runs before the lock, `Eq` under
+    /// it; a panic in either fails this call and changes nothing.
     pub(crate) fn get(&self, key: &K) -> Option<Arc<TaskCell<T>>> {
+        let hash = self.hasher.hash_one(key);
         let inner = lock(&self.inner);
-        inner
-            .keys
-            .get(key)
-            .map(|&slot| inner.entries[slot].cell.clone())
+        Self::find(&inner, hash, key).map(|slot| inner.entries[slot].cell.clone())
     }
 
     /// The keys whose task satisfies `pred`, cloned after the lock.
@@ -594,8 +813,9 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
             inner
                 .keys
                 .iter()
-                .filter(|&(_, &slot)| pred(&inner.entries[slot].cell))
-                .map(|(k, _)| k.clone())
+                .map(|ks| &inner.entries[ks.slot])
+                .filter(|e| pred(&e.cell))
+                .filter_map(|e| e.key.clone())
                 .collect()
         };
         shared.iter().map(|k| K::clone(k)).collect()
@@ -676,11 +896,11 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
         self.mark(cell, STUCK, |t| &mut t.stuck)
     }
 
-    fn mark(&self, cell: &TaskCell<T>, bit: u32, gauge: fn(&mut Totals) -> &mut u64) -> bool {
+    fn mark(&self, cell: &TaskCell<T>, bit: u64, gauge: fn(&mut Totals) -> &mut u64) -> bool {
         let mut inner = lock(&self.inner);
         // Invariant 1: `ENDED` is only set under this lock, so it cannot
         // appear between this check and the `set`.
-        if cell.is_ended() || !cell.set(bit) {
+        if cell.is_ended() || cell.set(bit).has(bit) {
             return false;
         }
         *gauge(&mut inner.totals) += 1;
@@ -725,32 +945,36 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
         }
     }
 
-    fn remove(&self, slot: usize, cell: &TaskCell<T>, outcome: TaskOutcome) {
+    /// Removes the entry at `slot` (the task's end); returns whether the
+    /// registry is now idle.
+    fn remove(&self, slot: usize, cell: &TaskCell<T>, outcome: TaskOutcome) -> bool {
         // Declared before `after` and the guard, so dropped last: user keys
         // go once the lock is released and every waiter is woken.
         let entry: Entry<T, K>;
-        let mut index_key = None;
+        let idle;
         let mut after = AfterUnlock::new();
         {
             let mut inner = lock(&self.inner);
             let inner = &mut *inner;
             entry = inner.entries.remove(slot);
-            if let Some(k) = &entry.key {
-                // Invariant 4.
-                if inner.keys.get(&**k) == Some(&slot) {
-                    index_key = inner.keys.remove_entry(&**k).map(|(k, _)| k);
+            if entry.key.is_some() {
+                // Invariant 4: by the stored hash and the slot, so no user
+                // code runs here and the index and the slab change together.
+                // Not found when a newer entry took the key over.
+                if let Ok(ks) = inner.keys.find_entry(entry.hash, |ks| ks.slot == slot) {
+                    ks.remove();
                 }
             }
             // Invariant 1: in the same critical section as the removal.
-            let prev = cell
-                .state
-                .fetch_or(ENDED | outcome.code(), Ordering::AcqRel);
+            let prev = match cell.transition(|s| Some(s.ended(outcome))) {
+                Ok(prev) | Err(prev) => prev,
+            };
             // Gauges: the bits were set under this lock (`mark`).
             let totals = &mut inner.totals;
-            if prev & STUCK != 0 {
+            if prev.is_stuck() {
                 totals.stuck -= 1;
             }
-            if prev & CLOSING != 0 {
+            if prev.is_closing() {
                 totals.closing -= 1;
             }
             *match outcome {
@@ -759,7 +983,8 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
                 TaskOutcome::Panicked => &mut totals.panicked,
                 TaskOutcome::Aborted | TaskOutcome::Stuck => &mut totals.aborted,
             } += 1;
-            if inner.entries.is_empty() {
+            idle = inner.entries.is_empty();
+            if idle {
                 after.wake_all(inner.idle.drain());
             }
             if let Some(log) = &mut inner.log {
@@ -777,8 +1002,8 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
         // Wakes first, then the user's keys (a panicking key `Drop` can no
         // longer cost a wakeup).
         drop(after);
-        drop(index_key);
         drop(entry);
+        idle
     }
 }
 
@@ -788,6 +1013,9 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
 /// that embeds one. An [`EntryGuard`] keeps a clone of it.
 pub(crate) trait HoldsRegistry<T, K: Eq + Hash + Clone>: Clone {
     fn registry(&self) -> &Registry<T, K>;
+
+    /// Called after an end left the registry empty (outside its lock).
+    fn became_idle(&self) {}
 }
 
 impl<T, K: Eq + Hash + Clone> HoldsRegistry<T, K> for Arc<Registry<T, K>> {
@@ -826,9 +1054,13 @@ impl<T, K: Eq + Hash + Clone, O: HoldsRegistry<T, K>> EntryGuard<T, K, O> {
 
 impl<T, K: Eq + Hash + Clone, O: HoldsRegistry<T, K>> Drop for EntryGuard<T, K, O> {
     fn drop(&mut self) {
-        self.owner
+        if self
+            .owner
             .registry()
-            .remove(self.slot as usize, &self.cell, self.outcome);
+            .remove(self.slot as usize, &self.cell, self.outcome)
+        {
+            self.owner.became_idle();
+        }
     }
 }
 
@@ -898,6 +1130,83 @@ mod tests {
         drop(guard);
         assert!(!cell.redeliver(8));
         assert_eq!(cell.redeliveries(), 0);
+    }
+
+    #[test]
+    fn every_library_wake_of_a_cell_is_bounded_by_the_limit_plus_three() {
+        use std::sync::atomic::{AtomicUsize as StdAtomic, Ordering::SeqCst};
+        use std::task::Wake;
+        struct Count(StdAtomic);
+        impl Wake for Count {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.fetch_add(1, SeqCst);
+            }
+        }
+        const LIMIT: u32 = 5;
+        let count = std::sync::Arc::new(Count(StdAtomic::new(0)));
+        let waker = Waker::from(count.clone());
+        let reg = registry();
+        let (guard, _) = Registry::insert(&reg, (), None);
+        let cell = guard.cell().clone();
+        let park = || {
+            let start = cell.begin_poll(&waker);
+            if start.delivered {
+                cell.parked_after_delivery();
+            }
+        };
+        park();
+        // Every kind of wake, each tried more often than it may happen.
+        for _ in 0..3 {
+            cell.deliver();
+            park();
+        }
+        for _ in 0..3 {
+            if cell.request_cancel() {
+                cell.deliver_or_schedule();
+            }
+            park();
+        }
+        for _ in 0..(2 * LIMIT) {
+            cell.redeliver(LIMIT);
+            park();
+        }
+        for _ in 0..3 {
+            if cell.mark_escalated() {
+                cell.schedule();
+            }
+            park();
+        }
+        assert_eq!(cell.redeliveries(), LIMIT);
+        assert_eq!(count.0.load(SeqCst), LIMIT as usize + 3);
+    }
+
+    #[test]
+    fn a_redelivery_count_holds_every_u32_and_leaves_the_flags_alone() {
+        let near = Snapshot(
+            Snapshot::new(MAX_TAG).0 & !SCHEDULED
+                | DELIVERED
+                | PARKED
+                | CLOSING
+                | (u64::from(u32::MAX - 1) << REDELIVERY_SHIFT),
+        );
+        let at_max = near.redelivered(u32::MAX).expect("one below the limit");
+        assert_eq!(at_max.redeliveries(), u32::MAX);
+        assert!(at_max.is_scheduled() && !at_max.is_parked());
+        assert!(at_max.is_closing() && at_max.is_delivered());
+        assert_eq!(at_max.tag(), MAX_TAG);
+        // Parked again at the top: no limit lets the count wrap.
+        let parked = Snapshot(at_max.0 & !SCHEDULED | PARKED);
+        assert_eq!(parked.redelivered(u32::MAX), None);
+        // A limit above 16 bits is a limit, not a wrap.
+        let mid = Snapshot(PARKED | DELIVERED | (70_000 << REDELIVERY_SHIFT));
+        assert_eq!(mid.redelivered(70_000), None);
+        assert_eq!(mid.redelivered(70_001).map(Snapshot::redeliveries), Some(70_001));
+    }
+
+    #[test]
+    #[should_panic(expected = "a cell tag holds 2 bits")]
+    fn a_tag_that_does_not_fit_cannot_be_written() {
+        let _ = Snapshot::new(MAX_TAG + 1);
     }
 
     #[test]
