@@ -122,6 +122,7 @@ where
     ///
     /// [`SpawnError::NoRuntime`] outside a tokio runtime,
     /// [`SpawnError::Closed`] on a closed group or map; nothing is tracked.
+    #[track_caller]
     pub fn try_spawn<F>(self, fut: F) -> Result<TaskHandle<F::Output>, SpawnError>
     where
         F: Future + Send + 'static,
@@ -160,6 +161,7 @@ where
     ///
     /// [`SpawnError::NoRuntime`] outside a tokio runtime,
     /// [`SpawnError::Closed`] on a closed group or map; `f` is not called.
+    #[track_caller]
     pub fn try_spawn_with_scope<F, Fut>(self, f: F) -> Result<TaskHandle<Fut::Output>, SpawnError>
     where
         F: FnOnce(CancelScope) -> Fut,

@@ -172,6 +172,7 @@ impl TaskGroup {
     /// [`SpawnError::NoRuntime`] outside a tokio runtime,
     /// [`SpawnError::Closed`] on a [closed](Self::close) group; nothing is
     /// tracked.
+    #[track_caller]
     pub fn try_spawn<F>(&self, fut: F) -> Result<TaskHandle<F::Output>, SpawnError>
     where
         F: Future + Send + 'static,
@@ -231,6 +232,7 @@ impl TaskGroup {
     /// [`SpawnError::NoRuntime`] outside a tokio runtime,
     /// [`SpawnError::Closed`] on a [closed](Self::close) group; `f` is not
     /// called.
+    #[track_caller]
     pub fn try_spawn_with_scope<F, Fut>(&self, f: F) -> Result<TaskHandle<Fut::Output>, SpawnError>
     where
         F: FnOnce(CancelScope) -> Fut,
@@ -331,6 +333,7 @@ impl TaskGroup {
     ///
     /// Cancel safe.
     pub async fn join(&self) -> Result<(), TaskError> {
+        self.owner.shared.assert_not_own_task("TaskGroup::join");
         idle(&self.owner.shared.registry).await;
         match self.owner.shared.take_panic() {
             Some(message) => Err(TaskError::Panicked(message)),
@@ -414,7 +417,7 @@ impl TaskGroup {
     /// Dropping the future stops the ladder where it is (the scope stays
     /// cancelled); call `shutdown` again to finish it.
     pub async fn shutdown(&self) -> ShutdownReport {
-        self.owner.shared.shutdown().await
+        self.owner.shared.shutdown("TaskGroup::shutdown").await
     }
 
     /// A snapshot of the group's counters.

@@ -1,6 +1,7 @@
 //! The shutdown ladder as pure logic: policy, back-off, the schedule of steps,
-//! and the report. The tokio layer (`group.rs`) only sleeps until the next step
-//! (or until every task has ended, whichever comes first) and performs it.
+//! and the report. The tokio layer (`Shared::run_ladder` in `tracker.rs`)
+//! only sleeps until the next step (or until every task has ended, whichever
+//! comes first) and performs it.
 //!
 //! ```text
 //!  cancel ──► deliver (one wake per task)
@@ -8,7 +9,8 @@
 //!    ├─ t = b, b+2b, b+2b+4b, …  (≤ max_redeliveries, < grace)
 //!    │     re-deliver to tasks that parked again after seeing it; skip the rest
 //!    │
-//!    ├─ t = grace        escalate: hook once (panics caught), abort
+//!    ├─ t = grace        escalate: hook once, on its own thread (panics
+//!    │                   caught), and abort at once
 //!    │
 //!    └─ t = grace + abort_grace   whatever is alive is *stuck*: reported
 //!
@@ -82,6 +84,25 @@ impl Backoff {
 /// Public fields with a [`Default`], so a policy reads
 /// `ShutdownPolicy { grace: Duration::from_secs(1), ..Default::default() }`.
 ///
+/// # Ranges
+///
+/// Every value the types allow is valid; none panics or wraps:
+///
+/// - Durations saturate, as `tokio::time::sleep(Duration::MAX)` does: a
+///   rung whose time does not fit in an `Instant` comes in about 30 years,
+///   that is, never. `grace: Duration::MAX` means "never escalate": the
+///   ladder waits until every task has ended. `abort_grace: Duration::MAX`
+///   means "never declare a task stuck". `Duration::ZERO` for either makes
+///   that rung come at once (an escalated task still gets one scheduling
+///   round to end before it is called stuck).
+/// - `max_redeliveries` is a per-task limit over the task's whole life, for
+///   every `u32`: however many ladders run over one task (its own
+///   [`TaskHandle::cancel`](crate::TaskHandle::cancel), its key's, its
+///   group's `shutdown`), it is re-delivered to at most that many times.
+///   Re-deliveries only come before `grace`, so the back-off bounds them too.
+/// - [`Backoff`] saturates (see [`Backoff::delay`]); a zero delay becomes
+///   1 ns, never an immediate re-wake.
+///
 /// # Examples
 ///
 /// ```
@@ -103,8 +124,15 @@ pub struct ShutdownPolicy {
     /// How long cancelled tasks may take to end on their own before escalation
     /// (default 5 s).
     pub grace: Duration,
-    /// Most re-deliveries per task before escalation (default 2). Each task is
-    /// woken at most `1 + max_redeliveries` times by the library.
+    /// Most re-deliveries per task before escalation (default 2), over the
+    /// task's life, whatever number of ladders run over it.
+    ///
+    /// The library wakes a task at most `max_redeliveries + 3` times: its
+    /// first delivery; one more for a per-task cancel
+    /// ([`TaskHandle::cancel`](crate::TaskHandle::cancel)) that comes after
+    /// another cancel already reached it; at most `max_redeliveries`
+    /// re-deliveries; and escalation's one wake (the poll that ends it as
+    /// aborted).
     ///
     /// Re-delivery reaches only a task that was polled after its delivery and
     /// parked again: one that saw the cancellation and ignored it, or whose
@@ -204,12 +232,20 @@ pub struct StuckTask {
     pub key: Option<String>,
     /// Time since it was spawned, at the moment it was reported.
     pub age: Duration,
+    /// Where it was spawned: the caller of the spawn function (`spawn`,
+    /// `spawn_with_scope`, a builder's, a map's), through `#[track_caller]`.
+    pub location: &'static std::panic::Location<'static>,
+    /// Its escalation hook was started and had not returned when the task
+    /// was reported (a hook that blocks: it runs on a thread of its own, so
+    /// it holds neither the ladder nor the runtime).
+    pub hook_running: bool,
 }
 
 impl std::fmt::Display for StuckTask {
-    /// `stuck task#3 name="listener" key="blocker" age=6s`: the name quoted
-    /// once, the key in its `Debug` form as stored (not quoted again), absent
-    /// fields left out.
+    /// `stuck task#3 name="listener" key="blocker" age=6s at src/main.rs:10:5`:
+    /// the name quoted once, the key in its `Debug` form as stored (not
+    /// quoted again), absent fields left out, `(hook still running)` at the
+    /// end when it is.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "stuck {}", self.id)?;
         if let Some(name) = &self.name {
@@ -218,7 +254,11 @@ impl std::fmt::Display for StuckTask {
         if let Some(key) = &self.key {
             write!(f, " key={key}")?;
         }
-        write!(f, " age={:?}", self.age)
+        write!(f, " age={:?} at {}", self.age, self.location)?;
+        if self.hook_running {
+            f.write_str(" (hook still running)")?;
+        }
+        Ok(())
     }
 }
 
@@ -253,6 +293,10 @@ pub struct ShutdownReport {
     /// Scoped child processes (feature `process`) reaped during the ladder;
     /// their reaper tasks also count as completed tasks.
     pub processes: u64,
+    /// Escalation hooks this ladder started that had not returned when it
+    /// ended (each runs on a thread of its own, so a blocking hook never
+    /// stretches the ladder).
+    pub hooks_running: u64,
 }
 
 impl ShutdownReport {
@@ -280,6 +324,9 @@ impl std::fmt::Display for ShutdownReport {
             self.escalations,
             self.processes
         )?;
+        if self.hooks_running > 0 {
+            write!(f, ", {} escalation hooks still running", self.hooks_running)?;
+        }
         for s in &self.stuck {
             write!(f, "\n  {s}")?;
         }

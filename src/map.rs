@@ -115,6 +115,7 @@ where
     /// [`SpawnError::NoRuntime`] outside a tokio runtime,
     /// [`SpawnError::Closed`] on a [closed](Self::close) map; nothing is
     /// tracked and the task under `key`, if any, is left alone.
+    #[track_caller]
     pub fn try_spawn<F>(&self, key: K, fut: F) -> Result<TaskHandle<F::Output>, SpawnError>
     where
         F: Future + Send + 'static,
@@ -310,7 +311,7 @@ where
     /// Dropping the future stops the ladder where it is (the map's scope
     /// stays cancelled).
     pub async fn shutdown(&self) -> ShutdownReport {
-        self.owner.shared.shutdown().await
+        self.owner.shared.shutdown("TaskMap::shutdown").await
     }
 
     /// A snapshot of the map's counters.

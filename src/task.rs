@@ -6,9 +6,11 @@
 use std::any::Any;
 use std::fmt::Debug;
 use std::future::Future;
+use std::panic::Location;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -127,7 +129,10 @@ impl<T> TaskHandle<T> {
         if let Some(scope) = &cell.meta.scope {
             scope.cancel();
         }
-        cell.deliver();
+        // The first delivery, or, for a task that another cancel (its group's,
+        // an enclosing scope's deadline) already reached and that parked
+        // since, one more wake: either way the poll that starts its ladder.
+        cell.deliver_or_schedule();
     }
 
     /// Whether the task has ended.
@@ -337,7 +342,13 @@ pub(crate) enum Mode {
 
 /// The tokio layer's data in each task cell.
 pub(crate) struct TaskMeta {
-    pub(crate) spawned_at: Instant,
+    /// When the task was spawned, on tokio's clock (paused or not), as
+    /// nanoseconds from a process-wide base: 8 bytes instead of an
+    /// `Instant`'s 16, so the cell keeps its size with the location beside.
+    spawned_at: i64,
+    /// Where the task was spawned: the caller of the public spawn function
+    /// (`#[track_caller]` all the way down), for reports.
+    pub(crate) location: &'static Location<'static>,
     /// The task's own scope when it has one (keyed or cooperative tasks).
     pub(crate) scope: Option<CancelScope>,
     /// What only some tasks have, boxed so a plain task's cell stays small
@@ -356,9 +367,16 @@ pub(crate) struct TaskExtra {
     pub(crate) owns_process: bool,
 }
 
+/// The base of [`TaskMeta`]'s spawn times.
+fn clock_base() -> std::time::Instant {
+    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+    *BASE.get_or_init(std::time::Instant::now)
+}
+
 impl TaskMeta {
     pub(crate) fn new(
         spawned_at: Instant,
+        location: &'static Location<'static>,
         scope: Option<CancelScope>,
         name: Option<Arc<str>>,
         hook: Option<Hook>,
@@ -374,11 +392,32 @@ impl TaskMeta {
                     owns_process,
                 })
             });
+        let (at, base) = (spawned_at.into_std(), clock_base());
+        // Saturating: ±292 years around the base.
+        let spawned_at = match at.checked_duration_since(base) {
+            Some(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+            None => -i64::try_from(base.duration_since(at).as_nanos()).unwrap_or(i64::MAX),
+        };
         TaskMeta {
             spawned_at,
+            location,
             scope,
             extra,
         }
+    }
+
+    /// Time since the task was spawned, on tokio's clock.
+    pub(crate) fn age(&self) -> Duration {
+        let base = clock_base();
+        let magnitude = Duration::from_nanos(self.spawned_at.unsigned_abs());
+        let at = if self.spawned_at >= 0 {
+            base.checked_add(magnitude)
+        } else {
+            base.checked_sub(magnitude)
+        };
+        at.map_or(Duration::ZERO, |at| {
+            Instant::now().saturating_duration_since(Instant::from_std(at))
+        })
     }
 
     #[inline]

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::ladder::{Schedule, ShutdownPolicy, ShutdownReport, Step, StuckTask};
 use crate::registry::{Counters, EntryGuard, HoldsRegistry, Registry, TaskId, TaskOutcome};
 use crate::scope::{CancelMessage, CancelScope, Cancelled, Waiter};
+use crate::sync::lock;
 use crate::task::{
     Cell, Mode, SpawnError, Stats, TaskError, TaskHandle, TaskMeta, TaskOptions, panic_message,
 };
@@ -37,8 +38,13 @@ pub(crate) struct Shared<K: Eq + Hash + Clone> {
     pub(crate) policy: ShutdownPolicy,
     cancel_on_panic: bool,
     first_panic: Mutex<Option<String>>,
-    /// The deliverer's registration on `scope` (kept so it is re-armed only once).
+    /// The deliverer's registration on `scope`: held while the tracker has
+    /// tasks (and always for a scope without a deadline, whose registration
+    /// costs no timer), so an idle group under a deadline leaves no timer
+    /// behind. Changed only under this mutex.
     deliverer: Mutex<Waiter>,
+    /// Whether `deliverer` is registered (or the scope was found cancelled,
+    /// which is final). SeqCst, see `disarm_deliverer`.
     deliverer_armed: AtomicBool,
     /// The runtime of the first spawn, for ladders started outside one.
     runtime: OnceLock<tokio::runtime::Handle>,
@@ -56,12 +62,41 @@ pub(crate) struct Shared<K: Eq + Hash + Clone> {
     /// deliverer, or by `shutdown` / the last handle's drop if it came
     /// first): a report counts what ended since then, not only what ended
     /// while the ladder ran.
-    baseline: Arc<OnceLock<Stats>>,
+    baseline: OnceLock<Stats>,
 }
 
 impl<K: Eq + Hash + Clone> HoldsRegistry<TaskMeta, K> for Arc<Shared<K>> {
     fn registry(&self) -> &Registry<TaskMeta, K> {
         &self.registry
+    }
+
+    fn became_idle(&self) {
+        self.disarm_deliverer();
+    }
+}
+
+// ===== the task being polled =====
+
+thread_local! {
+    /// The tracker of the tracked task whose poll runs on this thread (its
+    /// `Arc<Shared>`'s address), 0 outside one: how `join` and `shutdown`
+    /// tell that they are awaited by a task of their own group, which could
+    /// only wait for itself.
+    static POLLING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Restores [`POLLING`] when a poll ends, by return or by unwinding.
+struct PollingGuard(usize);
+
+impl PollingGuard {
+    fn enter(tracker: usize) -> Self {
+        PollingGuard(POLLING.with(|p| p.replace(tracker)))
+    }
+}
+
+impl Drop for PollingGuard {
+    fn drop(&mut self) {
+        POLLING.with(|p| p.set(self.0));
     }
 }
 
@@ -69,7 +104,6 @@ impl<K: Eq + Hash + Clone> HoldsRegistry<TaskMeta, K> for Arc<Shared<K>> {
 /// it, and it delivers to every live task.
 struct Deliverer<K: Eq + Hash + Clone> {
     shared: Weak<Shared<K>>,
-    baseline: Arc<OnceLock<Stats>>,
 }
 
 impl<K: Eq + Hash + Clone + Debug + Send + Sync + 'static> Wake for Deliverer<K> {
@@ -79,11 +113,7 @@ impl<K: Eq + Hash + Clone + Debug + Send + Sync + 'static> Wake for Deliverer<K>
 
     fn wake_by_ref(self: &Arc<Self>) {
         if let Some(shared) = self.shared.upgrade() {
-            let registry = &shared.registry;
-            // Before the deliveries, so the report counts them.
-            self.baseline.get_or_init(|| stats_of(registry));
-            let woken = registry.pending().iter().filter(|c| c.deliver()).count();
-            Counters::add(&registry.counters.deliveries, woken as u64);
+            shared.deliver_all();
         }
     }
 }
@@ -110,32 +140,47 @@ where
             shutdown: tokio::sync::Mutex::new(None),
             shutdowns_finished: AtomicU64::new(0),
             closed: AtomicBool::new(false),
-            baseline: Arc::new(OnceLock::new()),
+            baseline: OnceLock::new(),
         });
-        shared.register_deliverer();
+        shared.arm_deliverer();
         shared
     }
 
-    /// (Re-)registers the deliverer on the scope. Done at creation and, for a
-    /// scope with a deadline, once more at the first spawn inside a runtime, so
-    /// the deadline's timer can start.
-    fn register_deliverer(self: &Arc<Self>) {
-        let waker = Waker::from(Arc::new(Deliverer {
-            shared: Arc::downgrade(self),
-            baseline: self.baseline.clone(),
-        }));
-        let has_deadline = self.scope.deadline().is_some();
-        let in_runtime = tokio::runtime::Handle::try_current().is_ok();
-        if has_deadline && !in_runtime {
+    /// The first delivery to every live task (the scope was cancelled), with
+    /// the report's baseline taken first, so the report counts them.
+    fn deliver_all(&self) {
+        let registry = &self.registry;
+        self.baseline.get_or_init(|| stats_of(registry));
+        let woken = registry.pending().iter().filter(|c| c.deliver()).count();
+        Counters::add(&registry.counters.deliveries, woken as u64);
+    }
+
+    /// Registers the deliverer on the scope, unless it is already. Done at
+    /// creation and at a spawn into a tracker whose deliverer is not
+    /// registered (a scope with a deadline, first outside a runtime or after
+    /// the tracker went idle: the deadline's timer needs a runtime, and runs
+    /// only while someone waits). A scope found cancelled is delivered to
+    /// here, as the deliverer would have been woken, and the baseline of the
+    /// report is taken: a group born cancelled counts its tasks too.
+    fn arm_deliverer(self: &Arc<Self>) {
+        if self.scope.deadline().is_some() && tokio::runtime::Handle::try_current().is_err() {
             // A deadline needs a timer, a timer a runtime: registration waits
             // for the first spawn.
             return;
         }
-        let mut waiter = self.deliverer.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = waiter.poll(self.scope.node(), &waker);
-        // Release pairs with the Acquire in `spawn`: whoever sees `true` sees
-        // the registration.
-        self.deliverer_armed.store(true, Ordering::Release);
+        let mut waiter = lock(&self.deliverer);
+        if self.deliverer_armed.load(Ordering::SeqCst) {
+            return;
+        }
+        let waker = Waker::from(Arc::new(Deliverer {
+            shared: Arc::downgrade(self),
+        }));
+        let cancelled = waiter.poll(self.scope.node(), &waker).is_ready();
+        self.deliverer_armed.store(true, Ordering::SeqCst);
+        drop(waiter);
+        if cancelled {
+            self.deliver_all();
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -162,7 +207,10 @@ where
         *self.baseline.get_or_init(|| now)
     }
 
-    /// Spawns `make(task_scope)` as a tracked task.
+    /// Spawns `make(task_scope)` as a tracked task. `#[track_caller]` from
+    /// every public spawn function down to tokio's, so tokio (its task hooks,
+    /// tokio-console) and the ladder's reports see the user's spawn site.
+    #[track_caller]
     pub(crate) fn spawn<F, Fut>(
         self: &Arc<Self>,
         opts: TaskOptions<K>,
@@ -182,9 +230,7 @@ where
         if self.runtime.get().is_none() {
             let _ = self.runtime.set(rt.clone());
         }
-        if !self.deliverer_armed.load(Ordering::Acquire) {
-            self.register_deliverer();
-        }
+        let location = std::panic::Location::caller();
         let TaskOptions {
             key,
             name,
@@ -221,9 +267,21 @@ where
         // The own scope is kept for a per-task cancel (`TaskHandle::cancel`,
         // a key's ladder), for an abort, which cancels it (see `Tracked`),
         // and for `Watch::Own`.
-        let meta = TaskMeta::new(Instant::now(), own_scope, name, hook, owns_process, span);
+        let meta = TaskMeta::new(
+            Instant::now(),
+            location,
+            own_scope,
+            name,
+            hook,
+            owns_process,
+            span,
+        );
         let (guard, replaced) = Registry::insert_as(self, id, watch as u8, meta, key);
         let cell = guard.cell().clone();
+        // After the insertion, SeqCst: see `disarm_deliverer`.
+        if !self.deliverer_armed.load(Ordering::SeqCst) {
+            self.arm_deliverer();
+        }
         let tracked = Tracked { fut, guard };
         let join = rt.spawn(tracked);
         tracing::trace!(task = %id, name = ?cell.meta.name(), keyed, "spawned tracked task");
@@ -243,17 +301,14 @@ where
     }
 
     fn record_panic(&self, message: &str) {
-        let mut first = self.first_panic.lock().unwrap_or_else(|e| e.into_inner());
+        let mut first = lock(&self.first_panic);
         if first.is_none() {
             *first = Some(message.to_owned());
         }
     }
 
     pub(crate) fn take_panic(&self) -> Option<String> {
-        self.first_panic
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        lock(&self.first_panic).take()
     }
 
     /// Cancels one task's own scope and wakes it once.
@@ -309,12 +364,27 @@ where
             .or_else(|| self.runtime.get().cloned())
     }
 
+    /// Panics if the current thread is polling a task of this tracker: a
+    /// wait for the tracker's tasks there would wait for itself. `what`
+    /// names the call, for the message.
+    pub(crate) fn assert_not_own_task(self: &Arc<Self>, what: &str) {
+        let me = Arc::as_ptr(self) as *const () as usize;
+        if POLLING.with(std::cell::Cell::get) == me {
+            panic!(
+                "cancel_scope: {what} was awaited inside a task of the same group or map, which \
+                 would wait for itself: await it from outside the group (the code that owns \
+                 it), or end the task by returning and call cancel() / close() from inside"
+            );
+        }
+    }
+
     /// Marks every live task closing, cancels the scope (the deliverer wakes
     /// each task once) and runs the ladder over all of them. Concurrent calls
     /// share one ladder: a call that finds one running waits for it and
     /// returns its report. A call whose future was dropped mid-ladder
     /// finishes nothing, so the next call runs the ladder itself.
-    pub(crate) async fn shutdown(&self) -> ShutdownReport {
+    pub(crate) async fn shutdown(self: &Arc<Self>, what: &str) -> ShutdownReport {
+        self.assert_not_own_task(what);
         self.close();
         // A ladder that finishes while this call waits for the lock is the
         // one it joined. (The mutex orders the count: it is bumped under it.)
@@ -390,8 +460,11 @@ where
             None => self.registry.pending(),
         };
         let mut ended = false;
+        // Escalated by this ladder with a hook: reported if it has not
+        // returned when the ladder ends.
+        let mut hooked: Vec<Arc<Cell>> = Vec::new();
         for (offset, step) in Schedule::new(self.policy) {
-            if wait.until(start + offset).await {
+            if wait.until(instant_after(start, offset)).await {
                 ended = true;
                 break;
             }
@@ -405,7 +478,9 @@ where
                 }
                 Step::Escalate => {
                     for cell in targets() {
-                        self.escalate(&cell);
+                        if self.escalate(&cell) {
+                            hooked.push(cell);
+                        }
                     }
                 }
                 Step::GiveUp => {
@@ -429,13 +504,16 @@ where
                     continue;
                 }
                 self.registry.mark_stuck(&cell);
-                let age = cell.meta.spawned_at.elapsed();
+                let age = cell.meta.age();
                 let message = self.cancel_message(&cell);
+                let hook_running = cell.snapshot().is_hook_running();
                 tracing::warn!(
                     task = %cell.id,
                     name = ?cell.meta.name(),
                     key = ?key,
                     age_ms = age.as_millis() as u64,
+                    spawned_at = %cell.meta.location,
+                    hook_running,
                     // Recorded only when the cancel had a message.
                     cancel_message = message.as_deref(),
                     "task is stuck: it outlived cancellation, escalation and abort; it stays \
@@ -446,9 +524,15 @@ where
                     name: cell.meta.name().cloned(),
                     key: key.map(|k| format!("{k:?}")),
                     age,
+                    location: cell.meta.location,
+                    hook_running,
                 });
             }
         }
+        let hooks_running = hooked
+            .iter()
+            .filter(|c| c.snapshot().is_hook_running())
+            .count() as u64;
         let after = self.stats();
         ShutdownReport {
             completed: after.completed - before.completed,
@@ -461,6 +545,7 @@ where
             redeliveries: after.redeliveries - before.redeliveries,
             escalations: after.escalations - before.escalations,
             processes: after.processes - before.processes,
+            hooks_running,
         }
     }
 
@@ -474,14 +559,16 @@ where
             .cancel_message()
     }
 
-    /// Runs the task's escalation hook once (a panic in it is caught and
-    /// logged: the hook runs under no lock, so nothing is left half-updated)
-    /// and aborts the task: the `ESCALATED` bit makes its next poll end it
-    /// (as tokio's abort would, without keeping an `AbortHandle` per task),
-    /// and one wake brings that poll.
-    fn escalate(&self, cell: &Cell) {
+    /// Escalates a task, once: starts its hook, if it has one, on a thread
+    /// of its own (a panic in it is caught and logged; a hook that blocks
+    /// holds neither the ladder nor a runtime thread, and is reported while
+    /// it runs) and aborts the task: the `ESCALATED` bit makes its next poll
+    /// end it (as tokio's abort would, without keeping an `AbortHandle` per
+    /// task), and one wake brings that poll, at once, not after the hook.
+    /// Returns whether a hook was started.
+    fn escalate(&self, cell: &Arc<Cell>) -> bool {
         if !cell.mark_escalated() {
-            return;
+            return false;
         }
         Counters::bump(&self.registry.counters.escalations);
         let meta = &cell.meta;
@@ -489,7 +576,7 @@ where
         tracing::warn!(
             task = %cell.id,
             name = ?meta.name(),
-            age_ms = meta.spawned_at.elapsed().as_millis() as u64,
+            age_ms = meta.age().as_millis() as u64,
             redeliveries = cell.redeliveries(),
             // Recorded only when the cancel had a message. Not `message`:
             // tracing's name for the event's own text.
@@ -497,17 +584,56 @@ where
             "task ignored cancellation for the whole grace period: escalating (hook, then abort)"
         );
         let hook = meta.take_hook();
+        let started = hook.is_some();
         if let Some(hook) = hook {
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(hook)) {
-                tracing::error!(
-                    task = %cell.id,
-                    panic = panic_message(&*payload),
-                    "escalation hook panicked; aborting the task anyway"
-                );
-            }
+            cell.mark_hook_running();
+            run_hook(hook, cell.clone());
         }
         cell.schedule();
+        started
     }
+}
+
+/// Runs an escalation hook on a thread of its own, named
+/// `cancel-scope-hook`, and clears the cell's `HOOK_RUNNING` when it returns
+/// (or panics). If no thread can be started, runs it here, as before.
+fn run_hook(hook: crate::task::Hook, cell: Arc<Cell>) {
+    fn call(hook: crate::task::Hook, cell: &Cell) {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(hook)) {
+            tracing::error!(
+                task = %cell.id,
+                panic = panic_message(&*payload),
+                "escalation hook panicked; the task is aborted anyway"
+            );
+        }
+        cell.hook_returned();
+    }
+    // Shared with the thread, so a failed start gives the hook back.
+    let slot = Arc::new(Mutex::new(Some(hook)));
+    let (theirs, their_cell) = (slot.clone(), cell.clone());
+    let started = std::thread::Builder::new()
+        .name("cancel-scope-hook".into())
+        .spawn(move || {
+            let hook = lock(&theirs).take();
+            if let Some(hook) = hook {
+                call(hook, &their_cell);
+            }
+        });
+    if let Err(error) = started {
+        tracing::warn!(task = %cell.id, %error, "no thread for the escalation hook: running it here");
+        let hook = lock(&slot).take();
+        if let Some(hook) = hook {
+            call(hook, &cell);
+        }
+    }
+}
+
+/// `start + offset`, saturating at about 30 years from now (as tokio's own
+/// far-future sentinel), so any `Duration` of a policy is a valid rung.
+pub(crate) fn instant_after(start: Instant, offset: std::time::Duration) -> Instant {
+    start
+        .checked_add(offset)
+        .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(86400 * 365 * 30))
 }
 
 fn stats_of<K: Eq + Hash + Clone>(registry: &Registry<TaskMeta, K>) -> Stats {
@@ -551,6 +677,30 @@ where
 impl<K: Eq + Hash + Clone + Debug + Send + Sync + 'static> Debug for Owner<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.shared.fmt(f)
+    }
+}
+
+impl<K: Eq + Hash + Clone> Shared<K> {
+    /// The last task ended: under a deadline, release the deliverer's
+    /// registration, so no timer of the library outlives the work. A spawn
+    /// racing with this re-registers: this stores `false` before it reads
+    /// the registry's length, a spawn inserts before it reads the flag
+    /// (SeqCst both, the registry lock between), so either this sees the new
+    /// task and keeps the registration, or the spawn sees `false` and arms.
+    fn disarm_deliverer(&self) {
+        if self.scope.deadline().is_none() || !self.deliverer_armed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut waiter = lock(&self.deliverer);
+        if !self.deliverer_armed.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        if self.registry.len() != 0 || self.scope.is_cancelled() {
+            // A task came in (or nothing will ever be delivered again).
+            self.deliverer_armed.store(true, Ordering::SeqCst);
+            return;
+        }
+        waiter.release(self.scope.node());
     }
 }
 
@@ -707,8 +857,9 @@ where
         let this = self.project();
         let (shared, cell, outcome) = this.guard.parts();
         let _entered = cell.meta.span().map(tracing::Span::enter);
-        let watch = Watch::from_tag(cell.tag);
+        let _polling = PollingGuard::enter(Arc::as_ptr(shared) as *const () as usize);
         let start = cell.begin_poll(cx.waker());
+        let watch = Watch::from_tag(start.tag);
         if start.escalated {
             // Escalated: end now, as an abort would.
             return Poll::Ready(Err(TaskError::Aborted));
@@ -762,7 +913,12 @@ where
                 tracing::debug!(task = %cell.id, panic = %message, "tracked task panicked");
                 shared.record_panic(&message);
                 if shared.cancel_on_panic {
-                    shared.scope.cancel();
+                    // The siblings' `Cancelled` says why, as `cancel_with`.
+                    let why = match cell.meta.name() {
+                        Some(name) => format!("{} {:?} panicked: {message}", cell.id, &**name),
+                        None => format!("{} panicked: {message}", cell.id),
+                    };
+                    shared.scope.cancel_with(why);
                 }
                 *outcome = TaskOutcome::Panicked;
                 Poll::Ready(Err(TaskError::Panicked(message)))
