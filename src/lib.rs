@@ -107,6 +107,7 @@
 //! | `CancellationToken::cancel` | [`CancelScope::cancel`] |
 //! | a cancel with a reason (tokio #5249; Trio's `cancel(reason=...)`) | [`CancelScope::cancel_with`], read back with [`CancelScope::cancel_message`] |
 //! | `TaskTracker` | [`TaskGroup`] |
+//! | `TaskTracker::spawn(fut)` where `fut` watches a token and cleans up | [`TaskGroup::spawn_with_scope`], **not** [`TaskGroup::spawn`] (see below) |
 //! | `TaskTracker::wait` | [`TaskGroup::join`] (or [`TaskGroup::shutdown`]: cancel, then the bounded ladder) |
 //! | `TaskTracker::close` | `TaskGroup::close` |
 //! | `JoinSet` | a [`TaskGroup`] and the [`TaskHandle`]s it returns, or [`TaskGroup::join_next`] for outcomes |
@@ -116,6 +117,34 @@
 //! The last row is a trap: in tokio "cancelled" means aborted from outside;
 //! here [`TaskError::Cancelled`] means the task's cancel scope was cancelled
 //! and its future dropped at an await, and it carries the reason and message.
+//!
+//! The `TaskTracker::spawn` row is a trap too: ported as `group.spawn(...)`,
+//! such a task compiles and its cleanup never runs, because
+//! [`TaskGroup::spawn`] drops the future at its next await once the group is
+//! cancelled, before the code after `cancelled().await` is reached. A task
+//! that must say goodbye gets its scope from
+//! [`spawn_with_scope`](TaskGroup::spawn_with_scope), waits on it, and ends
+//! by itself:
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use cancel_scope::TaskGroup;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let group = TaskGroup::new();
+//! let log = Arc::new(Mutex::new(Vec::new()));
+//! let conn_log = log.clone();
+//! group.spawn_with_scope(|scope| async move {
+//!     scope.cancelled().await; // as `token.cancelled().await`
+//!     conn_log.lock().unwrap().push("goodbye"); // runs: the task was not dropped
+//! });
+//!
+//! let report = group.shutdown().await;
+//! assert!(report.is_clean(), "{report}");
+//! assert_eq!(*log.lock().unwrap(), ["goodbye"]);
+//! # }
+//! ```
 //!
 //! Groups and maps are cheap handles (`Clone`, one `Arc`): clones share one
 //! group, and only the last handle's drop closes and cancels it.

@@ -554,3 +554,41 @@ async fn every_process_spawner_refuses_a_closed_or_cancelled_group_without_start
     assert!(!marker.exists(), "no process was started");
     assert!(closed.is_empty() && cancelled.is_empty() && map.is_empty());
 }
+
+/// The reaper of `spawn_process` has no escalation hook (a hook would signal
+/// from another thread, racing the reaper's reap): when the ladder's grace
+/// ends before `term_grace`, aborting the reaper is what kills the group.
+#[tokio::test]
+async fn a_ladder_that_escalates_on_a_reaper_kills_its_group() {
+    setup();
+    let group = TaskGroup::builder()
+        .policy(cancel_scope::ShutdownPolicy {
+            grace: Duration::from_millis(100),
+            abort_grace: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .build();
+    let policy = ProcessPolicy {
+        term_grace: Duration::from_secs(30),
+    };
+    let mut child = group
+        .spawn_process_with(sh("trap '' TERM; sleep 1000 & echo ready; wait"), policy)
+        .unwrap();
+    let _stdout = ready(&mut child.stdout).await;
+    let pgid = child.id().unwrap();
+
+    let report = group.shutdown().await;
+    assert!(report.stuck.is_empty(), "{report}");
+    assert!(
+        child.wait().await.is_err(),
+        "abandoned: left to tokio to reap"
+    );
+    for _ in 0..500 {
+        if running(pgid).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(running(pgid), Vec::new(), "SIGKILL reached the group");
+    assert!(group.is_empty());
+}

@@ -136,15 +136,20 @@ fn end_status(end: &End) -> io::Result<ExitStatus> {
 impl Drop for ScopedChild {
     fn drop(&mut self) {
         let inner = &self.inner;
-        let mut st = inner.state();
-        // A cancelled scope is already tearing the child down: not an orphan.
-        if st.ended || st.orphaned || inner.owner.is_cancelled() {
-            return;
-        }
-        // Under the state lock, so the reaper cannot end the child between the
-        // check and the insertion (invariant #2; lock order: state, ORPHANS).
-        st.orphaned = true;
-        adopt_orphan(inner.clone());
+        let pruned = {
+            let mut st = inner.state();
+            // A cancelled scope is already tearing the child down: not an orphan.
+            if st.ended || st.orphaned || inner.owner.is_cancelled() {
+                return;
+            }
+            // Under the state lock, so the reaper cannot end the child between
+            // the check and the insertion (invariant #2; lock order: state,
+            // ORPHANS).
+            st.orphaned = true;
+            adopt_orphan(inner.clone())
+        };
+        // Ended orphans pruned from the set, and the log, after the lock.
+        drop(pruned);
         tracing::debug!(pid = inner.pid, "owner of a live child ended: orphaned");
     }
 }
@@ -286,8 +291,10 @@ impl TaskGroup {
     /// at start-up and the teardown reaps them too. A small
     /// tracked task of the group (named `process <pid>`) does this, so
     /// [`shutdown`](Self::shutdown) waits for it within the ladder (the report
-    /// counts it in `processes`, and as one completed task). The child's own exit is reaped
-    /// the same way, and what is left of its group is killed.
+    /// counts it in `processes`, and as one completed task). The child's own
+    /// exit is reaped the same way; what is left of its group is then killed
+    /// where this process is a subreaper, and left alone otherwise (its
+    /// group id may be free once the child is reaped, and is never signalled).
     ///
     /// The returned [`ScopedChild`] is the owner: if it is dropped while the
     /// child runs and the group is not cancelled, the child becomes an orphan
@@ -346,14 +353,13 @@ impl TaskGroup {
         let pid = started.pid;
         let (handle, inner, reaper) = started.attach(self.scope().clone(), policy);
         let mut reaper = Some(reaper);
-        let hook = inner.clone();
+        // No escalation hook: past the ladder's grace the reaper is aborted,
+        // and dropping it kills the group (its drop guard). A hook would run
+        // on another thread, racing the reaper's own reap (invariant #1).
         let spawned = self
             .build_task()
             .name(format!("process {pid}"))
             .owns_process()
-            // Past the ladder's grace the reaper is aborted: kill the group
-            // first, so the abort cannot leave it running.
-            .on_escalate(move || hook.kill_now("ladder escalated on the reaper"))
             // Cooperative: the reaper must survive the cancellation it reacts to.
             .try_spawn_with_scope(|_task_scope| reaper.take().expect("called once"));
         if let Err(e) = spawned {

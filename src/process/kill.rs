@@ -29,21 +29,29 @@ pub fn become_subreaper() -> io::Result<()> {
     Ok(())
 }
 
-/// Reaps every child of ours in the group (only grandchildren, once the leader
-/// is reaped, and only if we are a [subreaper](become_subreaper)). Never
-/// blocks; with `wait_dying`, members still dying (after `SIGKILL`) are waited
-/// for with a timer back-off of 1 ms doubling, at most 10 times (about 1 s).
-pub(super) async fn reap_members(pgid: Pid, wait_dying: bool) {
+/// Reaps every child of ours in the group that has exited (only
+/// grandchildren, once the leader is reaped, and only if we are a
+/// [subreaper](become_subreaper)); never blocks. Returns whether a child of
+/// ours in the group is still alive: it keeps the group id in use until we
+/// reap it, so the group can then be signalled safely. This assumes nothing
+/// else in the process reaps our children (`waitpid(-1)`, `SIGCHLD` ignored).
+pub(super) fn reap_exited_members(pgid: Pid) -> bool {
+    loop {
+        match rustix::process::waitpgid(pgid, WaitOptions::NOHANG) {
+            Ok(Some(_)) | Err(Errno::INTR) => {} // reaped one (or interrupted): again
+            Ok(None) => return true,             // some are still alive
+            Err(_) => return false,              // ECHILD: none of ours left
+        }
+    }
+}
+
+/// Reaps the children of ours in the group as they die (after `SIGKILL`),
+/// waiting with a timer back-off of 1 ms doubling, at most 10 times (about
+/// 1 s).
+pub(super) async fn reap_dying_members(pgid: Pid) {
     let mut delay = Duration::from_millis(1);
     for _ in 0..10 {
-        loop {
-            match rustix::process::waitpgid(pgid, WaitOptions::NOHANG) {
-                Ok(Some(_)) | Err(Errno::INTR) => {} // reaped one (or interrupted): again
-                Ok(None) => break,                   // some are still alive
-                Err(_) => return,                    // ECHILD: none of ours left
-            }
-        }
-        if !wait_dying {
+        if !reap_exited_members(pgid) {
             return;
         }
         tokio::time::sleep(delay).await;

@@ -7,41 +7,43 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::reap::{ALIVE, How, Inner};
+use crate::sync::lock;
 
 // ===== the orphan set =====
 
 /// Children whose owner ended while they were alive. Process-global: orphans
 /// outlive the groups, maps and tasks that spawned them, which is the point.
-/// Children that ended since are dropped at the next use of the set
-/// ([`with_orphans`]): the reaper does not know the set.
+/// The reaper never takes this lock: a child that ended stays listed until the
+/// next use of the set ([`with_orphans`]) prunes it.
 static ORPHANS: Mutex<Vec<Arc<Inner>>> = Mutex::new(Vec::new());
 
-/// Runs `f` on the orphans that have not ended, after pruning the ended ones.
-/// The pruned entries are dropped after the lock is released (dropping the
-/// last `Inner` drops a `watch::Sender`, which wakes its receivers).
-fn with_orphans<R>(f: impl FnOnce(&mut Vec<Arc<Inner>>) -> R) -> R {
+/// Runs `f` on the orphans that have not ended, after pruning the ended ones
+/// (their `gone` flag, not their state lock: lock order, state then the set).
+/// Only `f` runs under the set's lock, and the callers' `f` only push, count or
+/// clone `Arc`s; the pruned entries are returned, for the caller to drop after
+/// every lock it holds (dropping the last `Inner` drops its scope handle and
+/// its `watch::Sender`).
+fn with_orphans<R>(f: impl FnOnce(&mut Vec<Arc<Inner>>) -> R) -> (R, Vec<Arc<Inner>>) {
     let mut pruned = Vec::new();
-    let out = {
-        let mut set = ORPHANS.lock().unwrap_or_else(|e| e.into_inner());
-        let mut i = 0;
-        while i < set.len() {
-            if set[i].is_gone() {
-                pruned.push(set.swap_remove(i));
-            } else {
-                i += 1;
-            }
+    let mut set = lock(&ORPHANS);
+    let mut i = 0;
+    while i < set.len() {
+        if set[i].is_gone() {
+            pruned.push(set.swap_remove(i));
+        } else {
+            i += 1;
         }
-        f(&mut set)
-    };
-    drop(pruned);
-    out
+    }
+    (f(&mut set), pruned)
 }
 
 /// Lists `child` as an orphan. The caller holds the child's state lock and
 /// checked that it has not ended (invariant #2; lock order: state, then the
-/// set).
-pub(super) fn adopt_orphan(child: Arc<Inner>) {
-    with_orphans(|set| set.push(child));
+/// set); it drops the returned entries (the ended ones pruned) after
+/// releasing that lock.
+#[must_use = "drop the pruned entries after the state lock is released"]
+pub(super) fn adopt_orphan(child: Arc<Inner>) -> Vec<Arc<Inner>> {
+    with_orphans(|set| set.push(child)).1
 }
 
 /// What [`reap_orphans`] did, by process id (each also the id of the child's
@@ -102,7 +104,7 @@ pub struct ProcessStats {
 pub fn process_stats() -> ProcessStats {
     ProcessStats {
         alive: ALIVE.load(Ordering::Relaxed),
-        orphans: with_orphans(|set| set.len()),
+        orphans: with_orphans(|set| set.len()).0,
     }
 }
 
@@ -150,7 +152,8 @@ pub fn process_stats() -> ProcessStats {
 /// those finish in their reapers.
 #[cfg_attr(docsrs, doc(cfg(all(unix, feature = "process"))))]
 pub async fn reap_orphans() -> ReapReport {
-    let found: Vec<Arc<Inner>> = with_orphans(|set| set.clone());
+    let (found, pruned) = with_orphans(|set| set.clone());
+    drop(pruned);
     let mut ends = Vec::with_capacity(found.len());
     for orphan in &found {
         // The reaper probes before it signals; asking is all we do here.

@@ -17,8 +17,9 @@ use rustix::process::{Pid, Signal};
 use tokio::process::Child;
 use tokio::sync::{Notify, watch};
 
-use super::kill::{reap_members, signal_group};
+use super::kill::{reap_dying_members, reap_exited_members, signal_group};
 use crate::scope::CancelScope;
+use crate::sync::lock;
 
 // ===== impl ProcessPolicy =====
 
@@ -28,8 +29,9 @@ use crate::scope::CancelScope;
 /// `ProcessPolicy { term_grace: Duration::from_millis(500), ..Default::default() }`.
 ///
 /// Keep `term_grace` below the group's [`ShutdownPolicy::grace`]: past that
-/// grace the ladder escalates on the child's reaper, which sends `SIGKILL` to
-/// the group at once and leaves the reaping of the leader to tokio.
+/// grace the ladder aborts the child's reaper, whose drop sends `SIGKILL` to
+/// the group at once (unless the leader was reaped) and leaves the reaping of
+/// the leader to tokio.
 ///
 /// [`ShutdownPolicy::grace`]: crate::ShutdownPolicy::grace
 #[cfg_attr(docsrs, doc(cfg(all(unix, feature = "process"))))]
@@ -84,8 +86,10 @@ pub(super) struct State {
     /// The end is published. Implies `reaped`, except for `How::Abandoned`.
     pub(super) ended: bool,
     /// The owner (`ScopedChild`) was dropped while the child was alive and its
-    /// scope not cancelled. `orphaned && ended` is transient: the reaper
-    /// removes such a child from `ORPHANS` right after setting `ended`.
+    /// scope not cancelled; the child was then listed in `ORPHANS`.
+    /// `orphaned && ended` can last: the reaper never touches the set, and the
+    /// child stays listed (unseen, invariant #2) until the next use of the set
+    /// prunes it.
     pub(super) orphaned: bool,
 }
 
@@ -107,19 +111,24 @@ pub(super) struct Inner {
 }
 
 impl Inner {
+    /// Locks the flags. Under this lock only flags are read or written and
+    /// signals sent: no tracing event, no drop of anything but the guard.
     pub(super) fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// `SIGKILL` to the group unless the leader was reaped (invariant #1); for
-    /// the escalation hook and the reaper's drop guard.
-    pub(super) fn kill_now(&self, why: &str) {
-        let st = self.state();
-        if st.reaped {
-            return;
-        }
+    /// the reaper's drop guard only. Logs after the lock is released.
+    fn kill_now(&self, why: &str) {
+        let sent = {
+            let st = self.state();
+            if st.reaped {
+                return;
+            }
+            signal_group(self.pgid, Signal::KILL)
+        };
         tracing::warn!(pid = self.pid, why, "SIGKILL to the process group");
-        if let Err(e) = signal_group(self.pgid, Signal::KILL) {
+        if let Err(e) = sent {
             tracing::error!(pid = self.pid, error = %e, "SIGKILL to the process group failed");
         }
     }
@@ -133,7 +142,8 @@ impl Inner {
 
     /// Publishes the end (invariants #2, #3). The orphan set drops the child
     /// at its next use (it prunes ended children), so the reaper never
-    /// touches the set and this module does not import it.
+    /// touches the set and this module does not import it. Logs and sends
+    /// after the lock is released.
     fn finish(&self, end: End) {
         {
             let mut st = self.state();
@@ -153,14 +163,18 @@ impl Inner {
 
 impl fmt::Debug for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = self.state();
+        // Copied out: the formatter writes to the caller's sink, not under our lock.
+        let (reaped, ended, orphaned) = {
+            let st = self.state();
+            (st.reaped, st.ended, st.orphaned)
+        };
         f.debug_struct("Inner")
             .field("pid", &self.pid)
             .field("policy", &self.policy)
             .field("owner", &self.owner.id())
-            .field("reaped", &st.reaped)
-            .field("ended", &st.ended)
-            .field("orphaned", &st.orphaned)
+            .field("reaped", &reaped)
+            .field("ended", &ended)
+            .field("orphaned", &orphaned)
             .finish()
     }
 }
@@ -223,6 +237,7 @@ pub(super) async fn reap(mut child: Child, inner: Arc<Inner>) {
     };
     let end = match exited {
         Some(status) => {
+            // No await since the wait that reaped the leader (invariant #1).
             inner.state().reaped = true;
             sweep_stragglers(&inner).await;
             End {
@@ -279,12 +294,19 @@ async fn teardown(child: &mut Child, inner: &Inner) -> End {
 }
 
 /// After the leader was reaped: reaps the members that are already our
-/// zombies, kills what is left of the group (the leader's exit ends the
-/// group's grace), and reaps those that were re-parented to us.
+/// zombies and, if a member that is our child is still alive, kills what is
+/// left of the group (the leader's exit ends the group's grace) and reaps
+/// those members. Members are our children only once they were re-parented
+/// to us, i.e. if this process is a [subreaper](super::kill::become_subreaper);
+/// otherwise nothing is signalled here (invariant #1).
 async fn sweep_stragglers(inner: &Inner) {
-    reap_members(inner.pgid, false).await;
+    // A live child of ours in the group keeps the group id in use until we
+    // reap it, so this signal cannot reach a recycled group (invariant #1).
+    if !reap_exited_members(inner.pgid) {
+        return;
+    }
     if let Ok(true) = signal_group(inner.pgid, Signal::KILL) {
         tracing::debug!(pid = inner.pid, "killed the rest of the process group");
-        reap_members(inner.pgid, true).await;
+        reap_dying_members(inner.pgid).await;
     }
 }
