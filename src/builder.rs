@@ -87,9 +87,19 @@ where
     }
 
     /// Sets the escalation hook: called once, if the task is still alive when
-    /// grace runs out, right before it is aborted. Close the task's transport
-    /// here (drop a subscription, shut a socket) so a task blocked on it ends.
-    /// A panic in the hook is caught and logged; the abort still happens.
+    /// grace runs out, as it is aborted. Close the task's transport here (drop
+    /// a subscription, shut a socket) so a task blocked on it ends.
+    ///
+    /// The hook runs on a thread of its own (named `cancel-scope-hook`), not
+    /// on the ladder's task nor on a runtime thread, and the abort is
+    /// requested at the same moment, not after the hook returns: a hook that
+    /// blocks never stretches the ladder past `grace + abort_grace` nor
+    /// stops the runtime (a stuck task's report says
+    /// [`hook_running`](crate::StuckTask::hook_running), and
+    /// [`ShutdownReport::hooks_running`](crate::ShutdownReport::hooks_running)
+    /// counts hooks that had not returned when the ladder ended). If no
+    /// thread can be started, the hook runs on the ladder's task. A panic in
+    /// the hook is caught and logged; the abort still happens.
     pub fn on_escalate(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
         self.opts.hook = Some(Box::new(hook));
         self

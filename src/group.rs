@@ -68,8 +68,11 @@ use crate::wait_list::WaitKey;
 /// busy-retries and leaves no timer behind once the tasks are gone.
 ///
 /// A task that panics cancels the group (unless
-/// [`cancel_on_panic(false)`](TaskGroupBuilder::cancel_on_panic)); its panic is
-/// returned by its handle and by [`join`](Self::join).
+/// [`cancel_on_panic(false)`](TaskGroupBuilder::cancel_on_panic)) with a
+/// message naming it (`task#7 "parser" panicked: bad frame`, as
+/// [`cancel_with`](Self::cancel_with)), which every sibling's
+/// [`TaskError::Cancelled`] carries; its panic is returned by its handle and
+/// by [`join`](Self::join).
 ///
 /// # Handles
 ///
@@ -329,6 +332,13 @@ impl TaskGroup {
     /// [`TaskError::Panicked`] with the first panic of a task since the last
     /// `join` (the record is taken, so a second `join` returns `Ok`).
     ///
+    /// # Panics
+    ///
+    /// When awaited inside a task of this same group, which would wait for
+    /// itself forever: the message names the mistake. Await it from the code
+    /// that owns the group; inside a task, return to end it, or call
+    /// [`cancel`](Self::cancel) / [`close`](Self::close).
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe.
@@ -412,6 +422,13 @@ impl TaskGroup {
     /// an enclosing scope or a deadline), not only those that ended while this
     /// call ran.
     ///
+    /// # Panics
+    ///
+    /// When awaited inside a task of this same group (it would escalate on,
+    /// and abort, the very task that waits for the report): the message names
+    /// the mistake. Call [`cancel`](Self::cancel) there instead, and
+    /// `shutdown` from the code that owns the group.
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future stops the ladder where it is (the scope stays
@@ -469,7 +486,9 @@ impl TaskGroupBuilder {
         self
     }
 
-    /// Whether a panicking task cancels the group (default `true`, as Trio).
+    /// Whether a panicking task cancels the group (default `true`, as Trio),
+    /// with the message `task#7 "parser" panicked: bad frame` (its id, its
+    /// name if it has one, its panic message).
     pub fn cancel_on_panic(mut self, yes: bool) -> Self {
         self.cancel_on_panic = yes;
         self

@@ -153,15 +153,26 @@
 //!
 //! # Guarantees
 //!
-//! - **No busy retry**: each task is woken at most `1 + max_redeliveries` times
-//!   by the library, re-deliveries are spaced by timers, only a task that was
-//!   polled after its delivery and parked again is re-delivered to (never one
-//!   not yet polled, nor one in the middle of the poll that ends it), and
-//!   once the last task ends no timer,
-//!   wakeup or task of the library is left.
+//! - **No busy retry**: the library wakes each task at most
+//!   `max_redeliveries + 3` times over its life (its first delivery, one
+//!   more for a [`TaskHandle::cancel`] after another cancel reached it, at
+//!   most `max_redeliveries` re-deliveries whatever number of ladders run
+//!   over it, and escalation's one wake), re-deliveries are spaced by
+//!   timers, only a task that was polled after its delivery and parked again
+//!   is re-delivered to (never one not yet polled, nor one in the middle of
+//!   the poll that ends it), and once the last task ends no timer, wakeup or
+//!   task of the library is left (a group under a deadline releases its
+//!   wait on the scope while it has no task).
+//! - **Every input**: every `u32` and every `Duration` of a
+//!   [`ShutdownPolicy`] is valid (durations saturate; `Duration::MAX` means
+//!   never); a key whose `Hash` or `Eq` panics fails that one call and never
+//!   corrupts a map; `Debug`, `len` and `stats` only read.
 //! - **Done-task skipping**: an ended task is never woken nor counted.
 //! - **Prune on completion**: `len()` is the number of live task futures.
-//! - **Bounded teardown**: `shutdown()` returns within `grace + abort_grace`.
+//! - **Bounded teardown**: `shutdown()` returns within `grace + abort_grace`
+//!   (plus scheduling noise), whatever the tasks and their escalation hooks
+//!   do: a hook runs on a thread of its own, so one that blocks holds neither
+//!   the ladder nor a runtime thread, and the report says it still runs.
 //!
 //! # Cargo features
 //!

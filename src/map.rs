@@ -306,6 +306,11 @@ where
     /// Closes the map and tears down every task with the ladder (see
     /// [`TaskGroup::shutdown`](crate::TaskGroup::shutdown)).
     ///
+    /// # Panics
+    ///
+    /// When awaited inside a task of this same map, as
+    /// [`TaskGroup::shutdown`](crate::TaskGroup::shutdown).
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future stops the ladder where it is (the map's scope

@@ -85,6 +85,13 @@ impl<T> TaskHandle<T> {
     /// [`TaskMap::begin_cancel`] does for a key. Returns at once; works from
     /// any thread, inside a runtime or not.
     ///
+    /// This holds whatever state the task is in: not yet delivered to, or
+    /// already reached by its group's cancel (or an enclosing scope's
+    /// deadline) and parked again since, in which case it is woken once more
+    /// (the bound of [`ShutdownPolicy::max_redeliveries`](crate::ShutdownPolicy::max_redeliveries)
+    /// counts that wake). A ladder that already runs over the task (its
+    /// group's `shutdown`, its key's) goes on; no second one starts.
+    ///
     /// The ladder starts at the task's next poll, which the wake brings (the
     /// task's own poll knows its tracker: the handle holds only a weak
     /// reference to the task). A task that blocks its worker thread inside a

@@ -334,6 +334,7 @@ impl TaskGroup {
     /// `NotFound`), or an error outside a tokio runtime or on a cancelled or
     /// [closed](Self::close) group (wrapping [`SpawnError::Closed`]); then no
     /// process was started.
+    #[track_caller]
     pub fn spawn_process(&self, cmd: Command) -> io::Result<ScopedChild> {
         self.spawn_process_with(cmd, ProcessPolicy::default())
     }
@@ -343,6 +344,7 @@ impl TaskGroup {
     /// # Errors
     ///
     /// As [`spawn_process`](Self::spawn_process).
+    #[track_caller]
     pub fn spawn_process_with(
         &self,
         cmd: Command,
@@ -419,6 +421,7 @@ impl TaskGroup {
     /// outside a tokio runtime or on a cancelled or [closed](Self::close)
     /// group (wrapping [`SpawnError::Closed`]); then no process was started
     /// and nothing was spawned.
+    #[track_caller]
     pub fn spawn_with_process<F, Fut>(
         &self,
         cmd: Command,
@@ -482,6 +485,7 @@ where
     /// a cancelled or [closed](Self::close) map (wrapping
     /// [`SpawnError::Closed`]); then no process was started, nothing was
     /// spawned, and the task under `key`, if any, is left alone.
+    #[track_caller]
     pub fn spawn_with_process<F, Fut>(
         &self,
         key: K,
@@ -519,6 +523,7 @@ where
     /// outside a tokio runtime or on a cancelled or closed group or map
     /// (wrapping [`SpawnError::Closed`]); then no process was started and
     /// nothing was spawned.
+    #[track_caller]
     pub fn spawn_with_process<F, Fut>(
         self,
         cmd: Command,
