@@ -1200,7 +1200,10 @@ mod tests {
         // A limit above 16 bits is a limit, not a wrap.
         let mid = Snapshot(PARKED | DELIVERED | (70_000 << REDELIVERY_SHIFT));
         assert_eq!(mid.redelivered(70_000), None);
-        assert_eq!(mid.redelivered(70_001).map(Snapshot::redeliveries), Some(70_001));
+        assert_eq!(
+            mid.redelivered(70_001).map(Snapshot::redeliveries),
+            Some(70_001)
+        );
     }
 
     #[test]

@@ -553,6 +553,8 @@ fn dropping_a_group_off_runtime_still_escalates() {
             .build()
             .unwrap();
         let escalated = Arc::new(AtomicBool::new(false));
+        // The hook runs on a thread of its own, beside the abort.
+        let (hook_done_tx, hook_done) = mpsc::channel::<()>();
         let (group, ended) = rt.block_on(async {
             let group = TaskGroup::builder()
                 .policy(ShutdownPolicy {
@@ -564,11 +566,13 @@ fn dropping_a_group_off_runtime_still_escalates() {
             let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
             let mut tx = Some(tx);
             let e = escalated.clone();
+            let hook_done = hook_done_tx.clone();
             group
                 .build_task()
                 .on_escalate(move || {
                     e.store(true, Ordering::SeqCst);
                     drop(tx.take());
+                    let _ = hook_done.send(());
                 })
                 .spawn_with_scope(|_ignored| async move {
                     let _ = rx.await;
@@ -584,6 +588,9 @@ fn dropping_a_group_off_runtime_still_escalates() {
                 .await
                 .expect("the stubborn task was never escalated");
         });
+        hook_done
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the hook ran");
         assert!(escalated.load(Ordering::SeqCst));
     });
 }
