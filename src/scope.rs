@@ -318,6 +318,10 @@ impl CancelScope {
     /// Cheap: a clone of a [`CancelMessage`] never allocates; finding it
     /// walks up to the scope where the cancel started, without a lock.
     ///
+    /// Checks the state as [`is_cancelled`](Self::is_cancelled) does, and so,
+    /// like it, runs the cancel of a deadline that passed before its timer
+    /// fired (whose message is `None`); the `Debug` output does not.
+    ///
     /// # Examples
     ///
     /// ```
@@ -341,8 +345,17 @@ impl CancelScope {
 
     /// Whether the scope is cancelled, by a call or by a passed deadline.
     ///
-    /// One atomic load (plus a clock read when the scope has a deadline); never
-    /// takes a lock unless it is the call that notices a passed deadline.
+    /// A deadline that passed before its timer fired (nobody waits, or the
+    /// runtime has not run the timer yet) is noticed here: this call then
+    /// cancels the scope the deadline belongs to, with reason
+    /// [`Deadline`](CancelReason::Deadline), waking its waiters as the timer
+    /// would have. [`reason`](Self::reason) and
+    /// [`cancel_message`](Self::cancel_message) do the same; `Debug` never does.
+    ///
+    /// One atomic load on a cancelled scope, two (the flag, then the
+    /// deadline) on one that is not, plus a clock read when it has a
+    /// deadline; never takes a lock unless it is the call that notices a
+    /// passed deadline.
     #[must_use]
     #[inline]
     pub fn is_cancelled(&self) -> bool {
@@ -352,6 +365,12 @@ impl CancelScope {
     /// Why the scope is cancelled, or `None` if it is not: taken from the scope
     /// where the cancellation started (a child cancelled through its parent's
     /// deadline says [`CancelReason::Deadline`]).
+    ///
+    /// Reads the state as [`is_cancelled`](Self::is_cancelled) does, and so,
+    /// like it, runs the cancel of a deadline that passed before its timer
+    /// fired (waking that scope's waiters and its group's tasks). The
+    /// [`Debug`](#impl-Debug-for-CancelScope) output shows the same reason
+    /// without running anything.
     #[must_use]
     pub fn reason(&self) -> Option<CancelReason> {
         if is_cancelled(&self.node) {
@@ -491,15 +510,28 @@ impl Drop for CancelScope {
     }
 }
 
+/// A pure read (property 9, as `CancellationToken`'s `Debug`): it never runs
+/// the cancel that [`is_cancelled`](CancelScope::is_cancelled) would run for
+/// a passed deadline, so it wakes and delivers nothing. Such a scope shows
+/// `deadline_passed: true` and the reason `Deadline` (what `reason()` would
+/// return, unless a racing `cancel` wins), with no message.
 impl std::fmt::Debug for CancelScope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let node = &self.node;
+        let deadline = tree::deadline(node);
+        let passed = deadline != NO_DEADLINE && now_ticks() >= deadline;
+        let stored = tree::reason(node);
+        let reason = stored.or(passed.then_some(CancelReason::Deadline));
+        // Only a stored cancel has a message (read at its origin, no lock).
+        let message = stored.and_then(|_| tree::message(node));
         f.debug_struct("CancelScope")
-            .field("id", &self.node.id)
-            .field("parent", &tree::parent_id(&self.node))
-            .field("shielded", &self.node.shielded)
-            .field("reason", &self.reason())
-            .field("message", &self.cancel_message())
+            .field("id", &node.id)
+            .field("parent", &tree::parent_id(node))
+            .field("shielded", &node.shielded)
+            .field("reason", &reason)
+            .field("message", &message)
             .field("deadline", &self.deadline())
+            .field("deadline_passed", &passed)
             .finish()
     }
 }

@@ -629,3 +629,66 @@ async fn spawned_shielded_cleanup_survives_its_starter_and_is_bounded() {
     assert_eq!(start.elapsed(), Duration::from_millis(100));
     assert!(group.is_empty());
 }
+
+// ===== reads are pure (property 9) =====
+
+/// A waker that counts its wakes.
+#[derive(Default)]
+struct CountWakes(AtomicUsize);
+
+impl std::task::Wake for CountWakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// `Debug` of a scope whose deadline passed before its timer fired (the
+/// runtime is not driven) reads; it does not run the cancel, its wakes, or
+/// the group's deliveries.
+#[test]
+fn debug_of_a_passed_deadline_neither_cancels_nor_delivers() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let (scope, group) = rt.block_on(async {
+        let scope = CancelScope::new().with_timeout(Duration::from_millis(20));
+        let group = TaskGroup::with_scope(scope.clone());
+        for _ in 0..5 {
+            group.spawn(std::future::pending::<()>());
+        }
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        (scope, group)
+    });
+    let wakes = Arc::new(CountWakes::default());
+    let waker = std::task::Waker::from(wakes.clone());
+    let mut wait = Box::pin(scope.cancelled());
+    let mut cx = std::task::Context::from_waker(&waker);
+    // Registered before the deadline passes (inside the runtime's context,
+    // though the runtime is not driven: the group's deliverer started the
+    // timer already).
+    let _guard = rt.enter();
+    assert!(wait.as_mut().poll(&mut cx).is_pending());
+    std::thread::sleep(Duration::from_millis(50));
+
+    let s = format!("{scope:?}");
+    let g = format!("{group:?}");
+    assert_eq!(group.stats().deliveries, 0, "Debug delivered: {g}");
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "Debug woke a waiter");
+    assert!(s.contains("deadline_passed: true"), "{s}");
+    assert!(s.contains("Deadline"), "{s}");
+
+    // `is_cancelled` still does the cancel it notices (documented).
+    assert!(scope.is_cancelled());
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    assert_eq!(group.stats().deliveries, 5);
+    drop(wait);
+    drop(_guard);
+    drop(group);
+    drop(rt);
+}
