@@ -329,14 +329,29 @@ fn a_woken_waiter_sees_the_whole_subtree_cancelled() {
                 let root = root.clone();
                 tokio::spawn(async move {
                     let mut wait = std::pin::pin!(root.cancelled());
-                    // Register first, so the next poll comes from the wake.
+                    // Registered with a waker that flags its wake, and polled
+                    // again only once it came: a poll without a wake may see
+                    // the subtree half marked (as `cancel` documents).
+                    let woken = Arc::new(WakeFlag::default());
+                    let mut sent = Some(registered);
                     std::future::poll_fn(|cx| {
-                        assert!(wait.as_mut().poll(cx).is_pending());
+                        if let Some(registered) = sent.take() {
+                            woken.task.lock().unwrap().replace(cx.waker().clone());
+                            let flagging = std::task::Waker::from(woken.clone());
+                            let mut cx = std::task::Context::from_waker(&flagging);
+                            assert!(wait.as_mut().poll(&mut cx).is_pending());
+                            registered.send(()).unwrap();
+                            return std::task::Poll::Pending;
+                        }
+                        if !woken.flag.load(Ordering::SeqCst) {
+                            return std::task::Poll::Pending;
+                        }
+                        let noop = std::task::Waker::noop();
+                        let mut cx = std::task::Context::from_waker(noop);
+                        assert!(wait.as_mut().poll(&mut cx).is_ready());
                         std::task::Poll::Ready(())
                     })
                     .await;
-                    registered.send(()).unwrap();
-                    wait.await;
                     last.is_cancelled()
                 })
             };
@@ -348,6 +363,25 @@ fn a_woken_waiter_sees_the_whole_subtree_cancelled() {
             );
         }
     });
+}
+
+/// Sets `flag` on a wake, then wakes the task stored in `task`.
+#[derive(Default)]
+struct WakeFlag {
+    flag: AtomicBool,
+    task: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl std::task::Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Some(w) = self.task.lock().unwrap().take() {
+            w.wake();
+        }
+    }
 }
 
 // ===== cancel messages =====
