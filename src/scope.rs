@@ -24,7 +24,8 @@ use tree::{NO_DEADLINE, Node, TimerStep};
 // ===== clock =====
 
 /// The tree stores deadlines as signed nanoseconds from a process-wide base, so
-/// that `is_cancelled` can compare them with one atomic load.
+/// that a deadline is one `AtomicI64`: `is_cancelled` reads it with one load
+/// (its second, after the flag) and compares it with the clock, without a lock.
 fn base() -> std::time::Instant {
     static BASE: OnceLock<std::time::Instant> = OnceLock::new();
     *BASE.get_or_init(std::time::Instant::now)
@@ -465,8 +466,8 @@ impl CancelScope {
     }
 }
 
-/// Two loads on the fast path (the flag, the deadline); the clock is read
-/// only for a scope with a deadline, out of line.
+/// One load when cancelled, two otherwise (the flag, the deadline); the clock
+/// is read only for a scope with a deadline, out of line.
 #[inline]
 fn is_cancelled(node: &Arc<Node>) -> bool {
     tree::is_cancelled(node) || (tree::deadline(node) != NO_DEADLINE && deadline_passed(node))

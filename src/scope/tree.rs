@@ -62,14 +62,17 @@
 //! update: both run O(descendants) lock/store steps, as before. A reader pays
 //! O(depth to the origin) atomic loads, without a lock, and only when it asks
 //! (typically once per cancelled task, when it builds its error, at depth one
-//! or two). `is_cancelled` is untouched: one load.
+//! or two). The flag test, [`is_cancelled`], is untouched: one load.
 //!
 //! # Deadlock safety
 //!
-//! Locks are taken parent before child, and at most two at a time (in `detach`,
-//! and in `cancel`, which marks a parent's leaf children under its lock).
-//! `cancel` and `tighten_deadline` hold one node's lock at a time and collect the
-//! children to visit next. Under a node's lock no waker is cloned, dropped or
+//! Locks are taken parent before child, and at most two at a time: `detach`
+//! holds a parent and the child leaving it; `cancel` holds a parent and, in
+//! turn, each of its leaf children, which it marks under the parent's lock.
+//! Neither holds a node's lock while it takes an ancestor's. `cancel` collects
+//! the children with children of their own to visit next, with no lock held
+//! between nodes; `tighten_deadline` and every other function hold one node's
+//! lock at a time. Under a node's lock no waker is cloned, dropped or
 //! woken (the rule of `crate::sync`): wakers come in cloned, and replaced,
 //! removed or drained ones leave through an [`AfterUnlock`], so a waker whose
 //! `drop` or `wake` re-enters the tree (makes a child, cancels) cannot deadlock.
@@ -139,7 +142,8 @@ pub(crate) struct Node {
     /// without a lock by whoever saw `ORIGIN`. (A std `OnceLock` also under
     /// loom: the models check the `state` store that publishes it.)
     message: OnceLock<CancelMessage>,
-    /// Effective deadline in ticks (see `crate::clock`), `NO_DEADLINE` if none.
+    /// Effective deadline in ticks (the `// ===== clock =====` section of
+    /// `scope.rs`), `NO_DEADLINE` if none.
     deadline: AtomicI64,
     /// This node's own deadline in ticks; `deadline <= own_deadline` always.
     own_deadline: AtomicI64,
