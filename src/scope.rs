@@ -3,7 +3,8 @@
 //!
 //! The tree itself (state, waiters, shields, deadlines) is runtime-free and
 //! lives in `scope/tree.rs`; this file adds what needs tokio: the clock for
-//! deadlines, and the one timer task per waited-on deadline.
+//! deadlines, and the one timer task per waited-on deadline, which lives
+//! while somebody waits (tree invariant 9).
 
 pub(crate) mod message;
 pub(crate) mod tree;
@@ -204,7 +205,11 @@ impl CancelScope {
     ///
     /// No timer exists until somebody waits on the scope (or a descendant);
     /// then exactly one timer task runs for it, and it ends when the deadline
-    /// fires, the scope is cancelled, or the scope is dropped.
+    /// fires, the scope is cancelled or dropped, or the last waiter leaves (a
+    /// later waiter starts it again), so an idle scope schedules nothing. A
+    /// deadline given while somebody already waits on the scope or a
+    /// descendant starts a timer that ends only when the deadline fires or
+    /// the scope is cancelled or dropped.
     ///
     /// # Panics
     ///
@@ -539,23 +544,31 @@ impl std::fmt::Debug for CancelScope {
 
 // ===== deadline timer =====
 
+/// Starts the timer task that `tree::arm_timer` / `tree::pin_timer` said to
+/// start.
 #[track_caller]
 fn spawn_timer(node: Arc<Node>) {
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
             rt.spawn(deadline_timer(node));
         }
-        Err(_) => panic!(
-            "cancel_scope: a CancelScope deadline is being waited on outside a tokio runtime; \
+        Err(_) => {
+            // No task will clear the claim: give it back first, so that a
+            // waiter inside a runtime can start the timer later.
+            tree::timer_not_started(&node);
+            panic!(
+                "cancel_scope: a CancelScope deadline is being waited on outside a tokio runtime; \
              deadlines need tokio's time driver: await the scope inside a runtime built with \
              `enable_time()` (as `#[tokio::main]` does)"
-        ),
+            )
+        }
     }
 }
 
 /// The one timer of a scope with a deadline that somebody waits on. Holds the
-/// node (not a handle, so the scope can still detach) and ends on fire, cancel
-/// or detach: after that nothing of the scope is scheduled.
+/// node (not a handle, so the scope can still detach) and ends on fire, cancel,
+/// detach, or when its last armed waiter leaves (tree invariant 9): after that
+/// nothing of the scope is scheduled.
 async fn deadline_timer(node: Arc<Node>) {
     let mut sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
@@ -589,13 +602,20 @@ async fn deadline_timer(node: Arc<Node>) {
 
 /// One registration in a scope's waiter list, shared by every future that
 /// waits on a scope.
+///
+/// A `poll` that registers on a scope with a deadline arms the deadline's
+/// timer once (counted at the deadline's origin, tree invariant 9), and
+/// `release` disarms it: the timer lives while some armed waiter is left. A
+/// waiter that is only dropped keeps its arm, so the timer then lives until
+/// the deadline fires or the scope is cancelled or detached (as
+/// `CancelScope::token`'s registration, which outlives its `Waiter`, needs).
 #[derive(Debug, Default)]
 pub(crate) struct Waiter {
     slot: Option<usize>,
     /// The waker stored in the slot, to skip the lock when it is unchanged.
     registered: Option<Waker>,
-    /// This waiter already made sure the deadline's timer runs.
-    armed: bool,
+    /// The node whose timer this waiter armed, until `release`.
+    armed: Option<Arc<Node>>,
 }
 
 impl Waiter {
@@ -610,15 +630,18 @@ impl Waiter {
         // Cloned here, before the node's lock (see `crate::sync::lock`).
         match tree::register(node, waker.clone(), &mut self.slot) {
             Err(()) => {
-                self.registered = None;
+                self.release(node);
                 Poll::Ready(())
             }
             Ok(deadline) => {
                 self.registered = Some(waker.clone());
-                if deadline != NO_DEADLINE && !self.armed {
-                    self.armed = true;
+                if deadline != NO_DEADLINE && self.armed.is_none() {
                     if let Some(origin) = tree::deadline_origin(node) {
-                        if tree::claim_timer(&origin) {
+                        // Invariant 9: counted at the origin until `release`;
+                        // remembered before a spawn that may panic.
+                        let start = tree::arm_timer(&origin);
+                        self.armed = Some(origin.clone());
+                        if start {
                             spawn_timer(origin);
                         }
                     }
@@ -628,9 +651,15 @@ impl Waiter {
         }
     }
 
+    /// Deregisters, and disarms the timer this waiter armed (the last such
+    /// waiter's release ends it, tree invariant 9). A later `poll` registers
+    /// and arms again.
     pub(crate) fn release(&mut self, node: &Node) {
         self.registered = None;
         tree::deregister(node, &mut self.slot);
+        if let Some(origin) = self.armed.take() {
+            tree::disarm_timer(&origin);
+        }
     }
 }
 
@@ -942,6 +971,22 @@ mod tests {
         assert!(leaf.is_cancelled());
         drop(leaf);
         assert_eq!(tree::child_count(&root.node), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_waiter_arms_its_deadline_origin_once_until_released() {
+        let parent = CancelScope::new().with_timeout(Duration::from_secs(60));
+        let child = parent.child();
+        let mut waiter = Waiter::default();
+        let waker = Waker::noop();
+        for round in 0..2 {
+            assert!(waiter.poll(&child.node, waker).is_pending());
+            assert!(waiter.poll(&child.node, waker).is_pending());
+            assert_eq!(tree::armed_count(&parent.node), 1, "round {round}");
+            assert_eq!(tree::armed_count(&child.node), 0, "armed at the origin");
+            waiter.release(&child.node);
+            assert_eq!(tree::armed_count(&parent.node), 0, "round {round}");
+        }
     }
 
     #[test]

@@ -726,3 +726,101 @@ fn debug_of_a_passed_deadline_neither_cancels_nor_delivers() {
     drop(group);
     drop(rt);
 }
+
+// ===== the deadline timer follows its waiters =====
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_idle_scope_keeps_no_timer_and_a_new_waiter_restarts_it() {
+    let base = alive_tasks();
+    let scope = CancelScope::new().with_timeout(Duration::from_secs(3600));
+    let start = Instant::now();
+    let mut first = tokio_test_poll(scope.cancelled());
+    assert!(!first.poll_once());
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base + 1, "a waiter starts the timer");
+    drop(first);
+    tokio::task::yield_now().await;
+    assert_eq!(
+        alive_tasks(),
+        base,
+        "the last waiter's leaving ends the timer"
+    );
+
+    // A second waiter re-arms it, and the deadline still fires at 1 h.
+    scope.cancelled().await;
+    assert_eq!(start.elapsed(), Duration::from_secs(3600));
+    assert_eq!(scope.reason(), Some(CancelReason::Deadline));
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_child_waiting_on_an_ancestors_deadline_arms_and_disarms_it() {
+    let base = alive_tasks();
+    let parent = CancelScope::new().with_timeout(Duration::from_secs(3600));
+    let child = parent.child();
+    let start = Instant::now();
+    for _ in 0..3 {
+        let mut wait = tokio_test_poll(child.cancelled());
+        let mut other = tokio_test_poll(parent.cancelled());
+        assert!(!wait.poll_once() && !other.poll_once());
+        tokio::task::yield_now().await;
+        assert_eq!(alive_tasks(), base + 1, "one timer, at the parent");
+        drop(wait);
+        tokio::task::yield_now().await;
+        assert_eq!(alive_tasks(), base + 1, "a waiter is left");
+        drop(other);
+        tokio::task::yield_now().await;
+        assert_eq!(alive_tasks(), base, "no waiter left, no timer");
+    }
+    child.cancelled().await;
+    assert_eq!(start.elapsed(), Duration::from_secs(3600));
+    assert_eq!(child.reason(), Some(CancelReason::Deadline));
+    assert!(parent.is_cancelled());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_deadline_tightened_under_a_waiter_fires_on_time() {
+    let base = alive_tasks();
+    let parent = CancelScope::new().with_timeout(Duration::from_secs(3600));
+    let child = parent.child();
+    let wakes = Arc::new(CountWakes::default());
+    let waker = std::task::Waker::from(wakes.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut wait = Box::pin(child.clone().cancelled_owned());
+    assert!(wait.as_mut().poll(&mut cx).is_pending());
+    // Tightened while the child is waited on (armed at the parent): a timer
+    // for the child's own deadline starts and wakes the waiter on time.
+    let child = child.with_timeout(Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_millis(1001)).await;
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        1,
+        "the tightened deadline fired"
+    );
+    assert!(wait.as_mut().poll(&mut cx).is_ready());
+    assert_eq!(child.reason(), Some(CancelReason::Deadline));
+    assert!(!parent.is_cancelled());
+    drop(wait);
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base, "both timers ended");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_repolled_waiter_arms_once() {
+    let base = alive_tasks();
+    let scope = CancelScope::new().with_timeout(Duration::from_secs(3600));
+    let mut a = tokio_test_poll(scope.clone().cancelled_owned());
+    let mut b = tokio_test_poll(scope.clone().cancelled_owned());
+    for _ in 0..3 {
+        assert!(!a.poll_once() && !b.poll_once());
+    }
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base + 1);
+    drop(a);
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base + 1, "b still arms it");
+    drop(b);
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base);
+}
