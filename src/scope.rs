@@ -3,7 +3,8 @@
 //!
 //! The tree itself (state, waiters, shields, deadlines) is runtime-free and
 //! lives in `scope/tree.rs`; this file adds what needs tokio: the clock for
-//! deadlines, and the one timer task per waited-on deadline.
+//! deadlines, and the one timer task per waited-on deadline, which lives
+//! while somebody waits (tree invariant 9).
 
 pub(crate) mod message;
 pub(crate) mod tree;
@@ -24,7 +25,8 @@ use tree::{NO_DEADLINE, Node, TimerStep};
 // ===== clock =====
 
 /// The tree stores deadlines as signed nanoseconds from a process-wide base, so
-/// that `is_cancelled` can compare them with one atomic load.
+/// that a deadline is one `AtomicI64`: `is_cancelled` reads it with one load
+/// (its second, after the flag) and compares it with the clock, without a lock.
 fn base() -> std::time::Instant {
     static BASE: OnceLock<std::time::Instant> = OnceLock::new();
     *BASE.get_or_init(std::time::Instant::now)
@@ -203,7 +205,11 @@ impl CancelScope {
     ///
     /// No timer exists until somebody waits on the scope (or a descendant);
     /// then exactly one timer task runs for it, and it ends when the deadline
-    /// fires, the scope is cancelled, or the scope is dropped.
+    /// fires, the scope is cancelled or dropped, or the last waiter leaves (a
+    /// later waiter starts it again), so an idle scope schedules nothing. A
+    /// deadline given while somebody already waits on the scope or a
+    /// descendant starts a timer that ends only when the deadline fires or
+    /// the scope is cancelled or dropped.
     ///
     /// # Panics
     ///
@@ -318,6 +324,10 @@ impl CancelScope {
     /// Cheap: a clone of a [`CancelMessage`] never allocates; finding it
     /// walks up to the scope where the cancel started, without a lock.
     ///
+    /// Checks the state as [`is_cancelled`](Self::is_cancelled) does, and so,
+    /// like it, runs the cancel of a deadline that passed before its timer
+    /// fired (whose message is `None`); the `Debug` output does not.
+    ///
     /// # Examples
     ///
     /// ```
@@ -341,8 +351,17 @@ impl CancelScope {
 
     /// Whether the scope is cancelled, by a call or by a passed deadline.
     ///
-    /// One atomic load (plus a clock read when the scope has a deadline); never
-    /// takes a lock unless it is the call that notices a passed deadline.
+    /// A deadline that passed before its timer fired (nobody waits, or the
+    /// runtime has not run the timer yet) is noticed here: this call then
+    /// cancels the scope the deadline belongs to, with reason
+    /// [`Deadline`](CancelReason::Deadline), waking its waiters as the timer
+    /// would have. [`reason`](Self::reason) and
+    /// [`cancel_message`](Self::cancel_message) do the same; `Debug` never does.
+    ///
+    /// One atomic load on a cancelled scope, two (the flag, then the
+    /// deadline) on one that is not, plus a clock read when it has a
+    /// deadline; never takes a lock unless it is the call that notices a
+    /// passed deadline.
     #[must_use]
     #[inline]
     pub fn is_cancelled(&self) -> bool {
@@ -352,6 +371,12 @@ impl CancelScope {
     /// Why the scope is cancelled, or `None` if it is not: taken from the scope
     /// where the cancellation started (a child cancelled through its parent's
     /// deadline says [`CancelReason::Deadline`]).
+    ///
+    /// Reads the state as [`is_cancelled`](Self::is_cancelled) does, and so,
+    /// like it, runs the cancel of a deadline that passed before its timer
+    /// fired (waking that scope's waiters and its group's tasks). The
+    /// [`Debug`](#impl-Debug-for-CancelScope) output shows the same reason
+    /// without running anything.
     #[must_use]
     pub fn reason(&self) -> Option<CancelReason> {
         if is_cancelled(&self.node) {
@@ -446,8 +471,8 @@ impl CancelScope {
     }
 }
 
-/// Two loads on the fast path (the flag, the deadline); the clock is read
-/// only for a scope with a deadline, out of line.
+/// One load when cancelled, two otherwise (the flag, the deadline); the clock
+/// is read only for a scope with a deadline, out of line.
 #[inline]
 fn is_cancelled(node: &Arc<Node>) -> bool {
     tree::is_cancelled(node) || (tree::deadline(node) != NO_DEADLINE && deadline_passed(node))
@@ -491,38 +516,59 @@ impl Drop for CancelScope {
     }
 }
 
+/// A pure read (property 9, as `CancellationToken`'s `Debug`): it never runs
+/// the cancel that [`is_cancelled`](CancelScope::is_cancelled) would run for
+/// a passed deadline, so it wakes and delivers nothing. Such a scope shows
+/// `deadline_passed: true` and the reason `Deadline` (what `reason()` would
+/// return, unless a racing `cancel` wins), with no message.
 impl std::fmt::Debug for CancelScope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let node = &self.node;
+        let deadline = tree::deadline(node);
+        let passed = deadline != NO_DEADLINE && now_ticks() >= deadline;
+        let stored = tree::reason(node);
+        let reason = stored.or(passed.then_some(CancelReason::Deadline));
+        // Only a stored cancel has a message (read at its origin, no lock).
+        let message = stored.and_then(|_| tree::message(node));
         f.debug_struct("CancelScope")
-            .field("id", &self.node.id)
-            .field("parent", &tree::parent_id(&self.node))
-            .field("shielded", &self.node.shielded)
-            .field("reason", &self.reason())
-            .field("message", &self.cancel_message())
+            .field("id", &node.id)
+            .field("parent", &tree::parent_id(node))
+            .field("shielded", &node.shielded)
+            .field("reason", &reason)
+            .field("message", &message)
             .field("deadline", &self.deadline())
+            .field("deadline_passed", &passed)
             .finish()
     }
 }
 
 // ===== deadline timer =====
 
+/// Starts the timer task that `tree::arm_timer` / `tree::pin_timer` said to
+/// start.
 #[track_caller]
 fn spawn_timer(node: Arc<Node>) {
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
             rt.spawn(deadline_timer(node));
         }
-        Err(_) => panic!(
-            "cancel_scope: a CancelScope deadline is being waited on outside a tokio runtime; \
+        Err(_) => {
+            // No task will clear the claim: give it back first, so that a
+            // waiter inside a runtime can start the timer later.
+            tree::timer_not_started(&node);
+            panic!(
+                "cancel_scope: a CancelScope deadline is being waited on outside a tokio runtime; \
              deadlines need tokio's time driver: await the scope inside a runtime built with \
              `enable_time()` (as `#[tokio::main]` does)"
-        ),
+            )
+        }
     }
 }
 
 /// The one timer of a scope with a deadline that somebody waits on. Holds the
-/// node (not a handle, so the scope can still detach) and ends on fire, cancel
-/// or detach: after that nothing of the scope is scheduled.
+/// node (not a handle, so the scope can still detach) and ends on fire, cancel,
+/// detach, or when its last armed waiter leaves (tree invariant 9): after that
+/// nothing of the scope is scheduled.
 async fn deadline_timer(node: Arc<Node>) {
     let mut sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
@@ -556,13 +602,20 @@ async fn deadline_timer(node: Arc<Node>) {
 
 /// One registration in a scope's waiter list, shared by every future that
 /// waits on a scope.
+///
+/// A `poll` that registers on a scope with a deadline arms the deadline's
+/// timer once (counted at the deadline's origin, tree invariant 9), and
+/// `release` disarms it: the timer lives while some armed waiter is left. A
+/// waiter that is only dropped keeps its arm, so the timer then lives until
+/// the deadline fires or the scope is cancelled or detached (as
+/// `CancelScope::token`'s registration, which outlives its `Waiter`, needs).
 #[derive(Debug, Default)]
 pub(crate) struct Waiter {
     slot: Option<usize>,
     /// The waker stored in the slot, to skip the lock when it is unchanged.
     registered: Option<Waker>,
-    /// This waiter already made sure the deadline's timer runs.
-    armed: bool,
+    /// The node whose timer this waiter armed, until `release`.
+    armed: Option<Arc<Node>>,
 }
 
 impl Waiter {
@@ -577,15 +630,18 @@ impl Waiter {
         // Cloned here, before the node's lock (see `crate::sync::lock`).
         match tree::register(node, waker.clone(), &mut self.slot) {
             Err(()) => {
-                self.registered = None;
+                self.release(node);
                 Poll::Ready(())
             }
             Ok(deadline) => {
                 self.registered = Some(waker.clone());
-                if deadline != NO_DEADLINE && !self.armed {
-                    self.armed = true;
+                if deadline != NO_DEADLINE && self.armed.is_none() {
                     if let Some(origin) = tree::deadline_origin(node) {
-                        if tree::claim_timer(&origin) {
+                        // Invariant 9: counted at the origin until `release`;
+                        // remembered before a spawn that may panic.
+                        let start = tree::arm_timer(&origin);
+                        self.armed = Some(origin.clone());
+                        if start {
                             spawn_timer(origin);
                         }
                     }
@@ -595,9 +651,15 @@ impl Waiter {
         }
     }
 
+    /// Deregisters, and disarms the timer this waiter armed (the last such
+    /// waiter's release ends it, tree invariant 9). A later `poll` registers
+    /// and arms again.
     pub(crate) fn release(&mut self, node: &Node) {
         self.registered = None;
         tree::deregister(node, &mut self.slot);
+        if let Some(origin) = self.armed.take() {
+            tree::disarm_timer(&origin);
+        }
     }
 }
 
@@ -909,6 +971,22 @@ mod tests {
         assert!(leaf.is_cancelled());
         drop(leaf);
         assert_eq!(tree::child_count(&root.node), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_waiter_arms_its_deadline_origin_once_until_released() {
+        let parent = CancelScope::new().with_timeout(Duration::from_secs(60));
+        let child = parent.child();
+        let mut waiter = Waiter::default();
+        let waker = Waker::noop();
+        for round in 0..2 {
+            assert!(waiter.poll(&child.node, waker).is_pending());
+            assert!(waiter.poll(&child.node, waker).is_pending());
+            assert_eq!(tree::armed_count(&parent.node), 1, "round {round}");
+            assert_eq!(tree::armed_count(&child.node), 0, "armed at the origin");
+            waiter.release(&child.node);
+            assert_eq!(tree::armed_count(&parent.node), 0, "round {round}");
+        }
     }
 
     #[test]

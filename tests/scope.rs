@@ -329,14 +329,29 @@ fn a_woken_waiter_sees_the_whole_subtree_cancelled() {
                 let root = root.clone();
                 tokio::spawn(async move {
                     let mut wait = std::pin::pin!(root.cancelled());
-                    // Register first, so the next poll comes from the wake.
+                    // Registered with a waker that flags its wake, and polled
+                    // again only once it came: a poll without a wake may see
+                    // the subtree half marked (as `cancel` documents).
+                    let woken = Arc::new(WakeFlag::default());
+                    let mut sent = Some(registered);
                     std::future::poll_fn(|cx| {
-                        assert!(wait.as_mut().poll(cx).is_pending());
+                        if let Some(registered) = sent.take() {
+                            woken.task.lock().unwrap().replace(cx.waker().clone());
+                            let flagging = std::task::Waker::from(woken.clone());
+                            let mut cx = std::task::Context::from_waker(&flagging);
+                            assert!(wait.as_mut().poll(&mut cx).is_pending());
+                            registered.send(()).unwrap();
+                            return std::task::Poll::Pending;
+                        }
+                        if !woken.flag.load(Ordering::SeqCst) {
+                            return std::task::Poll::Pending;
+                        }
+                        let noop = std::task::Waker::noop();
+                        let mut cx = std::task::Context::from_waker(noop);
+                        assert!(wait.as_mut().poll(&mut cx).is_ready());
                         std::task::Poll::Ready(())
                     })
                     .await;
-                    registered.send(()).unwrap();
-                    wait.await;
                     last.is_cancelled()
                 })
             };
@@ -348,6 +363,25 @@ fn a_woken_waiter_sees_the_whole_subtree_cancelled() {
             );
         }
     });
+}
+
+/// Sets `flag` on a wake, then wakes the task stored in `task`.
+#[derive(Default)]
+struct WakeFlag {
+    flag: AtomicBool,
+    task: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl std::task::Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Some(w) = self.task.lock().unwrap().take() {
+            w.wake();
+        }
+    }
 }
 
 // ===== cancel messages =====
@@ -628,4 +662,165 @@ async fn spawned_shielded_cleanup_survives_its_starter_and_is_bounded() {
     assert_eq!(cut.message(), None);
     assert_eq!(start.elapsed(), Duration::from_millis(100));
     assert!(group.is_empty());
+}
+
+// ===== reads are pure (property 9) =====
+
+/// A waker that counts its wakes.
+#[derive(Default)]
+struct CountWakes(AtomicUsize);
+
+impl std::task::Wake for CountWakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// `Debug` of a scope whose deadline passed before its timer fired (the
+/// runtime is not driven) reads; it does not run the cancel, its wakes, or
+/// the group's deliveries.
+#[test]
+fn debug_of_a_passed_deadline_neither_cancels_nor_delivers() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let (scope, group) = rt.block_on(async {
+        let scope = CancelScope::new().with_timeout(Duration::from_millis(20));
+        let group = TaskGroup::with_scope(scope.clone());
+        for _ in 0..5 {
+            group.spawn(std::future::pending::<()>());
+        }
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        (scope, group)
+    });
+    let wakes = Arc::new(CountWakes::default());
+    let waker = std::task::Waker::from(wakes.clone());
+    let mut wait = Box::pin(scope.cancelled());
+    let mut cx = std::task::Context::from_waker(&waker);
+    // Registered before the deadline passes (inside the runtime's context,
+    // though the runtime is not driven: the group's deliverer started the
+    // timer already).
+    let _guard = rt.enter();
+    assert!(wait.as_mut().poll(&mut cx).is_pending());
+    std::thread::sleep(Duration::from_millis(50));
+
+    let s = format!("{scope:?}");
+    let g = format!("{group:?}");
+    assert_eq!(group.stats().deliveries, 0, "Debug delivered: {g}");
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "Debug woke a waiter");
+    assert!(s.contains("deadline_passed: true"), "{s}");
+    assert!(s.contains("Deadline"), "{s}");
+
+    // `is_cancelled` still does the cancel it notices (documented).
+    assert!(scope.is_cancelled());
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    assert_eq!(group.stats().deliveries, 5);
+    drop(wait);
+    drop(_guard);
+    drop(group);
+    drop(rt);
+}
+
+// ===== the deadline timer follows its waiters =====
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_idle_scope_keeps_no_timer_and_a_new_waiter_restarts_it() {
+    let base = alive_tasks();
+    let scope = CancelScope::new().with_timeout(Duration::from_secs(3600));
+    let start = Instant::now();
+    let mut first = tokio_test_poll(scope.cancelled());
+    assert!(!first.poll_once());
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base + 1, "a waiter starts the timer");
+    drop(first);
+    tokio::task::yield_now().await;
+    assert_eq!(
+        alive_tasks(),
+        base,
+        "the last waiter's leaving ends the timer"
+    );
+
+    // A second waiter re-arms it, and the deadline still fires at 1 h.
+    scope.cancelled().await;
+    assert_eq!(start.elapsed(), Duration::from_secs(3600));
+    assert_eq!(scope.reason(), Some(CancelReason::Deadline));
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_child_waiting_on_an_ancestors_deadline_arms_and_disarms_it() {
+    let base = alive_tasks();
+    let parent = CancelScope::new().with_timeout(Duration::from_secs(3600));
+    let child = parent.child();
+    let start = Instant::now();
+    for _ in 0..3 {
+        let mut wait = tokio_test_poll(child.cancelled());
+        let mut other = tokio_test_poll(parent.cancelled());
+        assert!(!wait.poll_once() && !other.poll_once());
+        tokio::task::yield_now().await;
+        assert_eq!(alive_tasks(), base + 1, "one timer, at the parent");
+        drop(wait);
+        tokio::task::yield_now().await;
+        assert_eq!(alive_tasks(), base + 1, "a waiter is left");
+        drop(other);
+        tokio::task::yield_now().await;
+        assert_eq!(alive_tasks(), base, "no waiter left, no timer");
+    }
+    child.cancelled().await;
+    assert_eq!(start.elapsed(), Duration::from_secs(3600));
+    assert_eq!(child.reason(), Some(CancelReason::Deadline));
+    assert!(parent.is_cancelled());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_deadline_tightened_under_a_waiter_fires_on_time() {
+    let base = alive_tasks();
+    let parent = CancelScope::new().with_timeout(Duration::from_secs(3600));
+    let child = parent.child();
+    let wakes = Arc::new(CountWakes::default());
+    let waker = std::task::Waker::from(wakes.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut wait = Box::pin(child.clone().cancelled_owned());
+    assert!(wait.as_mut().poll(&mut cx).is_pending());
+    // Tightened while the child is waited on (armed at the parent): a timer
+    // for the child's own deadline starts and wakes the waiter on time.
+    let child = child.with_timeout(Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_millis(1001)).await;
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        1,
+        "the tightened deadline fired"
+    );
+    assert!(wait.as_mut().poll(&mut cx).is_ready());
+    assert_eq!(child.reason(), Some(CancelReason::Deadline));
+    assert!(!parent.is_cancelled());
+    drop(wait);
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base, "both timers ended");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_repolled_waiter_arms_once() {
+    let base = alive_tasks();
+    let scope = CancelScope::new().with_timeout(Duration::from_secs(3600));
+    let mut a = tokio_test_poll(scope.clone().cancelled_owned());
+    let mut b = tokio_test_poll(scope.clone().cancelled_owned());
+    for _ in 0..3 {
+        assert!(!a.poll_once() && !b.poll_once());
+    }
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base + 1);
+    drop(a);
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base + 1, "b still arms it");
+    drop(b);
+    tokio::task::yield_now().await;
+    assert_eq!(alive_tasks(), base);
 }

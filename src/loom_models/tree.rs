@@ -8,8 +8,8 @@ use std::task::{Poll, Waker};
 use loom::future::block_on;
 use loom::thread;
 
-use super::{Seen, check};
-use crate::scope::tree;
+use super::{CountingWaker, Seen, check};
+use crate::scope::tree::{self, TimerStep};
 use crate::{CancelReason, CancelScope};
 
 /// Polls `scope.cancelled()` until it resolves; returns whether the first poll
@@ -201,5 +201,80 @@ fn cancel_with_races_cancel() {
             );
         }
         assert_eq!(snapshot(&child), winner);
+    });
+}
+
+/// A deadline far enough away that it never fires in a model.
+const FAR: i64 = 1 << 50;
+
+/// The deadline timer task, as `scope.rs`'s `deadline_timer` drives it minus
+/// the sleep: polls `timer_poll` until it says `Stop`. A wake it misses leaves
+/// it parked forever, which loom reports as a deadlock.
+fn run_timer(node: &tree::Node) {
+    block_on(std::future::poll_fn(|cx| {
+        match tree::timer_poll(node, cx.waker()) {
+            TimerStep::Stop => Poll::Ready(()),
+            TimerStep::SleepUntil(at) => {
+                assert_eq!(at, FAR);
+                Poll::Pending
+            }
+        }
+    }));
+}
+
+/// Proves tree invariant 9 (the timer follows its waiters): the last armed
+/// waiter leaving races a new waiter arming, while the timer task polls.
+/// Either the new waiter finds the old timer still running and keeps it, or
+/// that timer stopped first and the new waiter starts another; never both,
+/// never none: while a waiter is armed a timer runs, and once the last one
+/// has left the timer ends.
+#[test]
+fn disarm_races_rearm() {
+    let seen = Seen::new(&["timer_kept", "timer_restarted"]);
+    let tally = seen.clone();
+    check("disarm_races_rearm", &seen, move || {
+        tally.iteration();
+        let scope = CancelScope::new();
+        let node = scope.node().clone();
+        assert!(!tree::tighten_deadline(&node, FAR), "nobody waits yet");
+        // The first waiter arms and starts the timer.
+        assert!(tree::arm_timer(&node));
+        let timer = {
+            let node = node.clone();
+            thread::spawn(move || run_timer(&node))
+        };
+        let leaving = {
+            let node = node.clone();
+            thread::spawn(move || tree::disarm_timer(&node))
+        };
+        // The second waiter arms while the first leaves.
+        let start = tree::arm_timer(&node);
+        assert!(tree::timer_running(&node), "an armed waiter with no timer");
+        leaving.join().unwrap();
+        assert!(
+            tree::timer_running(&node),
+            "the timer stopped under a waiter"
+        );
+        if start {
+            tally.hit("timer_restarted");
+            // The old timer said `Stop` before the arm: it has ended.
+            timer.join().unwrap();
+            // The new one sleeps while the waiter is armed, and is woken to
+            // stop when it leaves.
+            let wakes = CountingWaker::new(Waker::noop());
+            let waker = Waker::from(wakes.clone());
+            assert_eq!(tree::timer_poll(&node, &waker), TimerStep::SleepUntil(FAR));
+            tree::disarm_timer(&node);
+            assert_eq!(wakes.wakes(), 1, "the last disarm did not wake the timer");
+            assert_eq!(tree::timer_poll(&node, &waker), TimerStep::Stop);
+        } else {
+            tally.hit("timer_kept");
+            tree::disarm_timer(&node);
+            // The kept timer is woken and stops.
+            timer.join().unwrap();
+        }
+        assert!(!tree::timer_running(&node));
+        assert_eq!(tree::armed_count(&node), 0);
+        assert!(!scope.is_cancelled(), "no deadline fired");
     });
 }

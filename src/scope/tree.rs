@@ -52,6 +52,21 @@
 //!    not done walks the subtree too, with the reason found there, so no
 //!    `cancel()` returns while a descendant is still uncancelled, even when
 //!    another thread's cancel of the same node is still walking it.
+//! 9. A node's deadline timer runs only while it is needed, and at most one
+//!    runs. `timer_running` is set only by the call that says "start a timer
+//!    task" ([`arm_timer`], [`pin_timer`]) and cleared only by that task's
+//!    [`timer_poll`] returning `Stop`, both under the node's lock. `armed`
+//!    counts the waiters that armed the timer here (each once, until its
+//!    [`disarm_timer`]); `pinned` is set by a [`tighten_deadline`] that found
+//!    waiters below, which may have armed another node. `timer_poll` says
+//!    `Stop` exactly when the node is cancelled or detached, or `armed == 0`
+//!    and not `pinned`; whatever makes that true (a cancel, a detach, the last
+//!    `disarm_timer`) takes `timer_waker` and wakes it after the lock. So once
+//!    the last armed waiter of an unpinned node has left, its timer ends at
+//!    its next poll; a waiter that arms before that poll keeps it running
+//!    (the count is read under the same lock), one that arms after it starts
+//!    a new one. A pinned timer keeps the older lifetime: until the deadline
+//!    fires, or the node is cancelled or detached.
 //!
 //! # Messages
 //!
@@ -62,14 +77,17 @@
 //! update: both run O(descendants) lock/store steps, as before. A reader pays
 //! O(depth to the origin) atomic loads, without a lock, and only when it asks
 //! (typically once per cancelled task, when it builds its error, at depth one
-//! or two). `is_cancelled` is untouched: one load.
+//! or two). The flag test, [`is_cancelled`], is untouched: one load.
 //!
 //! # Deadlock safety
 //!
-//! Locks are taken parent before child, and at most two at a time (in `detach`,
-//! and in `cancel`, which marks a parent's leaf children under its lock).
-//! `cancel` and `tighten_deadline` hold one node's lock at a time and collect the
-//! children to visit next. Under a node's lock no waker is cloned, dropped or
+//! Locks are taken parent before child, and at most two at a time: `detach`
+//! holds a parent and the child leaving it; `cancel` holds a parent and, in
+//! turn, each of its leaf children, which it marks under the parent's lock.
+//! Neither holds a node's lock while it takes an ancestor's. `cancel` collects
+//! the children with children of their own to visit next, with no lock held
+//! between nodes; `tighten_deadline` and every other function hold one node's
+//! lock at a time. Under a node's lock no waker is cloned, dropped or
 //! woken (the rule of `crate::sync`): wakers come in cloned, and replaced,
 //! removed or drained ones leave through an [`AfterUnlock`], so a waker whose
 //! `drop` or `wake` re-enters the tree (makes a child, cancels) cannot deadlock.
@@ -139,7 +157,8 @@ pub(crate) struct Node {
     /// without a lock by whoever saw `ORIGIN`. (A std `OnceLock` also under
     /// loom: the models check the `state` store that publishes it.)
     message: OnceLock<CancelMessage>,
-    /// Effective deadline in ticks (see `crate::clock`), `NO_DEADLINE` if none.
+    /// Effective deadline in ticks (the `// ===== clock =====` section of
+    /// `scope.rs`), `NO_DEADLINE` if none.
     deadline: AtomicI64,
     /// This node's own deadline in ticks; `deadline <= own_deadline` always.
     own_deadline: AtomicI64,
@@ -154,9 +173,16 @@ struct Inner {
     slot: Option<usize>,
     waiters: Slab<Waker>,
     detached: bool,
-    /// A deadline timer task exists for this node (at most one).
+    /// A deadline timer task exists for this node (at most one: invariant 9).
     timer_running: bool,
-    /// Where that timer task parks; woken on cancel, detach and deadline change.
+    /// Waiters that armed this node's timer and have not disarmed it
+    /// (invariant 9). Meaningless once cancelled or detached.
+    armed: usize,
+    /// A deadline was tightened here while waiters below it waited: the timer
+    /// runs until fire, cancel or detach, whatever `armed` says (invariant 9).
+    pinned: bool,
+    /// Where that timer task parks; woken on cancel, detach, deadline change
+    /// and the last disarm.
     timer_waker: Option<Waker>,
 }
 
@@ -189,6 +215,8 @@ fn node(
             waiters: Slab::new(),
             detached: false,
             timer_running: false,
+            armed: 0,
+            pinned: false,
             timer_waker: None,
         }),
     }
@@ -467,6 +495,9 @@ fn detach(node: &Arc<Node>) {
 /// Tightens `node`'s own deadline to `at` ticks (earliest wins) and propagates it
 /// to attached descendants (invariant 5). Returns `true` when a timer should be
 /// started for `node` now: someone in the subtree waits and no timer runs yet.
+/// Such waiters may have armed an ancestor's timer (the deadline they saw),
+/// so `node`'s timer is pinned (invariant 9): it lives until fire, cancel or
+/// detach.
 pub(crate) fn tighten_deadline(node: &Arc<Node>, at: i64) -> bool {
     let mut waited = false;
     {
@@ -477,9 +508,8 @@ pub(crate) fn tighten_deadline(node: &Arc<Node>, at: i64) -> bool {
         }
         node.own_deadline.store(at, Ordering::Release);
         // A running timer re-reads the (earlier) deadline, once woken after
-        // the lock.
+        // the lock; it keeps the lifetime it had (its waiters armed it here).
         after.wake_all(inner.timer_waker.take());
-        waited |= inner.timer_running;
     }
     let mut work = vec![node.clone()];
     while let Some(n) = work.pop() {
@@ -490,7 +520,7 @@ pub(crate) fn tighten_deadline(node: &Arc<Node>, at: i64) -> bool {
             work.extend(inner.children.iter().map(|(_, c)| c.clone()));
         }
     }
-    waited && claim_timer(node)
+    waited && pin_timer(node)
 }
 
 /// The node whose own deadline is `node`'s effective one, if any.
@@ -512,21 +542,63 @@ pub(crate) fn deadline_origin(node: &Arc<Node>) -> Option<Arc<Node>> {
     }
 }
 
-/// Claims the right to start `node`'s deadline timer. `true` at most once per
-/// node until the timer ends.
-pub(crate) fn claim_timer(node: &Node) -> bool {
-    let mut inner = lock(&node.inner);
-    if inner.timer_running || inner.detached || is_cancelled(node) {
+/// A waiter arms `origin`'s deadline timer (the node its effective deadline
+/// comes from, [`deadline_origin`]): counted until its [`disarm_timer`].
+/// Returns `true` when the caller must start the timer task: none runs (at
+/// most one `true` until that task's `Stop`, invariant 9).
+pub(crate) fn arm_timer(origin: &Node) -> bool {
+    let mut inner = lock(&origin.inner);
+    inner.armed = inner.armed.saturating_add(1);
+    if inner.timer_running || inner.detached || is_cancelled(origin) {
         return false;
     }
     inner.timer_running = true;
     true
 }
 
+/// Undoes one [`arm_timer`] on `origin`. The last one (of an unpinned node)
+/// wakes the timer, which then stops (invariant 9).
+pub(crate) fn disarm_timer(origin: &Node) {
+    // Cancelled: the timer stops anyway and the count means nothing any more
+    // (the lock is not needed; a cancelled fan-out's every waiter comes here).
+    if is_cancelled(origin) {
+        return;
+    }
+    let mut after = AfterUnlock::new();
+    let mut inner = lock(&origin.inner);
+    debug_assert!(inner.armed > 0, "a disarm without its arm");
+    inner.armed = inner.armed.saturating_sub(1);
+    if inner.armed == 0 && !inner.pinned {
+        after.wake_all(inner.timer_waker.take());
+    }
+}
+
+/// Pins `node`'s timer to the older lifetime, until fire, cancel or detach
+/// (invariant 9). Returns `true` when the caller must start the timer task.
+pub(crate) fn pin_timer(node: &Node) -> bool {
+    let mut inner = lock(&node.inner);
+    if inner.detached || is_cancelled(node) {
+        return false;
+    }
+    inner.pinned = true;
+    if inner.timer_running {
+        return false;
+    }
+    inner.timer_running = true;
+    true
+}
+
+/// The timer task for `node` could not be started (no runtime): gives the
+/// claim of [`arm_timer`] / [`pin_timer`] back, so a later waiter can start one.
+pub(crate) fn timer_not_started(node: &Node) {
+    lock(&node.inner).timer_running = false;
+}
+
 /// What a deadline timer does next.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum TimerStep {
-    /// The node is cancelled or detached: the timer ends.
+    /// The node is cancelled or detached, or no waiter needs the timer any
+    /// more (invariant 9): the timer ends.
     Stop,
     /// Sleep until this deadline (ticks); the waker is stored.
     SleepUntil(i64),
@@ -537,7 +609,9 @@ pub(crate) fn timer_poll(node: &Node, waker: &Waker) -> TimerStep {
     let fresh = waker.clone();
     let mut after = AfterUnlock::new();
     let mut inner = lock(&node.inner);
-    if inner.detached || is_cancelled(node) {
+    // Invariant 9: read under the lock that `arm_timer` counts under.
+    let unneeded = inner.armed == 0 && !inner.pinned;
+    if inner.detached || is_cancelled(node) || unneeded {
         inner.timer_running = false;
         after.drop_waker(inner.timer_waker.take());
         after.drop_waker(Some(fresh));
@@ -567,6 +641,11 @@ pub(crate) fn waiter_count(node: &Node) -> usize {
 #[cfg(test)]
 pub(crate) fn timer_running(node: &Node) -> bool {
     lock(&node.inner).timer_running
+}
+
+#[cfg(test)]
+pub(crate) fn armed_count(node: &Node) -> usize {
+    lock(&node.inner).armed
 }
 
 impl Drop for Node {
