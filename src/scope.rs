@@ -32,7 +32,7 @@ fn base() -> std::time::Instant {
     *BASE.get_or_init(std::time::Instant::now)
 }
 
-fn to_ticks(at: Instant) -> i64 {
+pub(crate) fn to_ticks(at: Instant) -> i64 {
     let at = at.into_std();
     let base = base();
     // Saturate one short of `NO_DEADLINE`: a far-future deadline is still one.
@@ -42,7 +42,7 @@ fn to_ticks(at: Instant) -> i64 {
     }
 }
 
-fn from_ticks(ticks: i64) -> Instant {
+pub(crate) fn from_ticks(ticks: i64) -> Instant {
     let base = base();
     let at = if ticks >= 0 {
         base.checked_add(Duration::from_nanos(ticks as u64))
@@ -490,8 +490,9 @@ fn deadline_passed(node: &Arc<Node>) -> bool {
     true
 }
 
-fn far_future() -> Instant {
-    // About 30 years, as tokio's own far-future sentinel.
+/// About 30 years from now, as tokio's own far-future sentinel: where a
+/// deadline or a ladder rung that does not fit in an `Instant` goes.
+pub(crate) fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365 * 30)
 }
 

@@ -8,7 +8,7 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::panic::Location;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -349,9 +349,10 @@ pub(crate) enum Mode {
 
 /// The tokio layer's data in each task cell.
 pub(crate) struct TaskMeta {
-    /// When the task was spawned, on tokio's clock (paused or not), as
-    /// nanoseconds from a process-wide base: 8 bytes instead of an
-    /// `Instant`'s 16, so the cell keeps its size with the location beside.
+    /// When the task was spawned, on tokio's clock (paused or not), in the
+    /// scope tree's ticks (nanoseconds from a process-wide base, see the
+    /// clock of `scope.rs`): 8 bytes instead of an `Instant`'s 16, so the
+    /// cell keeps its size with the location beside.
     spawned_at: i64,
     /// Where the task was spawned: the caller of the public spawn function
     /// (`#[track_caller]` all the way down), for reports.
@@ -374,12 +375,6 @@ pub(crate) struct TaskExtra {
     pub(crate) owns_process: bool,
 }
 
-/// The base of [`TaskMeta`]'s spawn times.
-fn clock_base() -> std::time::Instant {
-    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
-    *BASE.get_or_init(std::time::Instant::now)
-}
-
 impl TaskMeta {
     pub(crate) fn new(
         spawned_at: Instant,
@@ -399,12 +394,7 @@ impl TaskMeta {
                     owns_process,
                 })
             });
-        let (at, base) = (spawned_at.into_std(), clock_base());
-        // Saturating: ±292 years around the base.
-        let spawned_at = match at.checked_duration_since(base) {
-            Some(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-            None => -i64::try_from(base.duration_since(at).as_nanos()).unwrap_or(i64::MAX),
-        };
+        let spawned_at = crate::scope::to_ticks(spawned_at);
         TaskMeta {
             spawned_at,
             location,
@@ -415,16 +405,7 @@ impl TaskMeta {
 
     /// Time since the task was spawned, on tokio's clock.
     pub(crate) fn age(&self) -> Duration {
-        let base = clock_base();
-        let magnitude = Duration::from_nanos(self.spawned_at.unsigned_abs());
-        let at = if self.spawned_at >= 0 {
-            base.checked_add(magnitude)
-        } else {
-            base.checked_sub(magnitude)
-        };
-        at.map_or(Duration::ZERO, |at| {
-            Instant::now().saturating_duration_since(Instant::from_std(at))
-        })
+        Instant::now().saturating_duration_since(crate::scope::from_ticks(self.spawned_at))
     }
 
     #[inline]

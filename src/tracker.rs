@@ -630,10 +630,10 @@ fn run_hook(hook: crate::task::Hook, cell: Arc<Cell>) {
 
 /// `start + offset`, saturating at about 30 years from now (as tokio's own
 /// far-future sentinel), so any `Duration` of a policy is a valid rung.
-pub(crate) fn instant_after(start: Instant, offset: std::time::Duration) -> Instant {
+fn instant_after(start: Instant, offset: std::time::Duration) -> Instant {
     start
         .checked_add(offset)
-        .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(86400 * 365 * 30))
+        .unwrap_or_else(crate::scope::far_future)
 }
 
 fn stats_of<K: Eq + Hash + Clone>(registry: &Registry<TaskMeta, K>) -> Stats {
