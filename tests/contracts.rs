@@ -19,30 +19,7 @@ use std::time::Duration;
 
 use cancel_scope::{CancelScope, ShutdownPolicy, TaskGroup, TaskMap, TaskOutcome};
 
-/// Runs `body` on its own thread and fails if it does not finish in 30 s (a
-/// deadlock), passing its panic on otherwise.
-fn watchdog(body: impl FnOnce() + Send + 'static) {
-    let (done, finished) = mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let result = std::panic::catch_unwind(AssertUnwindSafe(body));
-        let _ = done.send(());
-        result
-    });
-    if finished.recv_timeout(Duration::from_secs(30)).is_err() {
-        panic!("deadlock: the test did not finish within 30 s");
-    }
-    if let Err(payload) = thread.join().unwrap() {
-        std::panic::resume_unwind(payload);
-    }
-}
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap()
-}
+use common::{paused_runtime as current_thread, watchdog};
 
 /// A waker that counts its wakes and, when dropped or woken, calls `reenter`
 /// (which takes one of the crate's locks: `len()`, `child()`).

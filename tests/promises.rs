@@ -16,30 +16,7 @@ use cancel_scope::{
     Backoff, CancelReason, CancelScope, ShutdownPolicy, TaskError, TaskGroup, TaskMap, TaskOutcome,
 };
 
-/// Runs `body` on its own thread and fails if it does not finish in 30 s (a
-/// hang), passing its panic on otherwise.
-fn watchdog(body: impl FnOnce() + Send + 'static) {
-    let (done, finished) = mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
-        let _ = done.send(());
-        result
-    });
-    if finished.recv_timeout(Duration::from_secs(30)).is_err() {
-        panic!("hang: the test did not finish within 30 s");
-    }
-    if let Err(payload) = thread.join().unwrap() {
-        std::panic::resume_unwind(payload);
-    }
-}
-
-fn paused() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap()
-}
+use common::{multi_thread, paused_runtime as paused, watchdog};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -296,12 +273,7 @@ fn a_blocking_hook_holds_neither_the_ladder_nor_the_runtime() {
 #[test]
 fn a_stuck_report_names_the_spawn_site_and_a_running_hook() {
     watchdog(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        multi_thread(2).block_on(async {
             let group = TaskGroup::builder()
                 .policy(ShutdownPolicy {
                     grace: ms(20),

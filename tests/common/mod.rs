@@ -36,3 +36,41 @@ pub fn alive_tasks() -> usize {
         .metrics()
         .num_alive_tasks()
 }
+
+/// Runs `body` on its own thread and fails if it does not finish in 30 s (a
+/// deadlock or a hang), passing its panic on otherwise.
+pub fn watchdog(body: impl FnOnce() + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+        let _ = done.send(());
+        result
+    });
+    if finished
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .is_err()
+    {
+        panic!("deadlock or hang: the test did not finish within 30 s");
+    }
+    if let Err(payload) = thread.join().unwrap() {
+        std::panic::resume_unwind(payload);
+    }
+}
+
+/// A current-thread runtime on tokio's paused clock.
+pub fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// A multi-thread runtime with `workers` workers, on the real clock.
+pub fn multi_thread(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap()
+}
