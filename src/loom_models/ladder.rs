@@ -438,3 +438,109 @@ fn busy_redelivery_is_caught() {
     );
 }
 
+/// One ladder that fires its rungs back to back (its timers already
+/// expired): `mark_closing` and `deliver`, then per rung `run_ladder`'s
+/// `targets` (empty once the target ended: the ladder returns) and the
+/// rung's calls. Returns the wakes it claimed and whether it escalated.
+fn unparked_ladder(
+    registry: &Registry<(), ()>,
+    cell: &Arc<TaskCell<()>>,
+    target: Target,
+    hooks: &StdAtomicUsize,
+) -> (usize, usize, bool) {
+    const LIMIT: u32 = KEY_REDELIVERIES;
+    registry.mark_closing(cell);
+    let mut wakes = usize::from(cell.deliver());
+    let (mut redelivered, mut escalated) = (0, false);
+    let targets = || match target {
+        Target::All => registry.pending(),
+        Target::One if cell.is_ended() => Vec::new(),
+        Target::One => vec![cell.clone()],
+    };
+    for (_, step) in Schedule::new(policy(LIMIT)) {
+        let live = targets();
+        if live.is_empty() {
+            break;
+        }
+        for c in &live {
+            match step {
+                Step::Redeliver => redelivered += usize::from(c.redeliver(LIMIT)),
+                Step::Escalate => {
+                    if let Some(woke) = escalate(c, hooks) {
+                        escalated = true;
+                        wakes += usize::from(woke);
+                    }
+                }
+                Step::GiveUp => {
+                    registry.mark_stuck(c);
+                }
+            }
+        }
+    }
+    (wakes + redelivered, redelivered, escalated)
+}
+
+/// Proves registry invariant 3 and escalation's once-per-cell rule across
+/// ladders: a task's own ladder (`TaskMap::cancel`, one target) and the
+/// group's (`TaskGroup::shutdown`, all) run over the same stubborn task at
+/// once. The cell's re-delivery count stays within the limit, the hook runs
+/// once, and the task gets at most first delivery (1) + re-deliveries (at
+/// most the limit) + escalation's wake (1) library wakes in all, not per
+/// ladder; it ends as aborted.
+#[test]
+fn two_ladders_share_one_cell() {
+    let seen = Seen::new(&[
+        "group_escalated_key_redelivered",
+        "group_escalated_group_redelivered",
+        "group_escalated_none_redelivered",
+        "key_escalated_key_redelivered",
+        "key_escalated_group_redelivered",
+        "key_escalated_none_redelivered",
+    ]);
+    let tally = seen.clone();
+    check("two_ladders_share_one_cell", &seen, move || {
+        tally.iteration();
+        let registry = Arc::new(Registry::<(), ()>::new(false));
+        let (guard, _) = Registry::insert(&registry, (), None);
+        let cell = guard.cell().clone();
+        let task = stubborn_task(guard, Arc::new(AtomicBool::new(false)));
+        let hooks = StdArc::new(StdAtomicUsize::new(0));
+        let key_ladder = {
+            let (registry, cell, hooks) = (registry.clone(), cell.clone(), hooks.clone());
+            thread::spawn(move || unparked_ladder(&registry, &cell, Target::One, &hooks))
+        };
+        let group = unparked_ladder(&registry, &cell, Target::All, &hooks);
+        let key = key_ladder.join().unwrap();
+        let task_wakes = task.join().unwrap();
+
+        tally.hit(match (group.2, group.1 > 0, key.1 > 0) {
+            (true, _, true) => "group_escalated_key_redelivered",
+            (true, true, _) => "group_escalated_group_redelivered",
+            (true, false, false) => "group_escalated_none_redelivered",
+            (false, _, true) => "key_escalated_key_redelivered",
+            (false, true, _) => "key_escalated_group_redelivered",
+            (false, false, false) => "key_escalated_none_redelivered",
+        });
+        assert!(group.2 != key.2, "escalated by both ladders or by none");
+        assert_eq!(hooks.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let redelivered = group.1 + key.1;
+        assert_eq!(redelivered, cell.redeliveries() as usize);
+        assert!(
+            cell.redeliveries() <= KEY_REDELIVERIES,
+            "{redelivered} re-deliveries over two ladders"
+        );
+        let claims = group.0 + key.0;
+        assert!(
+            claims <= wake_bound(KEY_REDELIVERIES),
+            "{claims} wakes claimed over two ladders"
+        );
+        assert!(
+            task_wakes <= 2 * claims,
+            "{task_wakes} wakes for {claims} claims"
+        );
+        assert_eq!(cell.outcome(), Some(TaskOutcome::Aborted));
+        assert_eq!(registry.len(), 0);
+        let totals = registry.totals();
+        assert_eq!((totals.aborted, totals.stuck, totals.closing), (1, 0, 0));
+    });
+}
