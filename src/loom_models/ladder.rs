@@ -1,14 +1,23 @@
-//! Model of the ladder's wait for quiescence (`registry.rs` parking plus
-//! `ladder.rs`'s `Schedule`), and its negative control.
+//! Models of the ladder's wait for quiescence (`registry.rs` parking plus
+//! `ladder.rs`'s `Schedule`) and of its escalation, and the negative control.
 //!
 //! The tokio driver (`tracker.rs`) is not modelled: it needs tokio's timers.
 //! [`ladder`] is a small in-model driver that follows the same `Schedule` rungs
 //! as `run_ladder`, with the same core calls (`poll_idle` / `poll_ended` parked
-//! through a waker, `TaskCell::redeliver` with the policy's limit,
-//! `mark_escalated`, `release`). Time is replaced by a *step timer* thread that
-//! fires the rungs in order at moments loom chooses, as expired timers would.
+//! through a waker, `TaskCell::redeliver` with the policy's limit, [`escalate`]
+//! as `Shared::escalate`, the give-up rung's re-check and `mark_stuck`,
+//! `release_*`). Time is replaced by a *step timer* thread that fires the
+//! rungs in order at moments loom chooses, as expired timers would.
+//!
+//! The task is [`stubborn_task`]: it polls as `Tracked::poll` does, through
+//! the real `TaskCell` calls, and ignores cancellation, so only escalation
+//! ends it. Every library wake it can get is counted against the bound that
+//! holds per cell, whatever number of ladders run over it: the first
+//! delivery (1), the re-deliveries (at most the policy's limit, registry
+//! invariant 3) and escalation's wake (1, `mark_escalated` is once).
 
 use std::sync::Arc as StdArc;
+use std::sync::atomic::AtomicUsize as StdAtomicUsize;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -19,7 +28,7 @@ use loom::thread;
 
 use super::{CountingWaker, Seen, check};
 use crate::ladder::{Backoff, Schedule, ShutdownPolicy, Step};
-use crate::registry::{Registry, TaskCell, TaskOutcome};
+use crate::registry::{EntryGuard, Registry, TaskCell, TaskOutcome};
 use crate::sync::{Arc, Ordering};
 
 /// Re-deliveries per policy, kept small: every rung is one more point where
@@ -44,6 +53,58 @@ fn policy(max_redeliveries: u32) -> ShutdownPolicy {
     }
 }
 
+/// The most library wakes one task can get, per cell and whatever number of
+/// ladders run over it: first delivery + re-deliveries + escalation's wake.
+fn wake_bound(limit: u32) -> usize {
+    1 + limit as usize + 1
+}
+
+/// The task's side, as `Tracked::poll` for a task that ignores cancellation:
+/// `begin_poll` with the task's waker; on `escalated`, end as aborted (the
+/// guard prunes the entry); else the user's future returns `Pending`, and a
+/// poll that began `delivered` calls `parked_after_delivery`. Runs until
+/// escalation ends it; returns the wakes its waker got.
+fn stubborn_task(guard: EntryGuard<(), ()>, ended: Arc<AtomicBool>) -> thread::JoinHandle<usize> {
+    thread::spawn(move || {
+        let mut guard = Some(guard);
+        let mut waker: Option<(StdArc<CountingWaker>, Waker)> = None;
+        block_on(std::future::poll_fn(|cx| {
+            // The runtime's waker, counted: the cell keeps it for its wakes.
+            let (_, task_waker) = waker.get_or_insert_with(|| {
+                let counting = CountingWaker::new(cx.waker());
+                (counting.clone(), Waker::from(counting))
+            });
+            let g = guard.as_mut().expect("polled after the end");
+            let start = g.cell().begin_poll(task_waker);
+            if start.escalated {
+                g.outcome = TaskOutcome::Aborted;
+                drop(guard.take());
+                // SeqCst pairs with the drivers' loads before each claim.
+                ended.store(true, Ordering::SeqCst);
+                return Poll::Ready(());
+            }
+            // The user's future ignores the cancellation and parks again.
+            if start.delivered {
+                g.cell().parked_after_delivery();
+            }
+            Poll::Pending
+        }));
+        waker.map_or(0, |(counting, _)| counting.wakes())
+    })
+}
+
+/// `Shared::escalate`: `mark_escalated` (once per cell, whatever number of
+/// ladders get here), the hook (here a count), then one `schedule`, whose
+/// wake brings the poll that ends the task. `Some(woke)` if this call
+/// escalated, `None` if the cell was escalated already.
+fn escalate(cell: &TaskCell<()>, hooks: &StdAtomicUsize) -> Option<bool> {
+    if !cell.mark_escalated() {
+        return None;
+    }
+    hooks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Some(cell.schedule())
+}
+
 /// How the driver waits between rungs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
@@ -63,7 +124,7 @@ enum Target {
     One,
 }
 
-/// A waker slot for the model's own plumbing (step timer, abort).
+/// A waker slot for the step timer.
 #[derive(Default)]
 struct Slot(Mutex<Option<Waker>>);
 
@@ -93,20 +154,14 @@ struct StepTimer {
     waker: Slot,
 }
 
-/// tokio's `AbortHandle` for the one task.
-#[derive(Default)]
-struct Abort {
-    requested: AtomicBool,
-    waker: Slot,
-}
-
 /// Which rungs the step timer fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fires {
     /// Every rung: the task's end races the give-up rung.
     All,
     /// Every rung but give-up (a long `abort_grace`): after escalation only
-    /// the task's end can wake the ladder, so a lost wakeup deadlocks.
+    /// the task's end can wake the ladder, so a lost wakeup (of the task by
+    /// escalation's `schedule`, or of the ladder by the end) deadlocks.
     WithholdGiveUp,
 }
 
@@ -121,8 +176,8 @@ enum Verdict {
     Stuck,
 }
 
-/// One run of the model: a task that ignores cancellation (it ends only when
-/// aborted by escalation), the ladder over it, and the step timer.
+/// One run of the model: [`stubborn_task`], the ladder over it, and the step
+/// timer.
 fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
     let max = match target {
         Target::All => GROUP_REDELIVERIES,
@@ -135,41 +190,8 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
     let registry = Arc::new(Registry::<(), ()>::new(false));
     let (guard, _) = Registry::insert(&registry, (), None);
     let cell = guard.cell().clone();
-    let abort = Arc::new(Abort::default());
     let ended = Arc::new(AtomicBool::new(false));
-
-    let task = {
-        let (abort, ended) = (abort.clone(), ended.clone());
-        thread::spawn(move || {
-            let mut guard = Some(guard);
-            let mut waker: Option<(StdArc<CountingWaker>, Waker)> = None;
-            block_on(std::future::poll_fn(|cx| {
-                let (_, cell_waker) = waker.get_or_insert_with(|| {
-                    let counting = CountingWaker::new(cx.waker());
-                    (counting.clone(), Waker::from(counting))
-                });
-                let g = guard.as_ref().expect("polled after the end");
-                let start = g.cell().begin_poll(cell_waker);
-                // Register before checking, so an abort is never missed.
-                abort.waker.register(cx.waker());
-                if abort.requested.load(Ordering::Acquire) {
-                    let mut g = guard.take().unwrap();
-                    g.outcome = TaskOutcome::Aborted;
-                    drop(g);
-                    // SeqCst pairs with the driver's loads before each claim.
-                    ended.store(true, Ordering::SeqCst);
-                    return Poll::Ready(());
-                }
-                // Ignores cancellation: every wake is answered by parking
-                // again (as `Tracked::poll`, which marks it re-deliverable).
-                if start.delivered {
-                    g.cell().parked_after_delivery();
-                }
-                Poll::Pending
-            }));
-            waker.map_or(0, |(counting, _)| counting.wakes())
-        })
-    };
+    let task = stubborn_task(guard, ended.clone());
 
     let timer = Arc::new(StepTimer::default());
     let ticker = {
@@ -190,7 +212,9 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
 
     // First delivery, as `Shared::shutdown` / `retire`: mark, then one wake.
     registry.mark_closing(&cell);
-    let mut claims = usize::from(cell.deliver());
+    let delivered = usize::from(cell.deliver());
+    let (mut redelivered, mut escalation_wakes, mut busy_wakes) = (0, 0, 0);
+    let hooks = StdAtomicUsize::new(0);
 
     let mut next = 0;
     let mut polls = 0;
@@ -210,23 +234,26 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
             let counting = CountingWaker::new(cx.waker());
             (counting.clone(), Waker::from(counting))
         });
+        let mut done = || match target {
+            Target::All => registry.poll_idle(waker, &mut idle_slot).is_ready(),
+            Target::One => registry
+                .poll_ended(&cell, waker, &mut ended_slot)
+                .is_ready(),
+        };
         loop {
-            let done = match target {
-                Target::All => registry.poll_idle(waker, &mut idle_slot),
-                Target::One => registry.poll_ended(&cell, waker, &mut ended_slot),
-            };
-            if done.is_ready() {
+            if done() {
                 timer.waker.take();
                 return Poll::Ready(Verdict::Ended { parked });
             }
             if variant == Variant::Busy {
                 // Re-deliver right away and come back at once.
                 for c in registry.pending() {
-                    claims += usize::from(c.schedule());
+                    busy_wakes += usize::from(c.schedule());
                 }
                 assert!(
-                    claims <= 1 + max as usize,
-                    "{claims} wakes claimed for one task"
+                    delivered + busy_wakes <= wake_bound(max),
+                    "{} wakes claimed for one task",
+                    delivered + busy_wakes
                 );
                 waker.wake_by_ref();
                 return Poll::Pending;
@@ -237,6 +264,7 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
             }
             let step = steps[next];
             next += 1;
+            // As `run_ladder`'s `targets`.
             let live: Vec<Arc<TaskCell<()>>> = match target {
                 Target::All => registry.pending(),
                 Target::One if cell.is_ended() => Vec::new(),
@@ -248,18 +276,28 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
                         let was_ended = ended.load(Ordering::SeqCst);
                         let woke = c.redeliver(max);
                         assert!(!(was_ended && woke), "re-delivered to an ended task");
-                        claims += usize::from(woke);
+                        redelivered += usize::from(woke);
                     }
                 }
                 Step::Escalate => {
                     for c in &live {
-                        if c.mark_escalated() {
-                            abort.requested.store(true, Ordering::Release);
-                            abort.waker.wake();
-                        }
+                        let was_ended = ended.load(Ordering::SeqCst);
+                        let woke = escalate(c, &hooks) == Some(true);
+                        assert!(!(was_ended && woke), "escalation woke an ended task");
+                        escalation_wakes += usize::from(woke);
                     }
                 }
                 Step::GiveUp => {
+                    // As `run_ladder`: one more check (its `yield_now` gives
+                    // the task a round; loom tries every order anyway), then
+                    // what is alive is marked stuck.
+                    if done() {
+                        timer.waker.take();
+                        return Poll::Ready(Verdict::Ended { parked: false });
+                    }
+                    for c in &live {
+                        registry.mark_stuck(c);
+                    }
                     registry.release_idle(&mut idle_slot);
                     registry.release_ended(cell.id, &mut ended_slot);
                     timer.waker.take();
@@ -277,18 +315,28 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
     let task_wakes = task.join().unwrap();
     ticker.join().unwrap();
 
-    // Property 1: at most one delivery plus the policy's re-deliveries.
-    assert!(claims <= 1 + max as usize, "{claims} wakes claimed");
-    assert!(cell.redeliveries() <= max);
+    // The wake bound, part by part: one first delivery, the re-deliveries
+    // the cell counted (at most the limit), one wake from escalation, which
+    // ran its hook once.
+    assert_eq!(redelivered, cell.redeliveries() as usize);
+    assert!(redelivered <= max as usize, "{redelivered} re-deliveries");
+    assert_eq!(hooks.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(escalation_wakes <= 1);
+    let claims = delivered + redelivered + escalation_wakes;
+    assert!(claims <= wake_bound(max), "{claims} wakes claimed");
     // A claim can reach the task twice when it races the task's own
-    // re-registration (the waker slot wakes the newcomer rather than lose it).
+    // re-registration (loom's waker slot wakes the newcomer rather than lose
+    // it).
     assert!(
         task_wakes <= 2 * claims,
         "{task_wakes} wakes for {claims} claims"
     );
-    // The stuck task pruned itself when it finally ended.
+    // The task ended at the poll after its escalation, as aborted, and
+    // pruned itself, even when it had been reported stuck.
     assert_eq!(registry.len(), 0);
     assert_eq!(cell.outcome(), Some(TaskOutcome::Aborted));
+    let totals = registry.totals();
+    assert_eq!((totals.aborted, totals.stuck, totals.closing), (1, 0, 0));
     // No wakeup of the ladder is left anywhere once it returned: the registry
     // and the timer dropped every clone of its waker.
     let (counting, waker) = own.expect("the ladder was polled");
@@ -319,10 +367,12 @@ fn shutdown_model(target: Target, fires: Fires, name: &str) {
 
 /// Proves property 1 for the core's wait for quiescence (group shutdown,
 /// `poll_idle`): with one task that ignores cancellation, the ladder parks
-/// between rungs (it is polled only when a rung fires or the task ends),
-/// claims at most `1 + max_redeliveries` wakes for the task and none once it
-/// ended, and leaves no wakeup registered once it returns, whether the task's
-/// end or the give-up rung comes first.
+/// between rungs (it is polled only when a rung fires or the task ends);
+/// the task gets at most first delivery (1) + re-deliveries (at most
+/// `max_redeliveries`) + escalation's wake (1) library wakes, none once it
+/// ended; escalation (`mark_escalated`, then `schedule`) ends it as aborted
+/// at its next poll; and the ladder leaves no wakeup registered once it
+/// returns, whether the task's end or the give-up rung comes first.
 #[test]
 fn shutdown_waits_without_spinning() {
     shutdown_model(Target::All, Fires::All, "shutdown_waits_without_spinning");
@@ -330,7 +380,8 @@ fn shutdown_waits_without_spinning() {
 
 /// As [`shutdown_waits_without_spinning`], with the give-up rung withheld:
 /// after escalation only the task's end can wake the parked ladder, so a lost
-/// wakeup of `poll_idle` deadlocks the model.
+/// wakeup (escalation's `schedule` missing the task's poll, or `poll_idle`
+/// missing the end) deadlocks the model.
 #[test]
 fn shutdown_waits_without_spinning_until_the_end() {
     shutdown_model(
@@ -348,7 +399,8 @@ fn cancel_key_waits_without_spinning() {
 }
 
 /// As [`cancel_key_waits_without_spinning`], with the give-up rung withheld:
-/// a lost wakeup of `poll_ended` deadlocks the model.
+/// a lost wakeup (of the task by escalation, or of `poll_ended` by the end)
+/// deadlocks the model.
 #[test]
 fn cancel_key_waits_without_spinning_until_the_end() {
     shutdown_model(
@@ -384,4 +436,111 @@ fn busy_redelivery_is_caught() {
         "loom_models::ladder::busy_redelivery_model",
         &["re-checked in a loop", "wakes claimed for one task"],
     );
+}
+
+/// One ladder that fires its rungs back to back (its timers already
+/// expired): `mark_closing` and `deliver`, then per rung `run_ladder`'s
+/// `targets` (empty once the target ended: the ladder returns) and the
+/// rung's calls. Returns the wakes it claimed and whether it escalated.
+fn unparked_ladder(
+    registry: &Registry<(), ()>,
+    cell: &Arc<TaskCell<()>>,
+    target: Target,
+    hooks: &StdAtomicUsize,
+) -> (usize, usize, bool) {
+    const LIMIT: u32 = KEY_REDELIVERIES;
+    registry.mark_closing(cell);
+    let mut wakes = usize::from(cell.deliver());
+    let (mut redelivered, mut escalated) = (0, false);
+    let targets = || match target {
+        Target::All => registry.pending(),
+        Target::One if cell.is_ended() => Vec::new(),
+        Target::One => vec![cell.clone()],
+    };
+    for (_, step) in Schedule::new(policy(LIMIT)) {
+        let live = targets();
+        if live.is_empty() {
+            break;
+        }
+        for c in &live {
+            match step {
+                Step::Redeliver => redelivered += usize::from(c.redeliver(LIMIT)),
+                Step::Escalate => {
+                    if let Some(woke) = escalate(c, hooks) {
+                        escalated = true;
+                        wakes += usize::from(woke);
+                    }
+                }
+                Step::GiveUp => {
+                    registry.mark_stuck(c);
+                }
+            }
+        }
+    }
+    (wakes + redelivered, redelivered, escalated)
+}
+
+/// Proves registry invariant 3 and escalation's once-per-cell rule across
+/// ladders: a task's own ladder (`TaskMap::cancel`, one target) and the
+/// group's (`TaskGroup::shutdown`, all) run over the same stubborn task at
+/// once. The cell's re-delivery count stays within the limit, the hook runs
+/// once, and the task gets at most first delivery (1) + re-deliveries (at
+/// most the limit) + escalation's wake (1) library wakes in all, not per
+/// ladder; it ends as aborted.
+#[test]
+fn two_ladders_share_one_cell() {
+    let seen = Seen::new(&[
+        "group_escalated_key_redelivered",
+        "group_escalated_group_redelivered",
+        "group_escalated_none_redelivered",
+        "key_escalated_key_redelivered",
+        "key_escalated_group_redelivered",
+        "key_escalated_none_redelivered",
+    ]);
+    let tally = seen.clone();
+    check("two_ladders_share_one_cell", &seen, move || {
+        tally.iteration();
+        let registry = Arc::new(Registry::<(), ()>::new(false));
+        let (guard, _) = Registry::insert(&registry, (), None);
+        let cell = guard.cell().clone();
+        let task = stubborn_task(guard, Arc::new(AtomicBool::new(false)));
+        let hooks = StdArc::new(StdAtomicUsize::new(0));
+        let key_ladder = {
+            let (registry, cell, hooks) = (registry.clone(), cell.clone(), hooks.clone());
+            thread::spawn(move || unparked_ladder(&registry, &cell, Target::One, &hooks))
+        };
+        let group = unparked_ladder(&registry, &cell, Target::All, &hooks);
+        let key = key_ladder.join().unwrap();
+        let task_wakes = task.join().unwrap();
+
+        tally.hit(match (group.2, group.1 > 0, key.1 > 0) {
+            (true, _, true) => "group_escalated_key_redelivered",
+            (true, true, _) => "group_escalated_group_redelivered",
+            (true, false, false) => "group_escalated_none_redelivered",
+            (false, _, true) => "key_escalated_key_redelivered",
+            (false, true, _) => "key_escalated_group_redelivered",
+            (false, false, false) => "key_escalated_none_redelivered",
+        });
+        assert!(group.2 != key.2, "escalated by both ladders or by none");
+        assert_eq!(hooks.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let redelivered = group.1 + key.1;
+        assert_eq!(redelivered, cell.redeliveries() as usize);
+        assert!(
+            cell.redeliveries() <= KEY_REDELIVERIES,
+            "{redelivered} re-deliveries over two ladders"
+        );
+        let claims = group.0 + key.0;
+        assert!(
+            claims <= wake_bound(KEY_REDELIVERIES),
+            "{claims} wakes claimed over two ladders"
+        );
+        assert!(
+            task_wakes <= 2 * claims,
+            "{task_wakes} wakes for {claims} claims"
+        );
+        assert_eq!(cell.outcome(), Some(TaskOutcome::Aborted));
+        assert_eq!(registry.len(), 0);
+        let totals = registry.totals();
+        assert_eq!((totals.aborted, totals.stuck, totals.closing), (1, 0, 0));
+    });
 }
