@@ -19,9 +19,12 @@
 //! [`TaskCell::schedule`], which sets the bit and wakes the runtime task only
 //! if the bit was clear. So a task the library already woke and that has not
 //! been polled since is never woken again by it (as Trio, one abort attempt
-//! per blocking call). A library wake takes the waker out of its slot; the
-//! poll that follows sees `SCHEDULED` and stores it again, so the slot is only
-//! written after a library wake, never on the task's ordinary polls.
+//! per blocking call). The slot is written once, by the task's first poll, and
+//! never emptied: a library wake wakes it by reference, so no ordinary poll
+//! writes it. (An earlier slot was emptied by each wake and refilled by the
+//! poll after it; the loom ladder models found that a poll between a wake's
+//! claim and its take left the slot empty with `SCHEDULED` clear, losing
+//! escalation's wake. A slot nothing empties cannot lose a waker.)
 //!
 //! A re-delivery needs more: the `PARKED` bit, set only when a poll that
 //! *began after the first delivery* returned `Pending`, and cleared when the
@@ -45,9 +48,11 @@
 //!    that follows sees whatever the waker published before it) or follows it
 //!    (and wakes the task). A poll that reads the bit clear skips the clearing;
 //!    a wake that sets it after that read also wakes the runtime task, whose
-//!    next poll clears it. While the bit is clear the waker slot holds the
-//!    task's waker: only a wake that set the bit took it out, and the poll
-//!    that clears the bit stores it back first.
+//!    next poll clears it. A new cell is `SCHEDULED` (its first poll is on
+//!    its way), and that poll stores the task's waker before it clears the
+//!    bit; the slot is never emptied. So every wake that finds the bit clear
+//!    (the only ones that wake) finds the waker, and sees it through the
+//!    Acquire half of its read-modify-write.
 //! 3. The re-delivery count of a cell never exceeds the limit passed to
 //!    [`TaskCell::redeliver`], whatever number of ladders run over the cell,
 //!    for every `u32` limit: the count is the high 32 bits of the state word,
@@ -84,12 +89,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::OnceLock;
 use std::task::{Poll, Waker};
 
 use hashbrown::HashTable;
 use slab::Slab;
 
-use crate::sync::{AfterUnlock, Arc, AtomicU64, AtomicWaker, Mutex, Ordering, lock};
+use crate::sync::{AfterUnlock, Arc, AtomicU64, Mutex, Ordering, lock};
 use crate::wait_list::{WaitKey, WaitList};
 
 /// A key as the registry holds it: shared between the entry and the key index
@@ -333,9 +339,13 @@ pub(crate) struct TaskCell<T> {
     pub(crate) id: TaskId,
     /// The state word, read and written only through [`Snapshot`].
     state: AtomicU64,
-    /// The runtime task's own waker, for the library's wakes; stored at the
-    /// first poll and again after each library wake (invariant 2).
-    waker: AtomicWaker,
+    /// The runtime task's own waker, for the library's wakes: stored by the
+    /// first poll, never taken out (invariant 2). A tracked future is polled
+    /// only by the tokio task it was spawned as, whose waker wakes that task
+    /// for as long as it lives, so the first one serves for good. (A `std`
+    /// `OnceLock` under loom too: the models check the state word that
+    /// publishes it.)
+    waker: OnceLock<Waker>,
     pub(crate) meta: T,
 }
 
@@ -380,17 +390,18 @@ impl<T> TaskCell<T> {
         Snapshot(self.state.fetch_or(bit, Ordering::AcqRel))
     }
 
-    /// Start of a poll of the task: after a library wake (or at the first
-    /// poll), store the task's waker, then clear `SCHEDULED` (and `PARKED`:
-    /// the task is running). The order matters: a wake that sees the bit
+    /// Start of a poll of the task: at the first poll, store the task's waker;
+    /// after a library wake (or at the first poll), clear `SCHEDULED` (and
+    /// `PARKED`: the task is running). The order matters: a wake that sees the bit
     /// clear must find the waker. An ordinary poll (nothing set) costs one
     /// load.
     #[inline]
     pub(crate) fn begin_poll(&self, waker: &Waker) -> PollStart {
         let mut prev = self.snapshot();
         if prev.0 & (SCHEDULED | PARKED) != 0 {
-            if prev.is_scheduled() {
-                self.waker.register(waker);
+            if prev.is_scheduled() && self.waker.get().is_none() {
+                // The first poll (invariant 2). Cloned here, under no lock.
+                let _ = self.waker.set(waker.clone());
             }
             // AcqRel, invariant 2: Acquire pairs with the Release half of the
             // wake that set the bit, so this poll sees what the canceller
@@ -429,6 +440,13 @@ impl<T> TaskCell<T> {
         self.state.fetch_or(PARKED, Ordering::Release);
     }
 
+    /// Wakes the runtime task by reference: the waker stays in its slot.
+    fn wake(&self) {
+        if let Some(waker) = self.waker.get() {
+            waker.wake_by_ref();
+        }
+    }
+
     /// A library wake: wakes the task unless the library already woke it since
     /// its last poll began, or it ended. Returns whether a wake was issued.
     pub(crate) fn schedule(&self) -> bool {
@@ -436,7 +454,7 @@ impl<T> TaskCell<T> {
         if prev.is_scheduled() || prev.is_ended() {
             return false;
         }
-        self.waker.wake();
+        self.wake();
         true
     }
 
@@ -446,7 +464,7 @@ impl<T> TaskCell<T> {
     pub(crate) fn deliver(&self) -> bool {
         match self.transition(Snapshot::delivered) {
             Ok(prev) if !prev.is_scheduled() => {
-                self.waker.wake();
+                self.wake();
                 true
             }
             _ => false,
@@ -461,7 +479,7 @@ impl<T> TaskCell<T> {
     pub(crate) fn deliver_or_schedule(&self) -> bool {
         match self.transition(Snapshot::delivered) {
             Ok(prev) if !prev.is_scheduled() => {
-                self.waker.wake();
+                self.wake();
                 true
             }
             Ok(_) => false,
@@ -476,7 +494,7 @@ impl<T> TaskCell<T> {
         if self.transition(|s| s.redelivered(limit)).is_err() {
             return false;
         }
-        self.waker.wake();
+        self.wake();
         true
     }
 
@@ -713,7 +731,7 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
             id,
             // A new task is scheduled: its first poll is on its way.
             state: AtomicU64::new(Snapshot::new(tag).0),
-            waker: AtomicWaker::new(),
+            waker: OnceLock::new(),
             meta,
         });
         // Hashed and wrapped before the lock: a panicking `Hash` fails this

@@ -32,41 +32,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A single waker slot, shared between the task that parks and the canceller
-/// that wakes it: `futures`' `AtomicWaker` normally, loom's under `cfg(loom)`.
-#[derive(Default)]
-pub(crate) struct AtomicWaker {
-    #[cfg(not(loom))]
-    inner: futures_util::task::AtomicWaker,
-    #[cfg(loom)]
-    inner: loom::future::AtomicWaker,
-}
-
-impl AtomicWaker {
-    pub(crate) fn new() -> Self {
-        Self::default()
-    }
-
-    /// Stores `waker` (cloning it only when it would not wake the same task).
-    pub(crate) fn register(&self, waker: &std::task::Waker) {
-        #[cfg(not(loom))]
-        self.inner.register(waker);
-        #[cfg(loom)]
-        self.inner.register_by_ref(waker);
-    }
-
-    /// Wakes and removes the stored waker, if any.
-    pub(crate) fn wake(&self) {
-        self.inner.wake();
-    }
-}
-
-impl std::fmt::Debug for AtomicWaker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AtomicWaker")
-    }
-}
-
 /// What leaves a core lock: wakers to wake, and replaced or removed wakers to
 /// drop, once the lock is released (the rule stated at [`lock`]; as tokio's
 /// `WakeList`).
