@@ -19,11 +19,11 @@ fn fuzz_corpus_replays_clean() {
     for path in &files {
         let bytes = std::fs::read(path).unwrap();
         // Same bound as the fuzz target.
-        let ops = lang::decode(&bytes, 48);
-        let outcome = std::panic::catch_unwind(|| machine::run(&ops));
+        let (setup, ops) = lang::decode(&bytes, 48);
+        let outcome = std::panic::catch_unwind(|| machine::run(&setup, &ops));
         assert!(
             outcome.is_ok(),
-            "corpus input {} fails: {ops:?}",
+            "corpus input {} fails: {setup:?} {ops:?}",
             path.display()
         );
     }

@@ -1,8 +1,11 @@
 //! The proptest state machine: random programs of operations on a `TaskGroup`
-//! and a `TaskMap` (spawn with behaviours, cancels, aborts, handle drops,
-//! replacement, the paused clock, shutdown, parked `join` / `join_next`
-//! waiters re-polled in any order), checked after every step against
-//! a reference model (`tests/model/machine.rs`, shared with the fuzz target).
+//! and a `TaskMap` (spawn with behaviours and escalation hooks that return,
+//! panic or block, cancels of the group, the scope, a key, a task's handle,
+//! aborts, handle drops, replacement, the paused clock, shutdown, parked
+//! `join` / `join_next` waiters re-polled in any order), each case under a
+//! `ShutdownPolicy` of its own (any value the types allow), checked after
+//! every step against a reference model (`tests/model/machine.rs`, shared
+//! with the fuzz target).
 //!
 //! 256 cases by default; for a long run:
 //! `PROPTEST_CASES=10000 cargo test --release --test model`.
@@ -13,7 +16,7 @@ mod lang;
 #[path = "model/machine.rs"]
 mod machine;
 
-use lang::{Behaviour, Key, Ms, Op, TaskRef};
+use lang::{Behaviour, Factor, Hook, Key, Ms, Op, Setup, Span, TaskRef};
 use proptest::prelude::*;
 
 fn ms() -> impl Strategy<Value = Ms> {
@@ -30,16 +33,93 @@ fn behaviour() -> impl Strategy<Value = Behaviour> {
     ]
 }
 
+fn hook() -> impl Strategy<Value = Hook> {
+    prop_oneof![
+        4 => Just(Hook::None),
+        1 => Just(Hook::Returns),
+        1 => Just(Hook::Panics),
+        2 => Just(Hook::Blocks),
+    ]
+}
+
+/// Any `u32`, biased to the edges: 0, 1, small, the 16-bit boundary, and
+/// the top.
+fn limit() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        2 => Just(0u32),
+        2 => Just(1u32),
+        3 => 2u32..8,
+        1 => Just(65_535u32),
+        1 => Just(65_536u32),
+        1 => Just(70_000u32),
+        2 => Just(u32::MAX),
+        2 => any::<u32>(),
+    ]
+}
+
+fn span() -> impl Strategy<Value = Span> {
+    prop_oneof![
+        1 => Just(Span::Zero),
+        3 => any::<u8>().prop_map(Span::Small),
+        1 => Just(Span::Max),
+    ]
+}
+
+/// A back-off delay: 0, 1 ms, a few ms, or `Duration::MAX`.
+fn step() -> impl Strategy<Value = Span> {
+    prop_oneof![
+        1 => Just(Span::Zero),
+        2 => Just(Span::Small(0)),
+        2 => (1u8..8).prop_map(Span::Small),
+        1 => Just(Span::Max),
+    ]
+}
+
+fn setup() -> impl Strategy<Value = Setup> {
+    let factor = prop_oneof![
+        Just(Factor::Zero),
+        Just(Factor::One),
+        Just(Factor::Two),
+        Just(Factor::Max),
+    ];
+    (
+        limit(),
+        span(),
+        span(),
+        step(),
+        step(),
+        factor,
+        proptest::bool::weighted(0.2),
+    )
+        .prop_map(
+            |(max_redeliveries, grace, abort_grace, initial, max, multiplier, born_cancelled)| {
+                Setup {
+                    max_redeliveries,
+                    grace,
+                    abort_grace,
+                    initial,
+                    max,
+                    multiplier,
+                    born_cancelled,
+                }
+            },
+        )
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let key = (0u8..4).prop_map(Key);
     let pick = any::<u8>().prop_map(TaskRef);
     prop_oneof![
-        6 => (proptest::option::of(key.clone()), behaviour())
-            .prop_map(|(key, behaviour)| Op::Spawn { key, behaviour }),
-        2 => (pick.clone(), behaviour()).prop_map(|(pick, behaviour)| Op::Replace { pick, behaviour }),
+        6 => (proptest::option::of(key.clone()), behaviour(), hook())
+            .prop_map(|(key, behaviour, hook)| Op::Spawn { key, behaviour, hook }),
+        2 => (pick.clone(), behaviour(), hook())
+            .prop_map(|(pick, behaviour, hook)| Op::Replace { pick, behaviour, hook }),
         1 => Just(Op::CancelGroup),
         1 => Just(Op::CancelScope),
-        2 => key.prop_map(Op::CancelKey),
+        2 => key.clone().prop_map(Op::CancelKey),
+        1 => key.prop_map(Op::BeginCancelKey),
+        2 => pick.clone().prop_map(Op::CancelTask),
+        1 => pick.clone().prop_map(Op::ReleaseHook),
         2 => pick.clone().prop_map(Op::Abort),
         2 => pick.prop_map(Op::DropHandle),
         4 => ms().prop_map(Op::Advance),
@@ -62,8 +142,11 @@ proptest! {
 
     /// Every program keeps the library's properties after every step.
     #[test]
-    fn programs_keep_the_properties(ops in proptest::collection::vec(op(), 0..40)) {
-        machine::run(&ops);
+    fn programs_keep_the_properties(
+        setup in setup(),
+        ops in proptest::collection::vec(op(), 0..40),
+    ) {
+        machine::run(&setup, &ops);
     }
 }
 
@@ -71,7 +154,7 @@ proptest! {
 #[test]
 fn any_bytes_decode_to_a_program() {
     let bytes: Vec<u8> = (0..=255u8).cycle().take(600).collect();
-    let ops = lang::decode(&bytes, 64);
+    let (setup, ops) = lang::decode(&bytes, 64);
     assert!(!ops.is_empty());
-    machine::run(&ops);
+    machine::run(&setup, &ops);
 }

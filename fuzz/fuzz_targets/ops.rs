@@ -13,6 +13,6 @@ mod machine;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     // Bounded programs keep every input fast, so the fuzzer explores breadth.
-    let ops = lang::decode(data, 48);
-    machine::run(&ops);
+    let (setup, ops) = lang::decode(data, 48);
+    machine::run(&setup, &ops);
 });

@@ -5,53 +5,64 @@
 //! the program's step in the message.
 //!
 //! Ground truth comes from probes inside each task's future (alive, completed,
-//! panicked, polls), never from the library itself; the model adds what it can
-//! predict from the operations (keys, cancellations, aborts, the clock).
+//! panicked, polls) and inside its escalation hook (called, returned), never
+//! from the library itself; the model adds what it can predict from the
+//! operations (keys, cancellations, ladders, aborts, the clock) and from the
+//! case's policy, which may be any value the types allow.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, Once, mpsc};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use cancel_scope::{
-    Backoff, CancelScope, ShutdownPolicy, ShutdownReport, SpawnError, TaskError, TaskGroup,
+    CancelScope, ShutdownPolicy, ShutdownReport, SpawnError, TaskBuilder, TaskError, TaskGroup,
     TaskHandle, TaskId, TaskMap, TaskOutcome,
 };
 use tokio::time::Instant;
 
-use super::lang::{Behaviour, Op};
-
-/// The ladder every case runs under: short, so that programs stay fast.
-pub fn policy() -> ShutdownPolicy {
-    ShutdownPolicy {
-        grace: Duration::from_millis(20),
-        max_redeliveries: 3,
-        backoff: Backoff {
-            initial: Duration::from_millis(1),
-            max: Duration::from_millis(4),
-            multiplier: 2,
-        },
-        abort_grace: Duration::from_millis(5),
-    }
-}
+use super::lang::{Behaviour, Hook, Op, Setup, Span};
 
 /// Timer slack: a paused-clock sleep may fire up to one timer tick late.
 const SLACK: Duration = Duration::from_millis(2);
 
+/// How long the driver awaits a ladder that may never end (`grace:
+/// Duration::MAX` over a task that ignores cancellation) before it calls
+/// it "still pending". Every finite ladder of a case ends well before:
+/// `grace + abort_grace + SLACK` is at most 50 ms (see `Span`).
+const PATIENCE: Duration = Duration::from_millis(64);
+
+/// Real time a released hook's thread gets to return.
+const HOOK_RETURN: std::time::Duration = std::time::Duration::from_secs(10);
+
 const PANIC_MESSAGE: &str = "model task panics on purpose";
+const HOOK_PANIC_MESSAGE: &str = "model hook panics on purpose";
+
+const _: () = assert!(
+    2 * Span::SMALL_MAX_MS + 2 < 64,
+    "a finite ladder must end within PATIENCE"
+);
 
 // ===== probes =====
 
-/// What a task's own future reports about itself.
-#[derive(Debug)]
+/// What a task's own future (and its escalation hook) reports about itself.
+#[derive(Debug, Default)]
 struct Probe {
     alive: AtomicBool,
     completed: AtomicBool,
     panicked: AtomicBool,
     polls: AtomicUsize,
+    /// The hook was entered (how many times: at most once) / has returned
+    /// (or unwound).
+    hook_calls: AtomicUsize,
+    hook_returned: AtomicBool,
+    /// Lets an `IgnoresCancel` task end (a grace that never ends would
+    /// otherwise never see it go): it completes at its next poll.
+    released: AtomicBool,
+    release_waker: Mutex<Option<Waker>>,
 }
 
 impl Probe {
@@ -67,6 +78,79 @@ impl Probe {
     fn polls(&self) -> usize {
         self.polls.load(Ordering::SeqCst)
     }
+    fn hook_calls(&self) -> usize {
+        self.hook_calls.load(Ordering::SeqCst)
+    }
+    fn hook_returned(&self) -> bool {
+        self.hook_returned.load(Ordering::SeqCst)
+    }
+    fn released(&self) -> bool {
+        self.released.load(Ordering::SeqCst)
+    }
+    fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
+        if let Some(waker) = self.release_waker.lock().unwrap().take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Pending until [`Probe::release`]; never wakes the task otherwise, so the
+/// task's polls stay the library's wakes.
+struct Released(Arc<Probe>);
+
+impl Future for Released {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut waker = self.0.release_waker.lock().unwrap();
+        if self.0.released() {
+            return Poll::Ready(());
+        }
+        *waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Marks the hook returned however it leaves (a return or a panic).
+struct HookReturn(Arc<Probe>);
+
+impl Drop for HookReturn {
+    fn drop(&mut self) {
+        self.0.hook_returned.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The escalation hook of `kind`, reporting to `probe`; a blocking one
+/// blocks its thread until the returned sender is dropped.
+#[allow(clippy::type_complexity)]
+fn hook(
+    kind: Hook,
+    probe: Arc<Probe>,
+) -> (
+    Option<Box<dyn FnOnce() + Send + 'static>>,
+    Option<mpsc::Sender<()>>,
+) {
+    let (release, released) = mpsc::channel::<()>();
+    let f: Box<dyn FnOnce() + Send> = match kind {
+        Hook::None => return (None, None),
+        Hook::Returns => Box::new(move || {
+            probe.hook_calls.fetch_add(1, Ordering::SeqCst);
+            let _done = HookReturn(probe);
+        }),
+        Hook::Panics => Box::new(move || {
+            probe.hook_calls.fetch_add(1, Ordering::SeqCst);
+            let _done = HookReturn(probe);
+            panic!("{HOOK_PANIC_MESSAGE}");
+        }),
+        Hook::Blocks => Box::new(move || {
+            probe.hook_calls.fetch_add(1, Ordering::SeqCst);
+            let _done = HookReturn(probe);
+            // Blocks this (the hook's own) thread until the program lets go.
+            let _ = released.recv();
+        }),
+    };
+    let sender = (kind == Hook::Blocks).then_some(release);
+    (Some(f), sender)
 }
 
 /// Marks the task dead when its future is dropped, however that happens.
@@ -126,7 +210,7 @@ fn task_future(
             Behaviour::IgnoresCancel => {
                 // Holds its scope and never looks at it.
                 let _scope = scope;
-                std::future::pending::<()>().await;
+                Released(probe.clone()).await;
             }
             Behaviour::Cooperative { cleanup } => {
                 let scope = scope.expect("cooperative tasks get a scope");
@@ -143,6 +227,24 @@ fn task_future(
     }
 }
 
+/// Spawns from a builder (a task with a hook), in the mode its behaviour
+/// needs.
+fn built<K>(
+    builder: TaskBuilder<'_, K>,
+    behaviour: Behaviour,
+    probe: Arc<Probe>,
+) -> Result<TaskHandle<()>, SpawnError>
+where
+    K: Eq + std::hash::Hash + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    match behaviour {
+        Behaviour::IgnoresCancel | Behaviour::Cooperative { .. } => {
+            builder.try_spawn_with_scope(move |s| task_future(behaviour, probe, Some(s)))
+        }
+        _ => builder.try_spawn(task_future(behaviour, probe, None)),
+    }
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -154,10 +256,12 @@ fn quiet_intended_panics() {
     ONCE.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let intended = info
-                .payload()
+            let payload = info.payload();
+            let message = payload
                 .downcast_ref::<String>()
-                .is_some_and(|s| s == PANIC_MESSAGE);
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied());
+            let intended = matches!(message, Some(PANIC_MESSAGE | HOOK_PANIC_MESSAGE));
             if !intended {
                 default(info);
             }
@@ -181,8 +285,15 @@ struct Task {
     handle: Option<TaskHandle<()>>,
     id: TaskId,
     spawned_at: Instant,
-    /// Deliveries aimed at this task alone (`cancel(key)`, replacement).
-    key_hits: usize,
+    /// Deliveries aimed at this task alone (`cancel(key)`, `begin_cancel`,
+    /// replacement, `TaskHandle::cancel`).
+    hits: usize,
+    /// When the first ladder over it started (any of the above, or a
+    /// shutdown of its tracker while it was alive).
+    ladder_at: Option<Instant>,
+    hook: Hook,
+    /// Held while a blocking hook must stay blocked; dropped to release it.
+    hook_release: Option<mpsc::Sender<()>>,
     /// `abort()` was called through its handle.
     aborted: bool,
     /// The interval (see `World::epoch`) in which the model saw it end.
@@ -236,6 +347,7 @@ fn ends(group: &TaskGroup) -> u64 {
 }
 
 struct World {
+    policy: ShutdownPolicy,
     scope: CancelScope,
     group: Arc<TaskGroup>,
     /// Parked waiters, re-polled by `Op::Repoll` in any order.
@@ -263,45 +375,57 @@ struct World {
     op: Op,
 }
 
-/// Runs `ops` on a fresh paused-clock runtime, checking after every step;
-/// panics on the first violation.
-pub fn run(ops: &[Op]) {
+/// Runs `ops` under `setup` on a fresh paused-clock runtime, checking after
+/// every step; panics on the first violation.
+pub fn run(setup: &Setup, ops: &[Op]) {
     quiet_intended_panics();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()
         .expect("runtime");
-    rt.block_on(run_on_runtime(ops));
+    rt.block_on(run_on_runtime(*setup, ops));
 }
 
-async fn run_on_runtime(ops: &[Op]) {
+async fn run_on_runtime(setup: Setup, ops: &[Op]) {
+    let policy = setup.policy();
     let scope = CancelScope::new();
+    let group_scope = if setup.born_cancelled {
+        // Born cancelled: every task it gets starts cancelled, and its
+        // report counts them all (the scope was cancelled before any).
+        let s = scope.child();
+        s.cancel();
+        s
+    } else {
+        scope.clone()
+    };
     let group = Arc::new(
         TaskGroup::builder()
-            .policy(policy())
-            .scope(scope.clone())
+            .policy(policy)
+            .scope(group_scope)
             .collect_outcomes(true)
             .build(),
     );
-    let map = TaskMap::with_scope_and_policy(scope.clone(), policy());
+    let map = TaskMap::with_scope_and_policy(scope.clone(), policy);
     let mut w = World {
+        policy,
         scope,
         group,
         waiters: Vec::new(),
         map,
         tasks: Vec::new(),
         latest: HashMap::new(),
-        group_cancelled: false,
+        group_cancelled: setup.born_cancelled,
         map_cancelled: false,
         group_closed: false,
         map_closed: false,
         epoch: 0,
-        group_mark: None,
+        group_mark: setup.born_cancelled.then_some((0, true)),
         map_mark: None,
         step: 0,
         op: Op::CancelGroup,
     };
+    w.check();
     for (step, &op) in ops.iter().enumerate() {
         w.step = step;
         w.op = op;
@@ -348,28 +472,30 @@ impl World {
         self.map_mark.get_or_insert((self.epoch, true));
     }
 
-    fn spawn(&mut self, key: Option<u8>, behaviour: Behaviour) {
+    fn spawn(&mut self, key: Option<u8>, behaviour: Behaviour, hook_kind: Hook) {
         let probe = Arc::new(Probe {
             alive: AtomicBool::new(true),
-            completed: AtomicBool::new(false),
-            panicked: AtomicBool::new(false),
-            polls: AtomicUsize::new(0),
+            ..Probe::default()
         });
         let p = probe.clone();
         let cooperative = matches!(
             behaviour,
             Behaviour::IgnoresCancel | Behaviour::Cooperative { .. }
         );
-        let spawned = match (key, cooperative) {
-            (None, false) => self.group.try_spawn(task_future(behaviour, p, None)),
-            (None, true) => self
+        let (on_escalate, hook_release) = hook(hook_kind, probe.clone());
+        let spawned = match (key, on_escalate) {
+            // Without a hook, the plain spawners; with one, a builder.
+            (None, None) if cooperative => self
                 .group
                 .try_spawn_with_scope(move |s| task_future(behaviour, p, Some(s))),
-            (Some(k), false) => self.map.try_spawn(k, task_future(behaviour, p, None)),
-            (Some(k), true) => self
+            (None, None) => self.group.try_spawn(task_future(behaviour, p, None)),
+            (Some(k), None) if cooperative => self
                 .map
                 .build_task(k)
                 .try_spawn_with_scope(move |s| task_future(behaviour, p, Some(s))),
+            (Some(k), None) => self.map.try_spawn(k, task_future(behaviour, p, None)),
+            (None, Some(f)) => built(self.group.build_task().on_escalate(f), behaviour, p),
+            (Some(k), Some(f)) => built(self.map.build_task(k).on_escalate(f), behaviour, p),
         };
         let closed = match key {
             None => self.group_closed,
@@ -383,11 +509,10 @@ impl World {
         }
         let handle = spawned.expect("an open group or map spawns");
         if let Some(k) = key {
-            // Replacing a live task delivers to it (it is retired).
+            // Replacing a live task delivers to it (it is retired: its
+            // ladder starts).
             if let Some(&old) = self.latest.get(&k) {
-                if self.tasks[old].probe.alive() {
-                    self.tasks[old].key_hits += 1;
-                }
+                self.hit(old);
             }
             self.latest.insert(k, self.tasks.len());
         }
@@ -398,23 +523,59 @@ impl World {
             id: handle.id(),
             handle: Some(handle),
             spawned_at: Instant::now(),
-            key_hits: 0,
+            hits: 0,
+            ladder_at: None,
+            hook: hook_kind,
+            hook_release,
             aborted: false,
             ended_epoch: None,
         });
     }
 
+    /// A delivery aimed at task `i` alone, which starts a ladder over it
+    /// (if it is alive: one that ended is a no-op).
+    fn hit(&mut self, i: usize) {
+        let t = &mut self.tasks[i];
+        if t.probe.alive() {
+            t.hits += 1;
+            t.ladder_at.get_or_insert(Instant::now());
+        }
+    }
+
+    /// The live task under key `k`, if any.
+    fn keyed(&self, k: u8) -> Option<usize> {
+        self.latest
+            .get(&k)
+            .copied()
+            .filter(|&i| self.tasks[i].probe.alive())
+    }
+
+    /// Whether task `i` can only end by an abort or a release: alive, and
+    /// deaf to cancellation.
+    fn stubborn(&self, i: usize) -> bool {
+        let t = &self.tasks[i];
+        t.behaviour == Behaviour::IgnoresCancel && t.probe.alive() && !t.probe.released()
+    }
+
     async fn apply(&mut self, op: Op) {
         match op {
-            Op::Spawn { key, behaviour } => self.spawn(key.map(|k| k.get()), behaviour),
-            Op::Replace { pick, behaviour } => {
+            Op::Spawn {
+                key,
+                behaviour,
+                hook,
+            } => self.spawn(key.map(|k| k.get()), behaviour, hook),
+            Op::Replace {
+                pick,
+                behaviour,
+                hook,
+            } => {
                 let live: Vec<u8> = (0..4u8).filter(|k| self.map.contains_key(k)).collect();
                 let key = if live.is_empty() {
                     pick.0 % 4
                 } else {
                     live[usize::from(pick.0) % live.len()]
                 };
-                self.spawn(Some(key), behaviour);
+                self.spawn(Some(key), behaviour, hook);
             }
             Op::CancelGroup => {
                 self.mark_group();
@@ -430,20 +591,61 @@ impl World {
             }
             Op::CancelKey(key) => {
                 let k = key.get();
-                let target = self
-                    .latest
-                    .get(&k)
-                    .copied()
-                    .filter(|&i| self.tasks[i].probe.alive());
+                let target = self.keyed(k);
                 if let Some(i) = target {
-                    self.tasks[i].key_hits += 1;
+                    self.hit(i);
                 }
-                let outcome = self.map.cancel(&k).await;
+                let start = Instant::now();
+                // Cancel safe: a timed-out wait leaves the ladder running.
+                let outcome = tokio::time::timeout(PATIENCE, self.map.cancel(&k)).await;
+                let took = start.elapsed();
                 settle().await;
+                let at = self.at();
                 match (target, outcome) {
-                    (None, None) => {}
-                    (Some(i), Some(outcome)) => self.check_outcome(i, outcome),
-                    (t, o) => panic!("{}: cancel(key) = {o:?} for live task {t:?}", self.at()),
+                    (None, Ok(None)) => {}
+                    (Some(i), Ok(Some(outcome))) => {
+                        self.check_outcome(i, outcome);
+                        assert!(
+                            took <= self.ladder_bound(),
+                            "{at}: cancel(key) took {took:?}"
+                        );
+                    }
+                    (Some(i), Err(_)) => {
+                        // Still pending: only a ladder that never escalates,
+                        // over a task that never ends by itself.
+                        assert!(
+                            self.policy.grace == Duration::MAX && self.stubborn(i),
+                            "{at}: cancel(key) pending after {PATIENCE:?} under {:?}: {:?}",
+                            self.policy,
+                            self.tasks[i]
+                        );
+                    }
+                    (t, o) => panic!("{at}: cancel(key) = {o:?} for live task {t:?}"),
+                }
+            }
+            Op::BeginCancelKey(key) => {
+                let k = key.get();
+                let target = self.keyed(k);
+                if let Some(i) = target {
+                    self.hit(i);
+                }
+                let found = self.map.begin_cancel(&k);
+                let at = self.at();
+                assert_eq!(found, target.is_some(), "{at}: begin_cancel({k})");
+            }
+            Op::CancelTask(r) => {
+                let n = self.tasks.len();
+                if n > 0 {
+                    let i = usize::from(r.0) % n;
+                    if let Some(h) = &self.tasks[i].handle {
+                        h.cancel();
+                        self.hit(i);
+                    }
+                }
+            }
+            Op::ReleaseHook(r) => {
+                if let Some(t) = self.pick(r.0) {
+                    t.hook_release = None;
                 }
             }
             Op::Abort(r) => {
@@ -537,27 +739,114 @@ impl World {
         assert!(ok, "{}: task {i} ({t:?}) reported {outcome:?}", self.at());
     }
 
-    /// Both shutdowns, each checked: the report partitions the tasks that
-    /// ended since the scope was first cancelled (and those alive at the
-    /// end, none: every behaviour here ends when aborted), and it took at
-    /// most `grace + abort_grace`. Each closes its tracker.
+    /// The longest a ladder of this case may take.
+    fn ladder_bound(&self) -> Duration {
+        self.policy
+            .grace
+            .saturating_add(self.policy.abort_grace)
+            .saturating_add(SLACK)
+    }
+
+    /// Both shutdowns, each checked (see [`Self::shutdown_one`]). Each
+    /// closes its tracker.
     async fn shutdown_both(&mut self) {
         self.observe();
         self.mark_group();
-        let report = self.group.shutdown().await;
-        settle().await;
+        let report = self.shutdown_one(true).await;
         self.group_cancelled = true;
         self.group_closed = true;
-        self.observe();
         self.check_report("group", |h| h == Home::Group, self.group_mark, &report);
 
         self.mark_map();
-        let report = self.map.shutdown().await;
-        settle().await;
+        let report = self.shutdown_one(false).await;
         self.map_cancelled = true;
         self.map_closed = true;
-        self.observe();
         self.check_report("map", |h| h != Home::Group, self.map_mark, &report);
+    }
+
+    /// One shutdown, of the group or of the map: it takes at most `grace +
+    /// abort_grace`, whatever its tasks' hooks do; under a grace that never
+    /// ends it is still pending after [`PATIENCE`] exactly when a task that
+    /// ignores cancellation is alive, and returns once those are let go.
+    /// Its `hooks_running` is checked against the hooks' probes.
+    async fn shutdown_one(&mut self, group: bool) -> ShutdownReport {
+        let at = self.at();
+        let home = move |h: Home| (h == Home::Group) == group;
+        let now = Instant::now();
+        // Before: which tasks this ladder is the first over, whose hooks
+        // may still run.
+        let mut first_ladder = vec![false; self.tasks.len()];
+        let mut hook_unreturned = vec![false; self.tasks.len()];
+        for (i, t) in self.tasks.iter_mut().enumerate() {
+            if !home(t.home) {
+                continue;
+            }
+            hook_unreturned[i] = t.hook != Hook::None && !t.probe.hook_returned();
+            if t.probe.alive() {
+                first_ladder[i] = t.ladder_at.is_none();
+                t.ladder_at.get_or_insert(now);
+            }
+        }
+        let mut fut: Pin<Box<dyn Future<Output = ShutdownReport> + Send>> = if group {
+            let g = self.group.clone();
+            Box::pin(async move { g.shutdown().await })
+        } else {
+            let m = self.map.clone();
+            Box::pin(async move { m.shutdown().await })
+        };
+        let report = match tokio::time::timeout(PATIENCE, &mut fut).await {
+            Ok(report) => report,
+            Err(_) => {
+                let stubborn: Vec<usize> = (0..self.tasks.len())
+                    .filter(|&i| home(self.tasks[i].home) && self.stubborn(i))
+                    .collect();
+                assert!(
+                    self.policy.grace == Duration::MAX && !stubborn.is_empty(),
+                    "{at}: shutdown pending after {PATIENCE:?} under {:?}",
+                    self.policy
+                );
+                for i in stubborn {
+                    self.tasks[i].probe.release();
+                }
+                fut.await
+            }
+        };
+        let took = now.elapsed();
+        settle().await;
+        self.observe();
+        let bound = self.ladder_bound();
+        assert!(
+            report.elapsed <= bound && took <= bound,
+            "{at}: shutdown took {took:?}, reports {:?}, bound {bound:?}",
+            report.elapsed
+        );
+        // Hooks: a blocking hook that this ladder started (the first over its
+        // task) is still running when the ladder ends, and it never delayed
+        // the ladder (above); no hook is counted that could not be running.
+        let (mut least, mut most) = (0u64, 0u64);
+        for (i, t) in self.tasks.iter().enumerate() {
+            if !home(t.home) {
+                continue;
+            }
+            if first_ladder[i]
+                && t.hook == Hook::Blocks
+                && t.hook_release.is_some()
+                && t.probe.hook_calls() > 0
+            {
+                least += 1;
+            }
+            if hook_unreturned[i] {
+                most += 1;
+            }
+        }
+        assert!(
+            least <= report.hooks_running
+                && report.hooks_running <= most
+                && report.hooks_running <= report.escalations,
+            "{at}: hooks_running {} not within {least}..={most}: {report}",
+            report.hooks_running
+        );
+        report
     }
 
     fn alive_in(&self, home: impl Fn(Home) -> bool) -> Vec<usize> {
@@ -566,6 +855,9 @@ impl World {
             .collect()
     }
 
+    /// The report partitions the tasks that ended since the scope was first
+    /// cancelled (each kind, and their total), and those alive at the end
+    /// are its stuck list (none: every behaviour here ends when aborted).
     fn check_report(
         &self,
         what: &str,
@@ -613,6 +905,13 @@ impl World {
                  {sure:?} + {maybe:?}: {report}"
             );
         }
+        let total: u64 = got.iter().sum();
+        let (sure_total, maybe_total): (u64, u64) = (sure.iter().sum(), maybe.iter().sum());
+        assert!(
+            sure_total <= total && total <= sure_total + maybe_total,
+            "{at}: {what} reports {total} ends, the probes saw {sure_total} \
+             (+ {maybe_total} maybe): {report}"
+        );
         let mut stuck: Vec<TaskId> = report.stuck.iter().map(|s| s.id).collect();
         stuck.sort();
         alive.sort();
@@ -620,13 +919,15 @@ impl World {
             stuck, alive,
             "{at}: {what} stuck list vs live tasks: {report}"
         );
+        for s in &report.stuck {
+            let t = self.tasks.iter().find(|t| t.id == s.id).expect("a task");
+            assert!(
+                !s.hook_running || t.hook != Hook::None,
+                "{at}: {what} says the hook of {} runs: {t:?}",
+                s.id
+            );
+        }
         assert!(report.is_clean(), "{at}: {what} left tasks stuck: {report}");
-        let bound = policy().grace + policy().abort_grace + SLACK;
-        assert!(
-            report.elapsed <= bound,
-            "{at}: {what} took {:?}",
-            report.elapsed
-        );
     }
 
     /// The checks after every step.
@@ -651,7 +952,7 @@ impl World {
             );
         }
         let now = Instant::now();
-        let max = policy().max_redeliveries as usize;
+        let max = u64::from(self.policy.max_redeliveries);
         let group_alive = self.alive_in(|h| h == Home::Group).len();
         let map_alive = self.alive_in(|h| h != Home::Group).len();
         // Property 3: len() is the number of live task futures.
@@ -685,22 +986,74 @@ impl World {
                 .any(|t| t.home == Home::Group && t.probe.panicked());
             assert!(any_panic, "{at}: group cancelled by nobody");
         }
+        // Re-delivery is capped per task over its life, whatever number of
+        // ladders: at most `max_redeliveries` for each task that any cancel
+        // reached (its tracker's, or one aimed at it alone).
+        for (what, stats, mark, in_home) in [
+            (
+                "group",
+                self.group.stats(),
+                self.group_mark,
+                &(|h: Home| h == Home::Group) as &dyn Fn(Home) -> bool,
+            ),
+            ("map", self.map.stats(), self.map_mark, &|h: Home| {
+                h != Home::Group
+            }),
+        ] {
+            let reached = self
+                .tasks
+                .iter()
+                .filter(|t| in_home(t.home))
+                .filter(|t| {
+                    t.hits > 0 || mark.is_some_and(|(m, _)| t.ended_epoch.is_none_or(|e| e >= m))
+                })
+                .count() as u64;
+            assert!(
+                stats.redeliveries <= max.saturating_mul(reached),
+                "{at}: {what} made {} re-deliveries to {reached} tasks (limit {max} each)",
+                stats.redeliveries
+            );
+        }
         for (i, t) in self.tasks.iter().enumerate() {
             let p = &t.probe;
             let tracker_cancelled = match t.home {
                 Home::Group => group_cancelled,
                 Home::Map(_) => map_cancelled,
             };
-            // Property 1: a task that never wakes itself is polled once, then
-            // at most once by the first delivery, however many cancel paths
-            // reach it (its tracker's scope, key cancels, replacement), plus
-            // the re-delivery cap.
+            // Property 1: a task that never wakes itself is polled by its
+            // spawn, then woken by the library at most `max_redeliveries + 3`
+            // times (first delivery, one per-task cancel after another cancel
+            // reached it, the re-deliveries, escalation), however many
+            // ladders and cancel paths reach it; a release adds its own wake.
             if t.behaviour == Behaviour::IgnoresCancel {
-                let bound = 1 + 1 + max;
+                let bound = max.saturating_add(4 + u64::from(p.released()));
+                let polls = p.polls() as u64;
                 assert!(
-                    p.polls() <= bound,
-                    "{at}: task {i} polled {} times (bound {bound}): {t:?}",
-                    p.polls()
+                    polls <= bound,
+                    "{at}: task {i} polled {polls} times (bound {bound}): {t:?}"
+                );
+            }
+            // Property 2: every ladder ends. A task some ladder reached is
+            // gone by `grace + abort_grace` (all of them end when aborted),
+            // and its hook runs no earlier than `grace`.
+            if let Some(start) = t.ladder_at {
+                let end = start.checked_add(self.ladder_bound());
+                assert!(
+                    !p.alive() || end.is_none_or(|end| now < end),
+                    "{at}: task {i} outlived its ladder (from {:?} ago, policy {:?}): {t:?}",
+                    now - start,
+                    self.policy
+                );
+            }
+            let calls = p.hook_calls();
+            assert!(calls <= 1, "{at}: task {i}'s hook ran {calls} times: {t:?}");
+            if calls > 0 {
+                let escalation = t
+                    .ladder_at
+                    .and_then(|start| start.checked_add(self.policy.grace));
+                assert!(
+                    escalation.is_some_and(|e| now >= e),
+                    "{at}: task {i}'s hook ran before any ladder's grace ran out: {t:?}"
                 );
             }
             // Delivery works: a cancelled drop-mode task, or an aborted one,
@@ -709,7 +1062,7 @@ impl World {
                 assert!(!t.aborted, "{at}: task {i} alive after abort: {t:?}");
                 if t.drop_mode() {
                     assert!(
-                        !tracker_cancelled && t.key_hits == 0,
+                        !tracker_cancelled && t.hits == 0,
                         "{at}: cancelled task {i} still alive: {t:?}"
                     );
                     if let Some(end) = t.natural_end() {
@@ -719,7 +1072,7 @@ impl World {
                         );
                     }
                 }
-            } else if t.drop_mode() && !tracker_cancelled && t.key_hits == 0 && !t.aborted {
+            } else if t.drop_mode() && !tracker_cancelled && t.hits == 0 && !t.aborted {
                 // Nothing cancelled it: it ended on its own, not early.
                 let end = t.natural_end().expect("drop mode");
                 assert!(now >= end, "{at}: task {i} ended early: {t:?}");
@@ -727,9 +1080,42 @@ impl World {
         }
     }
 
+    /// Releases every blocked hook, and waits (real time: hooks run on
+    /// threads of their own) until every hook that ran has returned. An
+    /// escalated task (one that ignores cancellation and ended neither by
+    /// its handle's abort nor by a release) had its hook run.
+    fn release_hooks(&mut self) {
+        let at = self.at();
+        for t in &mut self.tasks {
+            t.hook_release = None;
+        }
+        let deadline = std::time::Instant::now() + HOOK_RETURN;
+        for (i, t) in self.tasks.iter().enumerate() {
+            let p = &t.probe;
+            let escalated = t.behaviour == Behaviour::IgnoresCancel
+                && !p.alive()
+                && !t.aborted
+                && !p.released();
+            let done = || {
+                let ran = p.hook_calls() > 0;
+                (!ran || p.hook_returned()) && (ran || !escalated || t.hook == Hook::None)
+            };
+            while !done() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            assert!(
+                done(),
+                "{at}: task {i}'s hook (escalated: {escalated}) ran {} times, returned: {}: {t:?}",
+                p.hook_calls(),
+                p.hook_returned()
+            );
+        }
+    }
+
     /// Ends the program: both shutdowns, every task gone, every handle's
-    /// verdict consistent with the probe, and no library task left on the
-    /// runtime (no ladder, timer or deliverer outlives the last task).
+    /// verdict consistent with the probe, every hook released and returned,
+    /// and no library task left on the runtime (no ladder, timer or
+    /// deliverer outlives the last task).
     async fn quiesce(mut self) {
         self.step = usize::MAX;
         self.op = Op::Shutdown;
@@ -752,6 +1138,7 @@ impl World {
                 assert!(ok, "{at}: task {i} handle said {result:?}: {t:?}");
             }
         }
+        self.release_hooks();
         let World {
             group,
             map,
