@@ -89,12 +89,14 @@ thread_local! {
 struct PollingGuard(usize);
 
 impl PollingGuard {
+    #[inline]
     fn enter(tracker: usize) -> Self {
         PollingGuard(POLLING.with(|p| p.replace(tracker)))
     }
 }
 
 impl Drop for PollingGuard {
+    #[inline]
     fn drop(&mut self) {
         POLLING.with(|p| p.set(self.0));
     }
