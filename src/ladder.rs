@@ -293,9 +293,13 @@ pub struct ShutdownReport {
     /// Scoped child processes (feature `process`) reaped during the ladder;
     /// their reaper tasks also count as completed tasks.
     pub processes: u64,
-    /// Escalation hooks this ladder started that had not returned when it
-    /// ended (each runs on a thread of its own, so a blocking hook never
-    /// stretches the ladder).
+    /// Escalation hooks this ladder started whose thread had not returned
+    /// when the ladder ended. Each runs on a thread of its own, beside the
+    /// abort, and the ladder does not wait for it, so a blocking hook never
+    /// stretches the ladder; a hook that returns at once may still be
+    /// counted here if its thread had not run yet when the abort ended the
+    /// task. (A stuck task's [`StuckTask::hook_running`] had all of
+    /// `abort_grace` to return.)
     pub hooks_running: u64,
 }
 
@@ -325,7 +329,7 @@ impl std::fmt::Display for ShutdownReport {
             self.processes
         )?;
         if self.hooks_running > 0 {
-            write!(f, ", {} escalation hooks still running", self.hooks_running)?;
+            write!(f, ", {} escalation hooks not returned yet", self.hooks_running)?;
         }
         for s in &self.stuck {
             write!(f, "\n  {s}")?;
