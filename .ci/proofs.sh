@@ -5,8 +5,10 @@
 # and never invalidates the normal build. The proptest state machine and the
 # fuzz corpus replay run in the main `cargo test --all-features`.
 #
-# About 1 minute of models on 2 cores, plus the first (cold) build of the
-# loom target dir: about 4 minutes, so under 6 in all.
+# About 6.5 minutes of models on 2 cores (2026-12-01: 378 s, most of it the
+# four ladder models, which follow the real escalation path since issue 18),
+# plus the first (cold) build of the loom target dir: about 4 minutes, so
+# about 11 in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
