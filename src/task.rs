@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use crate::registry::{TaskCell, TaskId};
 use crate::scope::{CancelReason, CancelScope, Cancelled};
 
-/// An escalation hook: runs once, when a task ignored cancellation for the
-/// whole grace period, right before the task is aborted.
+/// An escalation hook: runs once, on a thread of its own, when a task ignored
+/// cancellation for the whole grace period, as the task is aborted.
 pub(crate) type Hook = Box<dyn FnOnce() + Send + 'static>;
 
 // ===== impl TaskHandle =====

@@ -583,7 +583,7 @@ where
             // Recorded only when the cancel had a message. Not `message`:
             // tracing's name for the event's own text.
             cancel_message = message.as_deref(),
-            "task ignored cancellation for the whole grace period: escalating (hook, then abort)"
+            "task ignored cancellation for the whole grace period: escalating (hook on its own thread, and abort)"
         );
         let hook = meta.take_hook();
         let started = hook.is_some();
