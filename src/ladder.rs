@@ -329,7 +329,11 @@ impl std::fmt::Display for ShutdownReport {
             self.processes
         )?;
         if self.hooks_running > 0 {
-            write!(f, ", {} escalation hooks not returned yet", self.hooks_running)?;
+            write!(
+                f,
+                ", {} escalation hooks not returned yet",
+                self.hooks_running
+            )?;
         }
         for s in &self.stuck {
             write!(f, "\n  {s}")?;
