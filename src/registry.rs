@@ -462,13 +462,7 @@ impl<T> TaskCell<T> {
     /// but once per task. Returns whether a wake was issued (not when the task
     /// was already scheduled: it will see the cancel at that poll).
     pub(crate) fn deliver(&self) -> bool {
-        match self.transition(Snapshot::delivered) {
-            Ok(prev) if !prev.is_scheduled() => {
-                self.wake();
-                true
-            }
-            _ => false,
-        }
+        self.try_deliver().unwrap_or(false)
     }
 
     /// A per-task cancel's wake ([`request_cancel`](Self::request_cancel)
@@ -477,14 +471,18 @@ impl<T> TaskCell<T> {
     /// parked again since) still gets the poll that starts its own ladder.
     /// Once per task, as the request is.
     pub(crate) fn deliver_or_schedule(&self) -> bool {
-        match self.transition(Snapshot::delivered) {
-            Ok(prev) if !prev.is_scheduled() => {
-                self.wake();
-                true
-            }
-            Ok(_) => false,
-            Err(_) => self.schedule(),
+        self.try_deliver().unwrap_or_else(|| self.schedule())
+    }
+
+    /// The first delivery, if none was made and the task has not ended:
+    /// `Some(woken)`; `None` otherwise.
+    fn try_deliver(&self) -> Option<bool> {
+        let prev = self.transition(Snapshot::delivered).ok()?;
+        let woken = !prev.is_scheduled();
+        if woken {
+            self.wake();
         }
+        Some(woken)
     }
 
     /// A counted re-delivery: like [`schedule`](Self::schedule), but only to a

@@ -1,9 +1,12 @@
-//! The std / loom shim: every `Arc`, `Mutex`, atomic and waker slot of the
-//! runtime-free core comes from here, so `RUSTFLAGS="--cfg loom"` swaps them all
-//! for loom's modelled versions at once (as tokio-util's `src/loom.rs`).
+//! The std / loom shim: every `Arc`, `Mutex` and atomic of the runtime-free
+//! core comes from here, so `RUSTFLAGS="--cfg loom"` swaps them all for loom's
+//! modelled versions at once (as tokio-util's `src/loom.rs`).
 //!
 //! Process-wide id counters deliberately use `std` atomics even under loom: a
-//! loom atomic may not live in a `static`, and ids only need uniqueness.
+//! loom atomic may not live in a `static`, and ids only need uniqueness. Two
+//! write-once cells use a `std` `OnceLock` under loom too (a task's waker
+//! slot, a cancel's message): the models check the atomic state word that
+//! publishes each of them.
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
