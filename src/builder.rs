@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::scope::CancelScope;
 use crate::task::{Mode, SpawnError, TaskHandle, TaskOptions};
-use crate::tracker::Shared;
+use crate::tracker::Tracker;
 
 // ===== impl TaskBuilder =====
 
@@ -46,7 +46,7 @@ use crate::tracker::Shared;
 /// ```
 #[must_use = "a TaskBuilder does nothing until spawned"]
 pub struct TaskBuilder<'a, K: Eq + Hash + Clone = ()> {
-    shared: &'a Arc<Shared<K>>,
+    shared: &'a Arc<Tracker<K>>,
     opts: TaskOptions<K>,
 }
 
@@ -54,7 +54,7 @@ impl<'a, K> TaskBuilder<'a, K>
 where
     K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
 {
-    pub(crate) fn new(shared: &'a Arc<Shared<K>>, key: Option<K>) -> Self {
+    pub(crate) fn new(shared: &'a Arc<Tracker<K>>, key: Option<K>) -> Self {
         TaskBuilder {
             shared,
             opts: TaskOptions {
@@ -76,7 +76,7 @@ where
 
     /// The tracker this builder spawns into.
     #[cfg_attr(not(all(unix, feature = "process")), allow(dead_code))]
-    pub(crate) fn tracker(&self) -> &Arc<Shared<K>> {
+    pub(crate) fn tracker(&self) -> &Arc<Tracker<K>> {
         self.shared
     }
 

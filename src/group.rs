@@ -14,7 +14,7 @@ use crate::ladder::{ShutdownPolicy, ShutdownReport};
 use crate::registry::{Registry, TaskId, TaskOutcome};
 use crate::scope::CancelScope;
 use crate::task::{SpawnError, Stats, TaskError, TaskHandle, TaskMeta};
-use crate::tracker::{Owner, Shared, idle};
+use crate::tracker::{Tracker, TrackerHandle, idle};
 use crate::wait_list::WaitKey;
 
 /// A group of tracked tasks sharing one cancel scope, as Trio's nursery.
@@ -113,7 +113,7 @@ use crate::wait_list::WaitKey;
 /// # }
 /// ```
 pub struct TaskGroup {
-    owner: Arc<Owner<()>>,
+    owner: Arc<TrackerHandle<()>>,
 }
 
 impl TaskGroup {
@@ -521,8 +521,8 @@ impl TaskGroupBuilder {
             None => CancelScope::new(),
         };
         TaskGroup {
-            owner: Arc::new(Owner {
-                shared: Shared::new(
+            owner: Arc::new(TrackerHandle {
+                shared: Tracker::new(
                     scope,
                     self.policy,
                     self.cancel_on_panic,

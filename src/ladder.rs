@@ -1,5 +1,5 @@
 //! The shutdown ladder as pure logic: policy, back-off, the schedule of steps,
-//! and the report. The tokio layer (`Shared::run_ladder` in `tracker.rs`)
+//! and the report. The tokio layer (`Tracker::run_ladder` in `tracker.rs`)
 //! only sleeps until the next step (or until every task has ended, whichever
 //! comes first) and performs it.
 //!

@@ -11,7 +11,7 @@ use crate::ladder::{ShutdownPolicy, ShutdownReport};
 use crate::registry::{TaskId, TaskOutcome};
 use crate::scope::CancelScope;
 use crate::task::{SpawnError, Stats, TaskHandle};
-use crate::tracker::{Owner, Shared};
+use crate::tracker::{Tracker, TrackerHandle};
 
 /// Tracked tasks by key, one live task per key: the session registry of a
 /// server, with the shutdown ladder per key.
@@ -54,7 +54,7 @@ pub struct TaskMap<K>
 where
     K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
 {
-    owner: Arc<Owner<K>>,
+    owner: Arc<TrackerHandle<K>>,
 }
 
 impl<K> TaskMap<K>
@@ -79,8 +79,8 @@ where
     pub fn with_scope_and_policy(scope: CancelScope, policy: ShutdownPolicy) -> Self {
         TaskMap {
             // A panicking session must not cancel the others.
-            owner: Arc::new(Owner {
-                shared: Shared::new(scope.child(), policy, false, false),
+            owner: Arc::new(TrackerHandle {
+                shared: Tracker::new(scope.child(), policy, false, false),
             }),
         }
     }
@@ -165,7 +165,7 @@ where
     ///
     pub async fn cancel(&self, key: &K) -> Option<TaskOutcome> {
         let cell = self.owner.shared.registry.get(key)?;
-        match self.owner.shared.retire(cell.clone()) {
+        match self.owner.shared.begin_cancel(cell.clone()) {
             // The ladder task is ours and never panics; a runtime shutting
             // down is the only way it cannot answer.
             Some(ladder) => ladder.await.unwrap_or_else(|_| cell.outcome()),
@@ -182,7 +182,7 @@ where
     pub fn begin_cancel(&self, key: &K) -> bool {
         match self.owner.shared.registry.get(key) {
             Some(cell) => {
-                drop(self.owner.shared.retire(cell));
+                drop(self.owner.shared.begin_cancel(cell));
                 true
             }
             None => false,
@@ -216,7 +216,7 @@ where
     /// ```
     pub async fn cancel_task(&self, key: &K, id: TaskId) -> Option<TaskOutcome> {
         let cell = self.owner.shared.registry.get(key).filter(|c| c.id == id)?;
-        match self.owner.shared.retire(cell.clone()) {
+        match self.owner.shared.begin_cancel(cell.clone()) {
             Some(ladder) => ladder.await.unwrap_or_else(|_| cell.outcome()),
             None => cell.outcome(),
         }
@@ -230,7 +230,7 @@ where
     pub fn begin_cancel_task(&self, key: &K, id: TaskId) -> bool {
         match self.owner.shared.registry.get(key).filter(|c| c.id == id) {
             Some(cell) => {
-                drop(self.owner.shared.retire(cell));
+                drop(self.owner.shared.begin_cancel(cell));
                 true
             }
             None => false,

@@ -44,14 +44,14 @@ pub struct TaskHandle<T> {
     // may be gone. The handle reaches its tracker through the task itself
     // (see `cancel`), so a spawn writes no reference count of the tracker's
     // for the handle.
-    cell: Weak<Cell>,
+    cell: Weak<TrackedCell>,
 }
 
 impl<T> TaskHandle<T> {
     pub(crate) fn new(
         id: TaskId,
         join: JoinHandle<Result<T, TaskError>>,
-        cell: Weak<Cell>,
+        cell: Weak<TrackedCell>,
     ) -> Self {
         TaskHandle { id, join, cell }
     }
@@ -428,7 +428,7 @@ impl TaskMeta {
     }
 }
 
-pub(crate) type Cell = TaskCell<TaskMeta>;
+pub(crate) type TrackedCell = TaskCell<TaskMeta>;
 
 /// The message of a panic payload (`&str` or `String`; otherwise
 /// `"Box<dyn Any>"`).

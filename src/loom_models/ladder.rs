@@ -5,7 +5,7 @@
 //! [`ladder`] is a small in-model driver that follows the same `Schedule` rungs
 //! as `run_ladder`, with the same core calls (`poll_idle` / `poll_ended` parked
 //! through a waker, `TaskCell::redeliver` with the policy's limit, [`escalate`]
-//! as `Shared::escalate`, the give-up rung's re-check and `mark_stuck`,
+//! as `Tracker::escalate`, the give-up rung's re-check and `mark_stuck`,
 //! `release_*`). Time is replaced by a *step timer* thread that fires the
 //! rungs in order at moments loom chooses, as expired timers would.
 //!
@@ -93,7 +93,7 @@ fn stubborn_task(guard: EntryGuard<(), ()>, ended: Arc<AtomicBool>) -> thread::J
     })
 }
 
-/// `Shared::escalate`: `mark_escalated` (once per cell, whatever number of
+/// `Tracker::escalate`: `mark_escalated` (once per cell, whatever number of
 /// ladders get here), the hook (here a count), then one `schedule`, whose
 /// wake brings the poll that ends the task. `Some(woke)` if this call
 /// escalated, `None` if the cell was escalated already.
@@ -210,7 +210,7 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
         })
     };
 
-    // First delivery, as `Shared::shutdown` / `retire`: mark, then one wake.
+    // First delivery, as `Tracker::shutdown` / `begin_cancel`: mark, then one wake.
     registry.mark_closing(&cell);
     let delivered = usize::from(cell.deliver());
     let (mut redelivered, mut escalation_wakes, mut busy_wakes) = (0, 0, 0);

@@ -131,7 +131,7 @@ fn replace_races_old_completion() {
             Some(r) => {
                 assert!(Arc::ptr_eq(r, &old_cell));
                 tally.hit("replaced_live_task");
-                // As `retire`: wait for the old task's end, parked.
+                // As `begin_cancel`: wait for the old task's end, parked.
                 let mut slot = None;
                 block_on(std::future::poll_fn(|cx| {
                     registry.poll_ended(r, cx.waker(), &mut slot)

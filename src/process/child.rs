@@ -23,7 +23,7 @@ use crate::group::TaskGroup;
 use crate::map::TaskMap;
 use crate::scope::CancelScope;
 use crate::task::{SpawnError, TaskHandle};
-use crate::tracker::Shared;
+use crate::tracker::Tracker;
 
 // ===== impl ScopedChild =====
 
@@ -201,7 +201,7 @@ fn no_runtime() -> io::Error {
 
 /// The one check every process spawner makes before starting anything: a
 /// closed or cancelled group or map refuses, and no child is started.
-fn refuse_if_closed<K>(shared: &Shared<K>) -> io::Result<()>
+fn refuse_if_closed<K>(shared: &Tracker<K>) -> io::Result<()>
 where
     K: Eq + std::hash::Hash + Clone + fmt::Debug + Send + Sync + 'static,
 {
