@@ -572,13 +572,13 @@ pub(crate) struct PollStart {
 
 // ===== counters =====
 
-/// Counters of the ladder's own work (all `Relaxed`: they are statistics,
-/// read as a snapshot that synchronizes with nothing). Counters that change
+/// LadderCounts of the ladder's own work (all `Relaxed`: they are statistics,
+/// read as a snapshot that synchronizes with nothing). LadderCounts that change
 /// with every spawn and end live under the registry lock instead
-/// ([`Totals`]), which both already take: no shared cache line is written
+/// ([`TaskCounts`]), which both already take: no shared cache line is written
 /// per task besides the lock's.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
+pub(crate) struct LadderCounts {
     pub(crate) deliveries: AtomicU64,
     pub(crate) redeliveries: AtomicU64,
     pub(crate) escalations: AtomicU64,
@@ -588,7 +588,7 @@ pub(crate) struct Counters {
 
 /// Per-task counters and gauges, kept under the registry lock.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Totals {
+pub(crate) struct TaskCounts {
     pub(crate) spawned: u64,
     pub(crate) completed: u64,
     pub(crate) cancelled: u64,
@@ -603,7 +603,7 @@ pub(crate) struct Totals {
     pub(crate) tracked: u64,
 }
 
-impl Counters {
+impl LadderCounts {
     pub(crate) fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -652,7 +652,7 @@ struct Inner<T, K> {
     log: Option<VecDeque<(TaskId, TaskOutcome)>>,
     /// Woken when `log` grows or `entries` becomes empty.
     log_waiters: WaitList,
-    totals: Totals,
+    counts: TaskCounts,
 }
 
 /// The set of live tracked tasks, optionally keyed.
@@ -660,7 +660,7 @@ pub(crate) struct Registry<T, K = ()> {
     inner: Mutex<Inner<T, K>>,
     /// Hashes keys outside the lock.
     hasher: RandomState,
-    pub(crate) counters: Counters,
+    pub(crate) ladder: LadderCounts,
 }
 
 impl TaskId {
@@ -684,10 +684,10 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
                 ended: HashMap::new(),
                 log: record_ends.then(VecDeque::new),
                 log_waiters: WaitList::new(),
-                totals: Totals::default(),
+                counts: TaskCounts::default(),
             }),
             hasher: RandomState::new(),
-            counters: Counters::default(),
+            ladder: LadderCounts::default(),
         }
     }
 
@@ -773,7 +773,7 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
             key,
             hash,
         });
-        inner.totals.spawned += 1;
+        inner.counts.spawned += 1;
         drop(guard);
         let guard = EntryGuard {
             owner: owner.clone(),
@@ -790,11 +790,11 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
     }
 
     /// A snapshot of the per-task counters, taken under the lock.
-    pub(crate) fn totals(&self) -> Totals {
+    pub(crate) fn task_counts(&self) -> TaskCounts {
         let inner = lock(&self.inner);
-        Totals {
+        TaskCounts {
             tracked: inner.entries.len() as u64,
-            ..inner.totals
+            ..inner.counts
         }
     }
 
@@ -912,14 +912,14 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
         self.mark(cell, STUCK, |t| &mut t.stuck)
     }
 
-    fn mark(&self, cell: &TaskCell<T>, bit: u64, gauge: fn(&mut Totals) -> &mut u64) -> bool {
+    fn mark(&self, cell: &TaskCell<T>, bit: u64, gauge: fn(&mut TaskCounts) -> &mut u64) -> bool {
         let mut inner = lock(&self.inner);
         // Invariant 1: `ENDED` is only set under this lock, so it cannot
         // appear between this check and the `set`.
         if cell.is_ended() || cell.set(bit).has(bit) {
             return false;
         }
-        *gauge(&mut inner.totals) += 1;
+        *gauge(&mut inner.counts) += 1;
         true
     }
 
@@ -986,18 +986,18 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
                 Ok(prev) | Err(prev) => prev,
             };
             // Gauges: the bits were set under this lock (`mark`).
-            let totals = &mut inner.totals;
+            let counts = &mut inner.counts;
             if prev.is_stuck() {
-                totals.stuck -= 1;
+                counts.stuck -= 1;
             }
             if prev.is_closing() {
-                totals.closing -= 1;
+                counts.closing -= 1;
             }
             *match outcome {
-                TaskOutcome::Completed => &mut totals.completed,
-                TaskOutcome::Cancelled => &mut totals.cancelled,
-                TaskOutcome::Panicked => &mut totals.panicked,
-                TaskOutcome::Aborted | TaskOutcome::Stuck => &mut totals.aborted,
+                TaskOutcome::Completed => &mut counts.completed,
+                TaskOutcome::Cancelled => &mut counts.cancelled,
+                TaskOutcome::Panicked => &mut counts.panicked,
+                TaskOutcome::Aborted | TaskOutcome::Stuck => &mut counts.aborted,
             } += 1;
             idle = inner.entries.is_empty();
             if idle {

@@ -335,7 +335,7 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
     // pruned itself, even when it had been reported stuck.
     assert_eq!(registry.len(), 0);
     assert_eq!(cell.outcome(), Some(TaskOutcome::Aborted));
-    let totals = registry.totals();
+    let totals = registry.task_counts();
     assert_eq!((totals.aborted, totals.stuck, totals.closing), (1, 0, 0));
     // No wakeup of the ladder is left anywhere once it returned: the registry
     // and the timer dropped every clone of its waker.
@@ -540,7 +540,7 @@ fn two_ladders_share_one_cell() {
         );
         assert_eq!(cell.outcome(), Some(TaskOutcome::Aborted));
         assert_eq!(registry.len(), 0);
-        let totals = registry.totals();
+        let totals = registry.task_counts();
         assert_eq!((totals.aborted, totals.stuck, totals.closing), (1, 0, 0));
     });
 }

@@ -98,7 +98,7 @@ fn cancel_races_task_completion() {
         assert!(!cell.redeliver(LIMIT + 1) && !cell.schedule());
         // Pruned exactly once.
         assert_eq!(registry.len(), 0);
-        let t = registry.totals();
+        let t = registry.task_counts();
         assert_eq!(t.completed, 1);
         assert_eq!(t.cancelled + t.aborted + t.panicked, 0);
         assert_eq!(

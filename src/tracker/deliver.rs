@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Wake, Waker};
 
 use super::{Tracker, stats_of};
-use crate::registry::{Counters, TaskOutcome};
+use crate::registry::{LadderCounts, TaskOutcome};
 use crate::sync::lock;
 use crate::task::{Stats, TrackedCell};
 
@@ -44,7 +44,7 @@ where
         let registry = &self.registry;
         self.baseline.get_or_init(|| stats_of(registry));
         let woken = registry.pending().iter().filter(|c| c.deliver()).count();
-        Counters::add(&registry.counters.deliveries, woken as u64);
+        LadderCounts::add(&registry.ladder.deliveries, woken as u64);
     }
 
     /// Registers the deliverer on the scope, unless it is already. Done at
@@ -81,7 +81,7 @@ where
             scope.cancel();
         }
         if cell.deliver() {
-            Counters::bump(&self.registry.counters.deliveries);
+            LadderCounts::bump(&self.registry.ladder.deliveries);
         }
     }
 
@@ -93,7 +93,7 @@ where
         if !self.registry.mark_closing(cell) {
             return;
         }
-        Counters::bump(&self.registry.counters.deliveries);
+        LadderCounts::bump(&self.registry.ladder.deliveries);
         if !ladder {
             return;
         }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::Tracker;
 use crate::ladder::{Schedule, ShutdownReport, Step, StuckTask};
-use crate::registry::{Counters, Registry};
+use crate::registry::{LadderCounts, Registry};
 use crate::scope::CancelMessage;
 use crate::sync::lock;
 use crate::task::{Stats, TaskMeta, TrackedCell, panic_message};
@@ -122,7 +122,7 @@ where
                         .iter()
                         .filter(|c| c.redeliver(self.policy.max_redeliveries))
                         .count();
-                    Counters::add(&self.registry.counters.redeliveries, n as u64);
+                    LadderCounts::add(&self.registry.ladder.redeliveries, n as u64);
                 }
                 Step::Escalate => {
                     for cell in targets() {
@@ -218,7 +218,7 @@ where
         if !cell.mark_escalated() {
             return false;
         }
-        Counters::bump(&self.registry.counters.escalations);
+        LadderCounts::bump(&self.registry.ladder.escalations);
         let meta = &cell.meta;
         let message = self.cancel_message(cell);
         tracing::warn!(

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::ladder::{ShutdownPolicy, ShutdownReport};
-use crate::registry::{Counters, HoldsRegistry, Registry};
+use crate::registry::{HoldsRegistry, LadderCounts, Registry};
 use crate::scope::{CancelScope, Waiter};
 use crate::sync::lock;
 use crate::task::{Stats, TaskMeta};
@@ -164,8 +164,8 @@ where
 }
 
 fn stats_of<K: Eq + Hash + Clone>(registry: &Registry<TaskMeta, K>) -> Stats {
-    let c = &registry.counters;
-    let t = registry.totals();
+    let c = &registry.ladder;
+    let t = registry.task_counts();
     Stats {
         spawned: t.spawned,
         completed: t.completed,
@@ -174,10 +174,10 @@ fn stats_of<K: Eq + Hash + Clone>(registry: &Registry<TaskMeta, K>) -> Stats {
         panicked: t.panicked,
         stuck: t.stuck,
         closing: t.closing,
-        deliveries: Counters::get(&c.deliveries),
-        redeliveries: Counters::get(&c.redeliveries),
-        escalations: Counters::get(&c.escalations),
-        processes: Counters::get(&c.processes),
+        deliveries: LadderCounts::get(&c.deliveries),
+        redeliveries: LadderCounts::get(&c.redeliveries),
+        escalations: LadderCounts::get(&c.escalations),
+        processes: LadderCounts::get(&c.processes),
         tracked: t.tracked,
     }
 }

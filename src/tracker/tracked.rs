@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use super::Tracker;
-use crate::registry::{Counters, EntryGuard, TaskOutcome};
+use crate::registry::{EntryGuard, LadderCounts, TaskOutcome};
 use crate::scope::Cancelled;
 use crate::task::{TaskError, TaskMeta, panic_message};
 
@@ -163,7 +163,7 @@ where
             }
             Ok(Poll::Ready(v)) => {
                 if cell.meta.owns_process() {
-                    Counters::bump(&shared.registry.counters.processes);
+                    LadderCounts::bump(&shared.registry.ladder.processes);
                 }
                 *outcome = TaskOutcome::Completed;
                 Poll::Ready(Ok(v))
