@@ -206,7 +206,7 @@
 )]
 #![forbid(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
-#![cfg_attr(loom, allow(dead_code, unreachable_pub))]
+#![cfg_attr(loom, allow(dead_code, unreachable_pub, unused_imports))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub(crate) mod sync;
@@ -214,6 +214,7 @@ pub(crate) mod sync;
 mod ladder;
 mod registry;
 mod scope;
+mod task;
 mod wait_list;
 
 #[cfg(all(feature = "tokio-util", not(loom)))]
@@ -233,16 +234,14 @@ mod map;
 #[cfg(all(unix, feature = "process", not(loom)))]
 mod process;
 #[cfg(not(loom))]
-mod task;
-#[cfg(not(loom))]
 mod tracker;
 
 pub use ladder::{Backoff, ShutdownPolicy, ShutdownReport, StuckTask};
-pub use registry::{TaskId, TaskOutcome};
 pub use scope::{
     CancelMessage, CancelReason, CancelScope, Cancelled, DropGuard, Elapsed, Run, WaitCancelled,
     WaitCancelledOwned, fail_after, fail_at, move_on_after, move_on_at,
 };
+pub use task::{TaskId, TaskOutcome};
 
 #[cfg(not(loom))]
 pub use builder::TaskBuilder;

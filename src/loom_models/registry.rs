@@ -1,4 +1,4 @@
-//! Models of tracked entries (`registry.rs`): pruning, done-task skipping,
+//! Models of tracked entries (`registry/`): pruning, done-task skipping,
 //! keyed replacement, re-delivery only to a task parked after its delivery,
 //! and generation-checked join waiters (with its negative control).
 

@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 
 use super::Tracker;
-use super::tracked::{Tracked, Watch};
-use crate::registry::{Registry, TaskId};
+use super::tracked::Tracked;
+use crate::registry::{Registry, TaskId, Watch};
 use crate::scope::CancelScope;
 use crate::task::{Mode, SpawnError, TaskHandle, TaskMeta, TaskOptions};
 
@@ -88,7 +88,7 @@ where
             owns_process,
             span,
         );
-        let (guard, replaced) = Registry::insert_as(self, id, watch as u8, meta, key);
+        let (guard, replaced) = Registry::insert_as(self, id, watch, meta, key);
         let cell = guard.cell().clone();
         // After the insertion, SeqCst: see `disarm_deliverer`.
         if !self.deliverer_armed.load(Ordering::SeqCst) {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use super::Tracker;
-use crate::registry::{EntryGuard, LadderCounts, TaskOutcome};
+use crate::registry::{EntryGuard, LadderCounts, TaskOutcome, Watch};
 use crate::scope::Cancelled;
 use crate::task::{TaskError, TaskMeta, panic_message};
 
@@ -45,30 +45,6 @@ impl Drop for PollingGuard {
 }
 
 // ===== the tracked future =====
-
-/// Which scope's cancellation drops a tracked future; kept in the cell's
-/// `tag`, so the future carries nothing for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub(super) enum Watch {
-    /// The tracker's own scope (a group's plain `spawn`).
-    Tracker,
-    /// The task's own scope, kept in its cell (a map's tasks).
-    Own,
-    /// None: the task was handed its scope and decides (cooperative).
-    Nothing,
-}
-
-impl Watch {
-    #[inline]
-    fn from_tag(tag: u8) -> Self {
-        match tag {
-            t if t == Watch::Tracker as u8 => Watch::Tracker,
-            t if t == Watch::Own as u8 => Watch::Own,
-            _ => Watch::Nothing,
-        }
-    }
-}
 
 pin_project_lite::pin_project! {
     /// The user's future as spawned: prune guard, poll bookkeeping, cancel
@@ -119,7 +95,7 @@ where
         let _entered = cell.meta.span().map(tracing::Span::enter);
         let _polling = PollingGuard::enter(Arc::as_ptr(shared) as *const () as usize);
         let start = cell.begin_poll(cx.waker());
-        let watch = Watch::from_tag(start.tag);
+        let watch = start.watch;
         if start.escalated {
             // Escalated: end now, as an abort would.
             return Poll::Ready(Err(TaskError::Aborted));

@@ -1,0 +1,118 @@
+//! The tracker's data in each task cell ([`TaskMeta`]), the options of one
+//! spawn, and how its future reacts to cancellation ([`Mode`]).
+
+use std::panic::Location;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::registry::TaskCell;
+use crate::scope::CancelScope;
+
+/// An escalation hook: runs once, on a thread of its own, when a task ignored
+/// cancellation for the whole grace period, as the task is aborted.
+pub(crate) type Hook = Box<dyn FnOnce() + Send + 'static>;
+
+// ===== spawn options and per-task data =====
+
+/// What a spawn needs besides the future.
+pub(crate) struct TaskOptions<K> {
+    pub(crate) key: Option<K>,
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) hook: Option<Hook>,
+    /// The task reaps a scoped child process (counted in reports).
+    pub(crate) owns_process: bool,
+}
+
+/// How a spawned future reacts to cancellation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Dropped at its next poll once its scope is cancelled.
+    Drop,
+    /// Handed its scope; it decides.
+    Cooperative,
+}
+
+/// The tokio layer's data in each task cell.
+pub(crate) struct TaskMeta {
+    /// When the task was spawned, on tokio's clock (paused or not), in the
+    /// scope tree's ticks (nanoseconds from a process-wide base, see the
+    /// clock of `scope.rs`): 8 bytes instead of an `Instant`'s 16, so the
+    /// cell keeps its size with the location beside.
+    spawned_at: i64,
+    /// Where the task was spawned: the caller of the public spawn function
+    /// (`#[track_caller]` all the way down), for reports.
+    pub(crate) location: &'static Location<'static>,
+    /// The task's own scope when it has one (keyed or cooperative tasks).
+    pub(crate) scope: Option<CancelScope>,
+    /// What only some tasks have, boxed so a plain task's cell stays small
+    /// (bytes per pending task).
+    pub(crate) extra: Option<Box<TaskExtra>>,
+}
+
+/// The rarer parts of a task's data: a name, an escalation hook, a child
+/// process.
+pub(crate) struct TaskExtra {
+    pub(crate) name: Option<Arc<str>>,
+    /// The task's span, when a subscriber wanted one at its spawn.
+    pub(crate) span: Option<tracing::Span>,
+    pub(crate) hook: Mutex<Option<Hook>>,
+    /// The task reaps a scoped child process; its completion counts one.
+    pub(crate) owns_process: bool,
+}
+
+impl TaskMeta {
+    pub(crate) fn new(
+        spawned_at: Instant,
+        location: &'static Location<'static>,
+        scope: Option<CancelScope>,
+        name: Option<Arc<str>>,
+        hook: Option<Hook>,
+        owns_process: bool,
+        span: Option<tracing::Span>,
+    ) -> Self {
+        let extra =
+            (name.is_some() || hook.is_some() || owns_process || span.is_some()).then(|| {
+                Box::new(TaskExtra {
+                    name,
+                    span,
+                    hook: Mutex::new(hook),
+                    owns_process,
+                })
+            });
+        let spawned_at = crate::scope::to_ticks(spawned_at);
+        TaskMeta {
+            spawned_at,
+            location,
+            scope,
+            extra,
+        }
+    }
+
+    /// Time since the task was spawned, on tokio's clock.
+    pub(crate) fn age(&self) -> Duration {
+        Instant::now().saturating_duration_since(crate::scope::from_ticks(self.spawned_at))
+    }
+
+    #[inline]
+    pub(crate) fn span(&self) -> Option<&tracing::Span> {
+        self.extra.as_ref().and_then(|e| e.span.as_ref())
+    }
+
+    pub(crate) fn name(&self) -> Option<&Arc<str>> {
+        self.extra.as_ref().and_then(|e| e.name.as_ref())
+    }
+
+    /// Takes the escalation hook, if any (once).
+    pub(crate) fn take_hook(&self) -> Option<Hook> {
+        let extra = self.extra.as_ref()?;
+        extra.hook.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    pub(crate) fn owns_process(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| e.owns_process)
+    }
+}
+
+pub(crate) type TrackedCell = TaskCell<TaskMeta>;
