@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::scope::CancelScope;
 use crate::task::{Mode, SpawnError, TaskHandle, TaskOptions};
-use crate::tracker::Tracker;
+use crate::tracker::{Tracker, Tracks};
 
 // ===== impl TaskBuilder =====
 
@@ -46,7 +46,7 @@ use crate::tracker::Tracker;
 /// ```
 #[must_use = "a TaskBuilder does nothing until spawned"]
 pub struct TaskBuilder<'a, K: Eq + Hash + Clone = ()> {
-    shared: &'a Arc<Tracker<K>>,
+    tracker: &'a Arc<Tracker<K>>,
     opts: TaskOptions<K>,
 }
 
@@ -54,30 +54,15 @@ impl<'a, K> TaskBuilder<'a, K>
 where
     K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
 {
-    pub(crate) fn new(shared: &'a Arc<Tracker<K>>, key: Option<K>) -> Self {
+    pub(crate) fn new(tracker: &'a Arc<Tracker<K>>, key: Option<K>) -> Self {
         TaskBuilder {
-            shared,
+            tracker,
             opts: TaskOptions {
                 key,
                 name: None,
                 hook: None,
-                owns_process: false,
             },
         }
-    }
-
-    /// Marks the task as the one that reaps a scoped child process, so
-    /// reports count the child (see `ShutdownReport::processes`).
-    #[cfg_attr(not(all(unix, feature = "process")), allow(dead_code))]
-    pub(crate) fn owns_process(mut self) -> Self {
-        self.opts.owns_process = true;
-        self
-    }
-
-    /// The tracker this builder spawns into.
-    #[cfg_attr(not(all(unix, feature = "process")), allow(dead_code))]
-    pub(crate) fn tracker(&self) -> &Arc<Tracker<K>> {
-        self.shared
     }
 
     /// Names the task, for logs and [`StuckTask`](crate::StuckTask) reports.
@@ -138,7 +123,7 @@ where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.shared.spawn(self.opts, Mode::Drop, |_| fut)
+        self.tracker.spawn(self.opts, Mode::Drop, |_| fut)
     }
 
     /// Spawns `f(scope)`: the task gets its own child scope and decides how to
@@ -178,7 +163,7 @@ where
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        self.shared.spawn(self.opts, Mode::Cooperative, |scope| {
+        self.tracker.spawn(self.opts, Mode::Cooperative, |scope| {
             f(scope.expect("cooperative tasks get their own scope"))
         })
     }
@@ -191,5 +176,14 @@ impl<K: Eq + Hash + Clone + Debug> Debug for TaskBuilder<'_, K> {
             .field("name", &self.opts.name)
             .field("on_escalate", &self.opts.hook.is_some())
             .finish()
+    }
+}
+
+impl<K> Tracks<K> for TaskBuilder<'_, K>
+where
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    fn tracker(&self) -> &Arc<Tracker<K>> {
+        self.tracker
     }
 }

@@ -14,7 +14,7 @@ use crate::ladder::{ShutdownPolicy, ShutdownReport};
 use crate::registry::{Registry, TaskId, TaskOutcome};
 use crate::scope::CancelScope;
 use crate::task::{SpawnError, Stats, TaskError, TaskHandle, TaskMeta};
-use crate::tracker::{Tracker, TrackerHandle, idle};
+use crate::tracker::{Tracker, TrackerHandle, Tracks, idle};
 use crate::wait_list::WaitKey;
 
 /// A group of tracked tasks sharing one cancel scope, as Trio's nursery.
@@ -113,7 +113,7 @@ use crate::wait_list::WaitKey;
 /// # }
 /// ```
 pub struct TaskGroup {
-    owner: Arc<TrackerHandle<()>>,
+    handle: Arc<TrackerHandle<()>>,
 }
 
 impl TaskGroup {
@@ -145,7 +145,7 @@ impl TaskGroup {
     /// it is cancelled with the group.
     #[must_use]
     pub fn scope(&self) -> &CancelScope {
-        &self.owner.shared.scope
+        &self.tracker().scope
     }
 
     /// Spawns `fut` as a tracked task. Once the group's scope is cancelled the
@@ -247,13 +247,13 @@ impl TaskGroup {
 
     /// A [`TaskBuilder`] to name the task or give it an escalation hook.
     pub fn build_task(&self) -> TaskBuilder<'_> {
-        TaskBuilder::new(&self.owner.shared, None)
+        TaskBuilder::new(self.tracker(), None)
     }
 
     /// Tasks whose futures are still alive (stuck ones included).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.owner.shared.len()
+        self.tracker().len()
     }
 
     /// Whether no task is alive.
@@ -267,7 +267,7 @@ impl TaskGroup {
     /// Does not [close](Self::close) the group: tasks spawned later start
     /// cancelled.
     pub fn cancel(&self) {
-        self.owner.shared.scope.cancel();
+        self.tracker().scope.cancel();
     }
 
     /// Closes the group: every later spawn is refused
@@ -294,13 +294,13 @@ impl TaskGroup {
     /// # }
     /// ```
     pub fn close(&self) {
-        self.owner.shared.close();
+        self.tracker().close();
     }
 
     /// Whether the group is [closed](Self::close).
     #[must_use]
     pub fn is_closed(&self) -> bool {
-        self.owner.shared.is_closed()
+        self.tracker().is_closed()
     }
 
     /// As [`cancel`](Self::cancel), with a message that every task's
@@ -322,7 +322,7 @@ impl TaskGroup {
     /// # }
     /// ```
     pub fn cancel_with(&self, message: impl Into<crate::CancelMessage>) {
-        self.owner.shared.scope.cancel_with(message);
+        self.tracker().scope.cancel_with(message);
     }
 
     /// Waits until every task has ended, without cancelling anything.
@@ -343,9 +343,9 @@ impl TaskGroup {
     ///
     /// Cancel safe.
     pub async fn join(&self) -> Result<(), TaskError> {
-        self.owner.shared.assert_not_own_task("TaskGroup::join");
-        idle(&self.owner.shared.registry).await;
-        match self.owner.shared.take_panic() {
+        self.tracker().assert_not_own_task("TaskGroup::join");
+        idle(&self.tracker().registry).await;
+        match self.tracker().take_panic() {
             Some(message) => Err(TaskError::Panicked(message)),
             None => Ok(()),
         }
@@ -396,14 +396,14 @@ impl TaskGroup {
     /// As [`join_next`](Self::join_next): the group must collect outcomes.
     #[track_caller]
     pub fn outcomes(&self) -> Outcomes<'_> {
-        if !self.owner.shared.registry.records_ends() {
+        if !self.tracker().registry.records_ends() {
             panic!(
                 "cancel_scope: TaskGroup::join_next / outcomes need a group that records outcomes: \
                  build it with TaskGroup::builder().collect_outcomes(true).build()"
             );
         }
         Outcomes {
-            registry: &self.owner.shared.registry,
+            registry: &self.tracker().registry,
             key: None,
         }
     }
@@ -434,13 +434,19 @@ impl TaskGroup {
     /// Dropping the future stops the ladder where it is (the scope stays
     /// cancelled); call `shutdown` again to finish it.
     pub async fn shutdown(&self) -> ShutdownReport {
-        self.owner.shared.shutdown("TaskGroup::shutdown").await
+        self.tracker().shutdown("TaskGroup::shutdown").await
     }
 
     /// A snapshot of the group's counters.
     #[must_use]
     pub fn stats(&self) -> Stats {
-        self.owner.shared.stats()
+        self.tracker().stats()
+    }
+}
+
+impl Tracks<()> for TaskGroup {
+    fn tracker(&self) -> &Arc<Tracker<()>> {
+        &self.handle.tracker
     }
 }
 
@@ -448,7 +454,7 @@ impl Clone for TaskGroup {
     /// Another handle to the same group (see [Handles](Self#handles)).
     fn clone(&self) -> Self {
         TaskGroup {
-            owner: self.owner.clone(),
+            handle: self.handle.clone(),
         }
     }
 }
@@ -462,7 +468,7 @@ impl Default for TaskGroup {
 impl std::fmt::Debug for TaskGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskGroup")
-            .field("shared", &self.owner.shared)
+            .field("tracker", &self.tracker())
             .finish()
     }
 }
@@ -521,8 +527,8 @@ impl TaskGroupBuilder {
             None => CancelScope::new(),
         };
         TaskGroup {
-            owner: Arc::new(TrackerHandle {
-                shared: Tracker::new(
+            handle: Arc::new(TrackerHandle {
+                tracker: Tracker::new(
                     scope,
                     self.policy,
                     self.cancel_on_panic,

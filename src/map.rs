@@ -11,7 +11,7 @@ use crate::ladder::{ShutdownPolicy, ShutdownReport};
 use crate::registry::{TaskId, TaskOutcome};
 use crate::scope::CancelScope;
 use crate::task::{SpawnError, Stats, TaskHandle};
-use crate::tracker::{Tracker, TrackerHandle};
+use crate::tracker::{Tracker, TrackerHandle, Tracks};
 
 /// Tracked tasks by key, one live task per key: the session registry of a
 /// server, with the shutdown ladder per key.
@@ -54,7 +54,7 @@ pub struct TaskMap<K>
 where
     K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
 {
-    owner: Arc<TrackerHandle<K>>,
+    handle: Arc<TrackerHandle<K>>,
 }
 
 impl<K> TaskMap<K>
@@ -79,8 +79,8 @@ where
     pub fn with_scope_and_policy(scope: CancelScope, policy: ShutdownPolicy) -> Self {
         TaskMap {
             // A panicking session must not cancel the others.
-            owner: Arc::new(TrackerHandle {
-                shared: Tracker::new(scope.child(), policy, false, false),
+            handle: Arc::new(TrackerHandle {
+                tracker: Tracker::new(scope.child(), policy, false, false),
             }),
         }
     }
@@ -88,7 +88,7 @@ where
     /// The map's scope: cancelling it cancels every task.
     #[must_use]
     pub fn scope(&self) -> &CancelScope {
-        &self.owner.shared.scope
+        &self.tracker().scope
     }
 
     /// Spawns `fut` under `key`; it is dropped at its next await once its
@@ -145,7 +145,7 @@ where
 
     /// A [`TaskBuilder`] for a task under `key` (name, escalation hook).
     pub fn build_task(&self, key: K) -> TaskBuilder<'_, K> {
-        TaskBuilder::new(&self.owner.shared, Some(key))
+        TaskBuilder::new(self.tracker(), Some(key))
     }
 
     /// Tears down the task under `key` with the ladder and returns how it
@@ -164,8 +164,8 @@ where
     /// future does not stop the teardown.
     ///
     pub async fn cancel(&self, key: &K) -> Option<TaskOutcome> {
-        let cell = self.owner.shared.registry.get(key)?;
-        match self.owner.shared.begin_cancel(cell.clone()) {
+        let cell = self.tracker().registry.get(key)?;
+        match self.tracker().begin_cancel(cell.clone()) {
             // The ladder task is ours and never panics; a runtime shutting
             // down is the only way it cannot answer.
             Some(ladder) => ladder.await.unwrap_or_else(|_| cell.outcome()),
@@ -180,9 +180,9 @@ where
     /// Works outside a runtime too: the ladder then runs on the runtime the
     /// map's tasks were spawned on.
     pub fn begin_cancel(&self, key: &K) -> bool {
-        match self.owner.shared.registry.get(key) {
+        match self.tracker().registry.get(key) {
             Some(cell) => {
-                drop(self.owner.shared.begin_cancel(cell));
+                drop(self.tracker().begin_cancel(cell));
                 true
             }
             None => false,
@@ -215,8 +215,8 @@ where
     /// # }
     /// ```
     pub async fn cancel_task(&self, key: &K, id: TaskId) -> Option<TaskOutcome> {
-        let cell = self.owner.shared.registry.get(key).filter(|c| c.id == id)?;
-        match self.owner.shared.begin_cancel(cell.clone()) {
+        let cell = self.tracker().registry.get(key).filter(|c| c.id == id)?;
+        match self.tracker().begin_cancel(cell.clone()) {
             Some(ladder) => ladder.await.unwrap_or_else(|_| cell.outcome()),
             None => cell.outcome(),
         }
@@ -228,9 +228,9 @@ where
     /// For `Drop` impls of a connection that must not tear down the session of
     /// a client that reconnected under the same key.
     pub fn begin_cancel_task(&self, key: &K, id: TaskId) -> bool {
-        match self.owner.shared.registry.get(key).filter(|c| c.id == id) {
+        match self.tracker().registry.get(key).filter(|c| c.id == id) {
             Some(cell) => {
-                drop(self.owner.shared.begin_cancel(cell));
+                drop(self.tracker().begin_cancel(cell));
                 true
             }
             None => false,
@@ -242,14 +242,14 @@ where
     /// [`cancel_task`](Self::cancel_task)).
     #[must_use]
     pub fn task_id(&self, key: &K) -> Option<TaskId> {
-        self.owner.shared.registry.get(key).map(|c| c.id)
+        self.tracker().registry.get(key).map(|c| c.id)
     }
 
     /// The keys with a live task (closing and stuck ones included), in no
     /// particular order; a snapshot.
     #[must_use]
     pub fn keys(&self) -> Vec<K> {
-        self.owner.shared.registry.keys_where(|_| true)
+        self.tracker().registry.keys_where(|_| true)
     }
 
     /// Closes the map: every later spawn is refused ([`SpawnError::Closed`]
@@ -259,21 +259,20 @@ where
     /// dropping the last handle closes too. See
     /// [`TaskGroup::close`](crate::TaskGroup::close).
     pub fn close(&self) {
-        self.owner.shared.close();
+        self.tracker().close();
     }
 
     /// Whether the map is [closed](Self::close).
     #[must_use]
     pub fn is_closed(&self) -> bool {
-        self.owner.shared.is_closed()
+        self.tracker().is_closed()
     }
 
     /// Whether the task under `key` is being torn down (marked before the
     /// first delivery, kept until it ends).
     #[must_use]
     pub fn is_closing(&self, key: &K) -> bool {
-        self.owner
-            .shared
+        self.tracker()
             .registry
             .get(key)
             .is_some_and(|c| c.is_closing())
@@ -282,13 +281,13 @@ where
     /// Whether a live task is under `key` (closing or stuck ones included).
     #[must_use]
     pub fn contains_key(&self, key: &K) -> bool {
-        self.owner.shared.registry.get(key).is_some()
+        self.tracker().registry.get(key).is_some()
     }
 
     /// Live tasks, including replaced ones still winding down.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.owner.shared.len()
+        self.tracker().len()
     }
 
     /// Whether no task is alive.
@@ -300,7 +299,7 @@ where
     /// Keys whose task a ladder reported stuck and that are still alive.
     #[must_use]
     pub fn stuck_keys(&self) -> Vec<K> {
-        self.owner.shared.registry.keys_where(|c| c.is_stuck())
+        self.tracker().registry.keys_where(|c| c.is_stuck())
     }
 
     /// Closes the map and tears down every task with the ladder (see
@@ -316,13 +315,22 @@ where
     /// Dropping the future stops the ladder where it is (the map's scope
     /// stays cancelled).
     pub async fn shutdown(&self) -> ShutdownReport {
-        self.owner.shared.shutdown("TaskMap::shutdown").await
+        self.tracker().shutdown("TaskMap::shutdown").await
     }
 
     /// A snapshot of the map's counters.
     #[must_use]
     pub fn stats(&self) -> Stats {
-        self.owner.shared.stats()
+        self.tracker().stats()
+    }
+}
+
+impl<K> Tracks<K> for TaskMap<K>
+where
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    fn tracker(&self) -> &Arc<Tracker<K>> {
+        &self.handle.tracker
     }
 }
 
@@ -333,7 +341,7 @@ where
     /// Another handle to the same map.
     fn clone(&self) -> Self {
         TaskMap {
-            owner: self.owner.clone(),
+            handle: self.handle.clone(),
         }
     }
 }
@@ -353,7 +361,7 @@ where
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskMap")
-            .field("shared", &self.owner.shared)
+            .field("tracker", &self.tracker())
             .finish()
     }
 }

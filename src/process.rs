@@ -72,7 +72,7 @@
 //! Both locks are taken with [`crate::sync::lock`] and follow its rule: under
 //! either, only flags and the set are read or written, `Arc`s cloned, and
 //! signals sent. No tracing event (which calls the user's subscriber) and no
-//! drop of an `Inner` (a scope handle, a `watch::Sender`) happens under a
+//! drop of an `ChildCore` (a scope handle, a `watch::Sender`) happens under a
 //! lock: entries pruned from the set are handed back and dropped, and events
 //! logged, once every lock is released.
 //!

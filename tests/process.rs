@@ -592,3 +592,32 @@ async fn a_ladder_that_escalates_on_a_reaper_kills_its_group() {
     assert_eq!(running(pgid), Vec::new(), "SIGKILL reached the group");
     assert!(group.is_empty());
 }
+
+/// A session that owns a child counts one process in its map's stats and in
+/// the report of the ladder that tore it down, as a group's reaper does; a
+/// map or group without processes counts none (the count belongs to the
+/// process layer, attached to a tracker at its first process).
+#[tokio::test]
+async fn a_session_that_owns_a_child_counts_one_process_in_stats_and_the_report() {
+    setup();
+    let sessions = TaskMap::new();
+    let plain = TaskMap::new();
+    plain.spawn("idle", std::future::pending::<()>());
+    sessions
+        .spawn_with_process(
+            "alice",
+            sh("sleep 1000"),
+            ProcessPolicy {
+                term_grace: Duration::from_millis(200),
+            },
+            |scope, _child| async move { scope.cancelled().await },
+        )
+        .unwrap();
+    assert_eq!(sessions.stats().processes, 0, "still running");
+    let report = sessions.shutdown().await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.processes, 1, "{report}");
+    assert_eq!(sessions.stats().processes, 1);
+    assert_eq!(plain.shutdown().await.processes, 0);
+    assert_eq!(plain.stats().processes, 0);
+}

@@ -17,13 +17,16 @@ use rustix::process::Signal;
 
 use super::kill::signal_group;
 use super::orphans::adopt_orphan;
-use super::reap::{ALIVE, End, Inner, ProcessPolicy, State, reap};
+use super::reap::{ALIVE, ChildCore, ChildFlags, End, ProcessPolicy, reap};
 use crate::builder::TaskBuilder;
 use crate::group::TaskGroup;
 use crate::map::TaskMap;
 use crate::scope::CancelScope;
+use crate::sync::lock;
+use crate::task::Stats;
 use crate::task::{SpawnError, TaskHandle};
 use crate::tracker::Tracker;
+use crate::tracker::seam::{Extension, Tracks};
 
 // ===== impl ScopedChild =====
 
@@ -59,7 +62,7 @@ pub struct ScopedChild {
     pub stdout: Option<ChildStdout>,
     /// The child's stderr, if piped.
     pub stderr: Option<ChildStderr>,
-    inner: Arc<Inner>,
+    inner: Arc<ChildCore>,
     end: watch::Receiver<Option<End>>,
 }
 
@@ -68,7 +71,7 @@ impl ScopedChild {
     /// once it has been reaped (the id may then belong to another process).
     #[must_use]
     pub fn id(&self) -> Option<u32> {
-        (!self.inner.state().reaped).then_some(self.inner.pid)
+        (!lock(&self.inner.state).reaped).then_some(self.inner.pid)
     }
 
     /// Waits for the child to end and be reaped, with the rest of its group,
@@ -137,7 +140,7 @@ impl Drop for ScopedChild {
     fn drop(&mut self) {
         let inner = &self.inner;
         let pruned = {
-            let mut st = inner.state();
+            let mut st = lock(&inner.state);
             // A cancelled scope is already tearing the child down: not an orphan.
             if st.ended || st.orphaned || inner.owner.is_cancelled() {
                 return;
@@ -216,6 +219,36 @@ where
     Ok(())
 }
 
+// ===== the process count =====
+
+/// ExitCause many process-owning tasks of one tracker completed (a child reaped
+/// and its task done): the tracker's `Stats::processes`, and through two
+/// stats a report's `processes`. Attached through the seam, so neither the
+/// core nor the tracker counts processes.
+#[derive(Debug, Default)]
+struct ProcessCount(std::sync::atomic::AtomicU64);
+
+impl ProcessCount {
+    /// The count of `tracker`, attached at its first process.
+    fn of<K>(tracker: &Tracker<K>) -> Arc<Self>
+    where
+        K: Eq + std::hash::Hash + Clone + fmt::Debug + Send + Sync + 'static,
+    {
+        tracker.extensions.get_or_attach(Self::default)
+    }
+
+    /// A process-owning task completes.
+    fn one_more(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Extension for ProcessCount {
+    fn add_to(&self, stats: &mut Stats) {
+        stats.processes += self.0.load(Ordering::Relaxed);
+    }
+}
+
 /// Starts `cmd` in a new process group.
 fn start(mut cmd: Command) -> io::Result<Started> {
     if tokio::runtime::Handle::try_current().is_err() {
@@ -247,16 +280,16 @@ impl Started {
         policy: ProcessPolicy,
     ) -> (
         ScopedChild,
-        Arc<Inner>,
+        Arc<ChildCore>,
         impl Future<Output = ()> + Send + 'static,
     ) {
         let (tx, rx) = watch::channel(None);
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(ChildCore {
             pid: self.pid,
             pgid: self.pgid,
             policy,
             owner,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(ChildFlags::default()),
             gone: std::sync::atomic::AtomicBool::new(false),
             teardown: Notify::new(),
             end: tx,
@@ -350,7 +383,8 @@ impl TaskGroup {
         cmd: Command,
         policy: ProcessPolicy,
     ) -> io::Result<ScopedChild> {
-        refuse_if_closed(self.build_task().tracker())?;
+        refuse_if_closed(Tracks::tracker(self))?;
+        let count = ProcessCount::of(Tracks::tracker(self));
         let started = start(cmd)?;
         let pid = started.pid;
         let (handle, inner, reaper) = started.attach(self.scope().clone(), policy);
@@ -361,9 +395,14 @@ impl TaskGroup {
         let spawned = self
             .build_task()
             .name(format!("process {pid}"))
-            .owns_process()
             // Cooperative: the reaper must survive the cancellation it reacts to.
-            .try_spawn_with_scope(|_task_scope| reaper.take().expect("called once"));
+            .try_spawn_with_scope(|_task_scope| {
+                let reaper = reaper.take().expect("called once");
+                async move {
+                    reaper.await;
+                    count.one_more();
+                }
+            });
         if let Err(e) = spawned {
             // A `close` raced with this call: tear the child down on a plain
             // tokio task, so it is neither left running nor leaked.
@@ -535,14 +574,15 @@ where
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        refuse_if_closed(self.tracker())?;
+        refuse_if_closed(Tracks::tracker(&self))?;
+        let count = ProcessCount::of(Tracks::tracker(&self));
         let mut started = Some(start(cmd)?);
         // `try_spawn_with_scope` calls this at once, with the task's own
         // scope: the only place that scope is handed out. If it refuses (a
         // `close` raced with this call) `started` is left here and its drop
         // kills the group. The session task waits for the teardown, so its
         // end counts the child.
-        let spawned = self.owns_process().try_spawn_with_scope(|scope| {
+        let spawned = self.try_spawn_with_scope(|scope| {
             let started = started.take().expect("called once");
             let (child, inner, reaper) = started.attach(scope.clone(), policy);
             tokio::spawn(reaper);
@@ -555,6 +595,7 @@ where
                     let mut end = inner.end.subscribe();
                     let _ = end.wait_for(Option::is_some).await;
                 }
+                count.one_more();
                 out
             }
         });

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use super::reap::{ALIVE, How, Inner};
+use super::reap::{ALIVE, ChildCore, ExitCause};
 use crate::sync::lock;
 
 // ===== the orphan set =====
@@ -15,15 +15,15 @@ use crate::sync::lock;
 /// outlive the groups, maps and tasks that spawned them, which is the point.
 /// The reaper never takes this lock: a child that ended stays listed until the
 /// next use of the set ([`with_orphans`]) prunes it.
-static ORPHANS: Mutex<Vec<Arc<Inner>>> = Mutex::new(Vec::new());
+static ORPHANS: Mutex<Vec<Arc<ChildCore>>> = Mutex::new(Vec::new());
 
 /// Runs `f` on the orphans that have not ended, after pruning the ended ones
 /// (their `gone` flag, not their state lock: lock order, state then the set).
 /// Only `f` runs under the set's lock, and the callers' `f` only push, count or
 /// clone `Arc`s; the pruned entries are returned, for the caller to drop after
-/// every lock it holds (dropping the last `Inner` drops its scope handle and
+/// every lock it holds (dropping the last `ChildCore` drops its scope handle and
 /// its `watch::Sender`).
-fn with_orphans<R>(f: impl FnOnce(&mut Vec<Arc<Inner>>) -> R) -> (R, Vec<Arc<Inner>>) {
+fn with_orphans<R>(f: impl FnOnce(&mut Vec<Arc<ChildCore>>) -> R) -> (R, Vec<Arc<ChildCore>>) {
     let mut pruned = Vec::new();
     let mut set = lock(&ORPHANS);
     let mut i = 0;
@@ -42,7 +42,7 @@ fn with_orphans<R>(f: impl FnOnce(&mut Vec<Arc<Inner>>) -> R) -> (R, Vec<Arc<Inn
 /// set); it drops the returned entries (the ended ones pruned) after
 /// releasing that lock.
 #[must_use = "drop the pruned entries after the state lock is released"]
-pub(super) fn adopt_orphan(child: Arc<Inner>) -> Vec<Arc<Inner>> {
+pub(super) fn adopt_orphan(child: Arc<ChildCore>) -> Vec<Arc<ChildCore>> {
     with_orphans(|set| set.push(child)).1
 }
 
@@ -172,13 +172,13 @@ pub async fn reap_orphans() -> ReapReport {
         };
         match (end.how, end.failure) {
             (_, Some(why)) => report.failed.push((pid, why)),
-            (How::Abandoned, None) => report.failed.push((
+            (ExitCause::Abandoned, None) => report.failed.push((
                 pid,
                 "reaper gone (runtime shut down?): group sent SIGKILL, left to tokio to reap"
                     .to_owned(),
             )),
-            (How::OnItsOwn, None) => report.already_gone.push(pid),
-            (How::Terminated | How::Killed, None) => report.reaped.push(pid),
+            (ExitCause::OnItsOwn, None) => report.already_gone.push(pid),
+            (ExitCause::Terminated | ExitCause::Killed, None) => report.reaped.push(pid),
         }
     }
     if !report.reaped.is_empty() || !report.is_clean() {

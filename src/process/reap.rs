@@ -9,7 +9,7 @@ use std::io;
 use std::pin::pin;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use crate::sync::lock;
 
 // ===== impl ProcessPolicy =====
 
-/// How a scoped child is torn down.
+/// ExitCause a scoped child is torn down.
 ///
 /// Public fields with a [`Default`], so a policy reads
 /// `ProcessPolicy { term_grace: Duration::from_millis(500), ..Default::default() }`.
@@ -37,7 +37,7 @@ use crate::sync::lock;
 #[cfg_attr(docsrs, doc(cfg(all(unix, feature = "process"))))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessPolicy {
-    /// How long the process group may take to exit after `SIGTERM` before it
+    /// ExitCause long the process group may take to exit after `SIGTERM` before it
     /// gets `SIGKILL` (default 2 s). Zero sends `SIGKILL` right after `SIGTERM`.
     pub term_grace: Duration,
 }
@@ -52,9 +52,9 @@ impl Default for ProcessPolicy {
 
 // ===== shared state of one child =====
 
-/// How a child ended, as the reaper saw it.
+/// ExitCause a child ended, as the reaper saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum How {
+pub(super) enum ExitCause {
     /// The leader had exited before any signal was sent.
     OnItsOwn,
     /// The leader exited within `term_grace` after `SIGTERM`.
@@ -72,18 +72,18 @@ pub(super) struct End {
     /// The leader's exit status; the error is shared because `io::Error` is
     /// not `Clone` and several handles may read it.
     pub(super) status: Result<ExitStatus, Arc<io::Error>>,
-    pub(super) how: How,
+    pub(super) how: ExitCause,
     /// A signal that could not be sent (other than "no such group").
     pub(super) failure: Option<String>,
 }
 
-/// Flags of one child, under `Inner::state`.
+/// Flags of one child, under `ChildCore::state`.
 #[derive(Debug, Default)]
-pub(super) struct State {
+pub(super) struct ChildFlags {
     /// The reaper has reaped the leader: its pid may be reused, so nothing may
     /// signal it any more (invariant #1).
     pub(super) reaped: bool,
-    /// The end is published. Implies `reaped`, except for `How::Abandoned`.
+    /// The end is published. Implies `reaped`, except for `ExitCause::Abandoned`.
     pub(super) ended: bool,
     /// The owner (`ScopedChild`) was dropped while the child was alive and its
     /// scope not cancelled; the child was then listed in `ORPHANS`.
@@ -93,14 +93,17 @@ pub(super) struct State {
     pub(super) orphaned: bool,
 }
 
-pub(super) struct Inner {
+pub(super) struct ChildCore {
     pub(super) pid: u32,
     /// The group's id: the leader's pid.
     pub(super) pgid: Pid,
     pub(super) policy: ProcessPolicy,
     /// The scope that owns the child; cancelling it tears the group down.
     pub(super) owner: CancelScope,
-    pub(super) state: Mutex<State>,
+    /// The flags, locked with `crate::sync::lock` like every lock of the
+    /// crate. Under it only flags are read or written and signals sent: no
+    /// tracing event, no drop of anything but the guard.
+    pub(super) state: Mutex<ChildFlags>,
     /// `state.ended`, readable without the state lock: the orphan set prunes
     /// by it while holding its own lock (lock order: state, then the set).
     pub(super) gone: AtomicBool,
@@ -110,18 +113,12 @@ pub(super) struct Inner {
     pub(super) end: watch::Sender<Option<End>>,
 }
 
-impl Inner {
-    /// Locks the flags. Under this lock only flags are read or written and
-    /// signals sent: no tracing event, no drop of anything but the guard.
-    pub(super) fn state(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
-    }
-
+impl ChildCore {
     /// `SIGKILL` to the group unless the leader was reaped (invariant #1); for
     /// the reaper's drop guard only. Logs after the lock is released.
     fn kill_now(&self, why: &str) {
         let sent = {
-            let st = self.state();
+            let st = lock(&self.state);
             if st.reaped {
                 return;
             }
@@ -146,7 +143,7 @@ impl Inner {
     /// after the lock is released.
     fn finish(&self, end: End) {
         {
-            let mut st = self.state();
+            let mut st = lock(&self.state);
             if st.ended {
                 return;
             }
@@ -161,14 +158,14 @@ impl Inner {
     }
 }
 
-impl fmt::Debug for Inner {
+impl fmt::Debug for ChildCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Copied out: the formatter writes to the caller's sink, not under our lock.
         let (reaped, ended, orphaned) = {
-            let st = self.state();
+            let st = lock(&self.state);
             (st.reaped, st.ended, st.orphaned)
         };
-        f.debug_struct("Inner")
+        f.debug_struct("ChildCore")
             .field("pid", &self.pid)
             .field("policy", &self.policy)
             .field("owner", &self.owner.id())
@@ -184,10 +181,10 @@ pub(super) static ALIVE: AtomicUsize = AtomicUsize::new(0);
 
 // ===== the reaper =====
 
-/// Publishes `How::Abandoned` if the reaper is dropped before it finished,
+/// Publishes `ExitCause::Abandoned` if the reaper is dropped before it finished,
 /// after sending `SIGKILL` to the group (invariant #1 guards the pid).
 struct AbandonGuard<'a> {
-    inner: &'a Inner,
+    inner: &'a ChildCore,
     armed: bool,
 }
 
@@ -203,7 +200,7 @@ impl Drop for AbandonGuard<'_> {
                 "scoped child: its reaper was dropped (runtime shut down or aborted) before \
                  reaping it; the group got SIGKILL and tokio reaps the leader",
             ))),
-            how: How::Abandoned,
+            how: ExitCause::Abandoned,
             failure: None,
         });
     }
@@ -211,7 +208,7 @@ impl Drop for AbandonGuard<'_> {
 
 /// Owns the child until it is reaped: waits for its exit, its owner's
 /// cancellation or a teardown request, then tears its group down.
-pub(super) async fn reap(mut child: Child, inner: Arc<Inner>) {
+pub(super) async fn reap(mut child: Child, inner: Arc<ChildCore>) {
     // Declared after `child`, so dropped before it: the group is killed before
     // tokio's `Child` hands the leader to its background reaper.
     let mut guard = AbandonGuard {
@@ -238,11 +235,11 @@ pub(super) async fn reap(mut child: Child, inner: Arc<Inner>) {
     let end = match exited {
         Some(status) => {
             // No await since the wait that reaped the leader (invariant #1).
-            inner.state().reaped = true;
+            lock(&inner.state).reaped = true;
             sweep_stragglers(&inner).await;
             End {
                 status: status.map_err(Arc::new),
-                how: How::OnItsOwn,
+                how: ExitCause::OnItsOwn,
                 failure: None,
             }
         }
@@ -253,14 +250,14 @@ pub(super) async fn reap(mut child: Child, inner: Arc<Inner>) {
 }
 
 /// `SIGTERM`, `term_grace`, `SIGKILL`, reap.
-async fn teardown(child: &mut Child, inner: &Inner) -> End {
+async fn teardown(child: &mut Child, inner: &ChildCore) -> End {
     // The liveness probe sends no signal: `waitpid(WNOHANG)`.
     if let Ok(Some(status)) = child.try_wait() {
-        inner.state().reaped = true;
+        lock(&inner.state).reaped = true;
         sweep_stragglers(inner).await;
         return End {
             status: Ok(status),
-            how: How::OnItsOwn,
+            how: ExitCause::OnItsOwn,
             failure: None,
         };
     }
@@ -271,7 +268,7 @@ async fn teardown(child: &mut Child, inner: &Inner) -> End {
     }
     let grace = inner.policy.term_grace;
     let (status, how) = match tokio::time::timeout(grace, child.wait()).await {
-        Ok(status) => (status, How::Terminated),
+        Ok(status) => (status, ExitCause::Terminated),
         Err(_) => {
             tracing::debug!(
                 pid = inner.pid,
@@ -281,10 +278,10 @@ async fn teardown(child: &mut Child, inner: &Inner) -> End {
             if let Err(e) = signal_group(inner.pgid, Signal::KILL) {
                 failure = Some(format!("SIGKILL to group {}: {e}", inner.pid));
             }
-            (child.wait().await, How::Killed)
+            (child.wait().await, ExitCause::Killed)
         }
     };
-    inner.state().reaped = true;
+    lock(&inner.state).reaped = true;
     sweep_stragglers(inner).await;
     End {
         status: status.map_err(Arc::new),
@@ -299,7 +296,7 @@ async fn teardown(child: &mut Child, inner: &Inner) -> End {
 /// those members. Members are our children only once they were re-parented
 /// to us, i.e. if this process is a [subreaper](super::kill::become_subreaper);
 /// otherwise nothing is signalled here (invariant #1).
-async fn sweep_stragglers(inner: &Inner) {
+async fn sweep_stragglers(inner: &ChildCore) {
     // A live child of ours in the group keeps the group id in use until we
     // reap it, so this signal cannot reach a recycled group (invariant #1).
     if !reap_exited_members(inner.pgid) {

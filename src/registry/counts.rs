@@ -16,8 +16,6 @@ pub(crate) struct LadderCounts {
     pub(crate) deliveries: AtomicU64,
     pub(crate) redeliveries: AtomicU64,
     pub(crate) escalations: AtomicU64,
-    /// Tasks that reaped a scoped child process and completed.
-    pub(crate) processes: AtomicU64,
 }
 
 /// Per-task counters and gauges, kept under the registry lock.

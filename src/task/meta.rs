@@ -21,8 +21,6 @@ pub(crate) struct TaskOptions<K> {
     pub(crate) key: Option<K>,
     pub(crate) name: Option<Arc<str>>,
     pub(crate) hook: Option<Hook>,
-    /// The task reaps a scoped child process (counted in reports).
-    pub(crate) owns_process: bool,
 }
 
 /// How a spawned future reacts to cancellation.
@@ -58,8 +56,6 @@ pub(crate) struct TaskExtra {
     /// The task's span, when a subscriber wanted one at its spawn.
     pub(crate) span: Option<tracing::Span>,
     pub(crate) hook: Mutex<Option<Hook>>,
-    /// The task reaps a scoped child process; its completion counts one.
-    pub(crate) owns_process: bool,
 }
 
 impl TaskMeta {
@@ -69,18 +65,15 @@ impl TaskMeta {
         scope: Option<CancelScope>,
         name: Option<Arc<str>>,
         hook: Option<Hook>,
-        owns_process: bool,
         span: Option<tracing::Span>,
     ) -> Self {
-        let extra =
-            (name.is_some() || hook.is_some() || owns_process || span.is_some()).then(|| {
-                Box::new(TaskExtra {
-                    name,
-                    span,
-                    hook: Mutex::new(hook),
-                    owns_process,
-                })
-            });
+        let extra = (name.is_some() || hook.is_some() || span.is_some()).then(|| {
+            Box::new(TaskExtra {
+                name,
+                span,
+                hook: Mutex::new(hook),
+            })
+        });
         let spawned_at = crate::scope::to_ticks(spawned_at);
         TaskMeta {
             spawned_at,
@@ -107,11 +100,7 @@ impl TaskMeta {
     /// Takes the escalation hook, if any (once).
     pub(crate) fn take_hook(&self) -> Option<Hook> {
         let extra = self.extra.as_ref()?;
-        extra.hook.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-
-    pub(crate) fn owns_process(&self) -> bool {
-        self.extra.as_ref().is_some_and(|e| e.owns_process)
+        crate::sync::lock(&extra.hook).take()
     }
 }
 

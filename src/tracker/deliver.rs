@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::task::{Wake, Waker};
 
-use super::{Tracker, stats_of};
+use super::Tracker;
 use crate::registry::{LadderCounts, TaskOutcome};
 use crate::sync::lock;
 use crate::task::{Stats, TrackedCell};
@@ -42,7 +42,7 @@ where
     /// the report's baseline taken first, so the report counts them.
     pub(super) fn deliver_all(&self) {
         let registry = &self.registry;
-        self.baseline.get_or_init(|| stats_of(registry));
+        self.baseline.get_or_init(|| self.stats());
         let woken = registry.pending().iter().filter(|c| c.deliver()).count();
         LadderCounts::add(&registry.ladder.deliveries, woken as u64);
     }

@@ -18,6 +18,7 @@
 
 mod deliver;
 mod ladder;
+pub(crate) mod seam;
 mod spawn;
 mod tracked;
 
@@ -33,6 +34,8 @@ use crate::sync::lock;
 use crate::task::{Stats, TaskMeta};
 use crate::wait_list::WaitKey;
 
+use seam::Extensions;
+pub(crate) use seam::Tracks;
 use tracked::POLLING;
 
 /// What `TaskGroup` and `TaskMap` share with their tasks.
@@ -69,6 +72,9 @@ pub(crate) struct Tracker<K: Eq + Hash + Clone> {
     /// first): a report counts what ended since then, not only what ended
     /// while the ladder ran.
     baseline: OnceLock<Stats>,
+    /// What feature layers attach (see `seam.rs`); their counters are part
+    /// of [`stats`](Self::stats).
+    pub(crate) extensions: Extensions,
 }
 
 impl<K: Eq + Hash + Clone> HoldsRegistry<TaskMeta, K> for Arc<Tracker<K>> {
@@ -104,6 +110,7 @@ where
             shutdowns_finished: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             baseline: OnceLock::new(),
+            extensions: Extensions::default(),
         });
         shared.arm_deliverer();
         shared
@@ -113,7 +120,24 @@ where
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        stats_of(&self.registry)
+        let c = &self.registry.ladder;
+        let t = self.registry.task_counts();
+        let mut stats = Stats {
+            spawned: t.spawned,
+            completed: t.completed,
+            cancelled: t.cancelled,
+            aborted: t.aborted,
+            panicked: t.panicked,
+            stuck: t.stuck,
+            closing: t.closing,
+            deliveries: LadderCounts::get(&c.deliveries),
+            redeliveries: LadderCounts::get(&c.redeliveries),
+            escalations: LadderCounts::get(&c.escalations),
+            processes: 0,
+            tracked: t.tracked,
+        };
+        self.extensions.add_to(&mut stats);
+        stats
     }
 
     /// Refuses every later spawn (`SpawnError::Closed`); idempotent.
@@ -163,25 +187,6 @@ where
     }
 }
 
-fn stats_of<K: Eq + Hash + Clone>(registry: &Registry<TaskMeta, K>) -> Stats {
-    let c = &registry.ladder;
-    let t = registry.task_counts();
-    Stats {
-        spawned: t.spawned,
-        completed: t.completed,
-        cancelled: t.cancelled,
-        aborted: t.aborted,
-        panicked: t.panicked,
-        stuck: t.stuck,
-        closing: t.closing,
-        deliveries: LadderCounts::get(&c.deliveries),
-        redeliveries: LadderCounts::get(&c.redeliveries),
-        escalations: LadderCounts::get(&c.escalations),
-        processes: LadderCounts::get(&c.processes),
-        tracked: t.tracked,
-    }
-}
-
 // ===== impl TrackerHandle =====
 
 /// The users' share of a tracker. `TaskGroup` and `TaskMap` are one
@@ -189,7 +194,7 @@ fn stats_of<K: Eq + Hash + Clone>(registry: &Registry<TaskMeta, K>) -> Stats {
 /// last user handle. Tasks, task handles and ladders hold the [`Tracker`]
 /// itself, so they never keep a group open.
 pub(crate) struct TrackerHandle<K: Eq + Hash + Clone + Debug + Send + Sync + 'static> {
-    pub(crate) shared: Arc<Tracker<K>>,
+    pub(crate) tracker: Arc<Tracker<K>>,
 }
 
 impl<K> Drop for TrackerHandle<K>
@@ -197,13 +202,13 @@ where
     K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
 {
     fn drop(&mut self) {
-        self.shared.last_handle_dropped();
+        self.tracker.last_handle_dropped();
     }
 }
 
 impl<K: Eq + Hash + Clone + Debug + Send + Sync + 'static> Debug for TrackerHandle<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.shared.fmt(f)
+        self.tracker.fmt(f)
     }
 }
 

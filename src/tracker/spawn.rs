@@ -43,12 +43,7 @@ where
             let _ = self.runtime.set(rt.clone());
         }
         let location = std::panic::Location::caller();
-        let TaskOptions {
-            key,
-            name,
-            hook,
-            owns_process,
-        } = opts;
+        let TaskOptions { key, name, hook } = opts;
         let own_scope = (mode == Mode::Cooperative || key.is_some()).then(|| self.scope.child());
         let watch = match (mode, &own_scope) {
             (Mode::Drop, Some(_)) => Watch::Own,
@@ -79,15 +74,7 @@ where
         // The own scope is kept for a per-task cancel (`TaskHandle::cancel`,
         // a key's ladder), for an abort, which cancels it (see `Tracked`),
         // and for `Watch::Own`.
-        let meta = TaskMeta::new(
-            Instant::now(),
-            location,
-            own_scope,
-            name,
-            hook,
-            owns_process,
-            span,
-        );
+        let meta = TaskMeta::new(Instant::now(), location, own_scope, name, hook, span);
         let (guard, replaced) = Registry::insert_as(self, id, watch, meta, key);
         let cell = guard.cell().clone();
         // After the insertion, SeqCst: see `disarm_deliverer`.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use super::Tracker;
-use crate::registry::{EntryGuard, LadderCounts, TaskOutcome, Watch};
+use crate::registry::{EntryGuard, TaskOutcome, Watch};
 use crate::scope::Cancelled;
 use crate::task::{TaskError, TaskMeta, panic_message};
 
@@ -138,9 +138,6 @@ where
                 Poll::Pending
             }
             Ok(Poll::Ready(v)) => {
-                if cell.meta.owns_process() {
-                    LadderCounts::bump(&shared.registry.ladder.processes);
-                }
                 *outcome = TaskOutcome::Completed;
                 Poll::Ready(Ok(v))
             }
