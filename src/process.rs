@@ -30,7 +30,7 @@
 //! exited on its own. Without a subreaper, members that outlive the leader
 //! (a background job of a leader that exited on its own, one that ignores
 //! `SIGTERM` when the leader did not) are not signalled after the leader was
-//! reaped (invariant #1).
+//! reaped (invariant 1).
 //!
 //! The rejected alternative, killing every tracked child on any teardown,
 //! kills children that live sessions still use; hence the orphan set, which
@@ -87,7 +87,7 @@
 //! once at start-up: the teardown then reaps those grandchildren too.
 //!
 //! The same subreaper is what lets the teardown kill members that outlive the
-//! leader (invariant #1).
+//! leader (invariant 1).
 //!
 //! # Layout
 //!

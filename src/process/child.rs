@@ -146,7 +146,7 @@ impl Drop for ScopedChild {
                 return;
             }
             // Under the state lock, so the reaper cannot end the child between
-            // the check and the insertion (invariant #2; lock order: state,
+            // the check and the insertion (invariant 2; lock order: state,
             // ORPHANS).
             st.orphaned = true;
             adopt_orphan(inner.clone())
@@ -391,7 +391,7 @@ impl TaskGroup {
         let mut reaper = Some(reaper);
         // No escalation hook: past the ladder's grace the reaper is aborted,
         // and dropping it kills the group (its drop guard). A hook would run
-        // on another thread, racing the reaper's own reap (invariant #1).
+        // on another thread, racing the reaper's own reap (invariant 1).
         let spawned = self
             .build_task()
             .name(format!("process {pid}"))

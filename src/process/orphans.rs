@@ -38,7 +38,7 @@ fn with_orphans<R>(f: impl FnOnce(&mut Vec<Arc<ChildCore>>) -> R) -> (R, Vec<Arc
 }
 
 /// Lists `child` as an orphan. The caller holds the child's state lock and
-/// checked that it has not ended (invariant #2; lock order: state, then the
+/// checked that it has not ended (invariant 2; lock order: state, then the
 /// set); it drops the returned entries (the ended ones pruned) after
 /// releasing that lock.
 #[must_use = "drop the pruned entries after the state lock is released"]

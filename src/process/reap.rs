@@ -66,7 +66,7 @@ pub(super) enum ExitCause {
     Abandoned,
 }
 
-/// The end the reaper publishes once (invariant #3).
+/// The end the reaper publishes once (invariant 3).
 #[derive(Debug, Clone)]
 pub(super) struct End {
     /// The leader's exit status; the error is shared because `io::Error` is
@@ -81,14 +81,14 @@ pub(super) struct End {
 #[derive(Debug, Default)]
 pub(super) struct ChildFlags {
     /// The reaper has reaped the leader: its pid may be reused, so nothing may
-    /// signal it any more (invariant #1).
+    /// signal it any more (invariant 1).
     pub(super) reaped: bool,
     /// The end is published. Implies `reaped`, except for `ExitCause::Abandoned`.
     pub(super) ended: bool,
     /// The owner (`ScopedChild`) was dropped while the child was alive and its
     /// scope not cancelled; the child was then listed in `ORPHANS`.
     /// `orphaned && ended` can last: the reaper never touches the set, and the
-    /// child stays listed (unseen, invariant #2) until the next use of the set
+    /// child stays listed (unseen, invariant 2) until the next use of the set
     /// prunes it.
     pub(super) orphaned: bool,
 }
@@ -114,7 +114,7 @@ pub(super) struct ChildCore {
 }
 
 impl ChildCore {
-    /// `SIGKILL` to the group unless the leader was reaped (invariant #1); for
+    /// `SIGKILL` to the group unless the leader was reaped (invariant 1); for
     /// the reaper's drop guard only. Logs after the lock is released.
     fn kill_now(&self, why: &str) {
         let sent = {
@@ -131,13 +131,13 @@ impl ChildCore {
     }
 
     /// Whether the end is published (the child left the orphan set, if it
-    /// was in it: invariant #2).
+    /// was in it: invariant 2).
     pub(super) fn is_gone(&self) -> bool {
         // Acquire pairs with the Release in `finish`.
         self.gone.load(Ordering::Acquire)
     }
 
-    /// Publishes the end (invariants #2, #3). The orphan set drops the child
+    /// Publishes the end (invariants 2, 3). The orphan set drops the child
     /// at its next use (it prunes ended children), so the reaper never
     /// touches the set and this module does not import it. Logs and sends
     /// after the lock is released.
@@ -182,7 +182,7 @@ pub(super) static ALIVE: AtomicUsize = AtomicUsize::new(0);
 // ===== the reaper =====
 
 /// Publishes `ExitCause::Abandoned` if the reaper is dropped before it finished,
-/// after sending `SIGKILL` to the group (invariant #1 guards the pid).
+/// after sending `SIGKILL` to the group (invariant 1 guards the pid).
 struct AbandonGuard<'a> {
     inner: &'a ChildCore,
     armed: bool,
@@ -234,7 +234,7 @@ pub(super) async fn reap(mut child: Child, inner: Arc<ChildCore>) {
     };
     let end = match exited {
         Some(status) => {
-            // No await since the wait that reaped the leader (invariant #1).
+            // No await since the wait that reaped the leader (invariant 1).
             lock(&inner.state).reaped = true;
             sweep_stragglers(&inner).await;
             End {
@@ -295,10 +295,10 @@ async fn teardown(child: &mut Child, inner: &ChildCore) -> End {
 /// left of the group (the leader's exit ends the group's grace) and reaps
 /// those members. Members are our children only once they were re-parented
 /// to us, i.e. if this process is a [subreaper](super::kill::become_subreaper);
-/// otherwise nothing is signalled here (invariant #1).
+/// otherwise nothing is signalled here (invariant 1).
 async fn sweep_stragglers(inner: &ChildCore) {
     // A live child of ours in the group keeps the group id in use until we
-    // reap it, so this signal cannot reach a recycled group (invariant #1).
+    // reap it, so this signal cannot reach a recycled group (invariant 1).
     if !reap_exited_members(inner.pgid) {
         return;
     }
