@@ -10,16 +10,18 @@ use tokio_util::sync::CancellationToken;
 use crate::scope::tree::{self, CancelReason, Node};
 use crate::scope::{CancelScope, Waiter};
 
-/// Cancels a token when the scope it is registered on is cancelled. Registered
-/// as a waker in the scope's waiter list: no task, no allocation beyond this.
-struct CancelTokenOnWake {
+/// Cancels a token when the scope it is registered on is cancelled: a
+/// *callback waker* (a `Wake` whose `wake` runs code on the cancelling thread
+/// instead of scheduling a task; see `ARCHITECTURE.md`), registered in the
+/// scope's waiter list: no task, no allocation beyond this.
+pub(crate) struct TokenCanceller {
     token: CancellationToken,
     // Not a handle: the scope can still detach, which drains the waiter list
     // (tree invariant 6) and drops this; the cycle node → waker → node ends there.
     node: Arc<Node>,
 }
 
-impl Wake for CancelTokenOnWake {
+impl Wake for TokenCanceller {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
@@ -65,7 +67,7 @@ impl CancelScope {
     #[must_use]
     pub fn token(&self) -> CancellationToken {
         let token = CancellationToken::new();
-        let waker = Waker::from(Arc::new(CancelTokenOnWake {
+        let waker = Waker::from(Arc::new(TokenCanceller {
             token: token.clone(),
             node: self.node().clone(),
         }));

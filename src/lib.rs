@@ -174,6 +174,18 @@
 //!   do: a hook runs on a thread of its own, so one that blocks holds neither
 //!   the ladder nor a runtime thread, and the report says it still runs.
 //!
+//! # How it works
+//!
+//! A cancel goes down the scope tree as state, and each waiter on a cancelled
+//! scope is woken once. A group waits on its scope with one waker that runs
+//! code rather than a task: waking it gives every live task one wake, and
+//! each task's next poll sees the cancel and ends. Each task's entry is
+//! removed by a guard inside its own future, so nothing scans for ended
+//! tasks. The ladder sleeps on timers between rungs and returns as soon as
+//! the last task ends. `ARCHITECTURE.md` in the repository traces one cancel
+//! through the code, item by item (built, with its links checked, as the
+//! private module `architecture`: `cargo doc --document-private-items`).
+//!
 //! # Cargo features
 //!
 //! By default the crate needs tokio's `rt`, `time` and `sync` only.
@@ -211,6 +223,11 @@
 
 pub(crate) mod sync;
 
+// The architecture essay, checked by the private-items docs build.
+#[cfg(not(loom))]
+#[doc = include_str!("../ARCHITECTURE.md")]
+mod architecture {}
+
 mod ladder;
 mod registry;
 mod scope;
@@ -219,7 +236,7 @@ mod wait_list;
 
 #[cfg(all(feature = "tokio-util", not(loom)))]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio-util")))]
-mod interop;
+pub(crate) mod interop;
 
 // Loom models of the core (issue 4): `RUSTFLAGS="--cfg loom" cargo test --release --lib`.
 #[cfg(all(test, loom))]

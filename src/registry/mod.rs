@@ -95,11 +95,11 @@
 //! waits, the outcome log) ← `guard` (the [`EntryGuard`] that prunes an
 //! entry); `counts` holds the counters both feed.
 
-mod cell;
+pub(crate) mod cell;
 mod counts;
 mod guard;
 mod set;
-mod state;
+pub(crate) mod state;
 #[cfg(all(test, not(loom)))]
 mod tests;
 

@@ -16,9 +16,11 @@ use crate::registry::{LadderCounts, TaskOutcome};
 use crate::sync::lock;
 use crate::task::{Stats, TrackedCell};
 
-/// The one waker a tracker registers on its scope: cancelling the scope wakes
-/// it, and it delivers to every live task.
-struct Deliverer<K: Eq + Hash + Clone> {
+/// The one waker a tracker registers on its scope: a *callback waker* (its
+/// `wake` runs [`Tracker::deliver_all`] on the cancelling thread instead of
+/// scheduling a task; see `ARCHITECTURE.md`), so cancelling the scope
+/// delivers to every live task with no task of the library in between.
+pub(crate) struct Deliverer<K: Eq + Hash + Clone> {
     shared: Weak<Tracker<K>>,
 }
 

@@ -16,11 +16,11 @@
 //! The handles ([`TaskGroup`](crate::TaskGroup), [`TaskMap`](crate::TaskMap))
 //! hold a [`TrackerHandle`], whose drop is the drop of the last one.
 
-mod deliver;
+pub(crate) mod deliver;
 mod ladder;
 pub(crate) mod seam;
 mod spawn;
-mod tracked;
+pub(crate) mod tracked;
 
 use std::fmt::Debug;
 use std::hash::Hash;

@@ -49,7 +49,7 @@ impl Drop for PollingGuard {
 pin_project_lite::pin_project! {
     /// The user's future as spawned: prune guard, poll bookkeeping, cancel
     /// check, panic capture.
-    pub(super) struct Tracked<F, K>
+    pub(crate) struct Tracked<F, K>
     where
         K: Eq,
         K: Hash,
