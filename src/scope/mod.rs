@@ -8,6 +8,7 @@
 
 mod clock;
 mod error;
+mod guard;
 pub(crate) mod message;
 mod timer;
 pub(crate) mod tree;
@@ -23,6 +24,7 @@ use crate::sync::Arc;
 use clock::now_ticks;
 pub(crate) use clock::{far_future, from_ticks, to_ticks};
 pub use error::{Cancelled, Elapsed};
+pub use guard::DropGuard;
 pub use message::CancelMessage;
 use timer::spawn_timer;
 pub use tree::CancelReason;
@@ -665,40 +667,6 @@ impl<F: Future> Future for Run<'_, F> {
             this.fut.set(None);
         }
         Poll::Ready(Err(Cancelled::of(scope)))
-    }
-}
-
-// ===== impl DropGuard =====
-
-/// Cancels its scope when dropped; see [`CancelScope::drop_guard`].
-#[derive(Debug)]
-pub struct DropGuard {
-    scope: Option<CancelScope>,
-}
-
-impl DropGuard {
-    /// Gives the scope back without cancelling it.
-    #[must_use]
-    pub fn disarm(mut self) -> CancelScope {
-        self.scope
-            .take()
-            .expect("a DropGuard holds its scope until disarmed or dropped")
-    }
-
-    /// The guarded scope.
-    #[must_use]
-    pub fn scope(&self) -> &CancelScope {
-        self.scope
-            .as_ref()
-            .expect("a DropGuard holds its scope until disarmed or dropped")
-    }
-}
-
-impl Drop for DropGuard {
-    fn drop(&mut self) {
-        if let Some(scope) = self.scope.take() {
-            scope.cancel();
-        }
     }
 }
 
