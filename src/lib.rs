@@ -214,6 +214,7 @@ pub(crate) mod sync;
 mod ladder;
 mod registry;
 mod scope;
+mod timeout;
 mod wait_list;
 
 #[cfg(all(feature = "tokio-util", not(loom)))]
@@ -241,8 +242,9 @@ pub use ladder::{Backoff, ShutdownPolicy, ShutdownReport, StuckTask};
 pub use registry::{TaskId, TaskOutcome};
 pub use scope::{
     CancelMessage, CancelReason, CancelScope, Cancelled, DropGuard, Elapsed, Run, WaitCancelled,
-    WaitCancelledOwned, fail_after, fail_at, move_on_after, move_on_at,
+    WaitCancelledOwned,
 };
+pub use timeout::{fail_after, fail_at, move_on_after, move_on_at};
 
 #[cfg(not(loom))]
 pub use builder::TaskBuilder;

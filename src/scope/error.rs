@@ -61,7 +61,7 @@ impl std::error::Error for Cancelled {}
 /// The error of [`fail_after`](crate::fail_after) /
 /// [`fail_at`](crate::fail_at): the deadline passed first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Elapsed(pub(super) ());
+pub struct Elapsed(pub(crate) ());
 
 impl std::fmt::Display for Elapsed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
