@@ -6,9 +6,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
+use super::handle::is_cancelled;
 use super::timer::spawn_timer;
 use super::tree::{self, NO_DEADLINE, Node};
-use super::{CancelScope, Cancelled, is_cancelled};
+use super::{CancelScope, Cancelled};
 use crate::sync::Arc;
 
 // ===== waiting =====
