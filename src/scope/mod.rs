@@ -1,10 +1,22 @@
-//! [`CancelScope`]: the handle to a node of the cancellation tree, its futures,
-//! its drop guard, and the timeout helpers built on it.
+//! Cancel scopes: a tree of cancellation with deadlines, shields and reasons
+//! (Trio's cancel scopes), and the handle, futures, guard and errors on it.
 //!
-//! The tree itself (state, waiters, shields, deadlines) is runtime-free and
-//! lives in `scope/tree.rs`; this file adds what needs tokio: the clock for
-//! deadlines, and the one timer task per waited-on deadline, which lives
-//! while somebody waits (tree invariant 9).
+//! One concept per file, as tokio-util's `cancellation_token.rs` (the handle)
+//! and `tree_node.rs` (the tree). The tree needs no runtime; tokio comes in
+//! with the clock and the timer task. What flows where:
+//!
+//! - `tree.rs`: the nodes and every change to them; runtime-free, loom-checked.
+//! - `handle.rs`: [`CancelScope`], one `Arc<Node>`; its methods call `tree`.
+//! - `wait.rs`: [`Waiter`] (a waker in `tree`; arms `timer`) and the three futures that poll it.
+//! - `timer.rs`: the task per waited-on deadline: sleeps, cancels; lives as tree invariant 9 says.
+//! - `clock.rs`: ticks, the `i64` deadlines of `tree`, to and from tokio's `Instant`.
+//! - `guard.rs`: [`DropGuard`], a handle that cancels its scope when dropped.
+//! - `error.rs`: [`Cancelled`] (from `run`, and task errors) and [`Elapsed`] (`fail_*`).
+//! - `message.rs`: [`CancelMessage`], a cancel's text, kept at the origin node.
+//!
+//! The timeouts built on scopes ([`move_on_after`](crate::move_on_after),
+//! [`fail_after`](crate::fail_after), ...) live in `src/timeout.rs`. The
+//! other files cite the tree's invariants as "tree invariant N".
 
 mod clock;
 mod error;
