@@ -232,6 +232,7 @@ mod ladder;
 mod registry;
 mod scope;
 mod task;
+mod timeout;
 mod wait_list;
 
 #[cfg(all(feature = "tokio-util", not(loom)))]
@@ -256,9 +257,10 @@ mod tracker;
 pub use ladder::{Backoff, ShutdownPolicy, ShutdownReport, StuckTask};
 pub use scope::{
     CancelMessage, CancelReason, CancelScope, Cancelled, DropGuard, Elapsed, Run, WaitCancelled,
-    WaitCancelledOwned, fail_after, fail_at, move_on_after, move_on_at,
+    WaitCancelledOwned,
 };
 pub use task::{TaskId, TaskOutcome};
+pub use timeout::{fail_after, fail_at, move_on_after, move_on_at};
 
 #[cfg(not(loom))]
 pub use builder::TaskBuilder;

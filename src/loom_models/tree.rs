@@ -207,9 +207,9 @@ fn cancel_with_races_cancel() {
 /// A deadline far enough away that it never fires in a model.
 const FAR: i64 = 1 << 50;
 
-/// The deadline timer task, as `scope.rs`'s `deadline_timer` drives it minus
-/// the sleep: polls `timer_poll` until it says `Stop`. A wake it misses leaves
-/// it parked forever, which loom reports as a deadlock.
+/// The deadline timer task, as `deadline_timer` (`scope/timer.rs`) drives it
+/// minus the sleep: polls `timer_poll` until it says `Stop`. A wake it misses
+/// leaves it parked forever, which loom reports as a deadlock.
 fn run_timer(node: &tree::Node) {
     block_on(std::future::poll_fn(|cx| {
         match tree::timer_poll(node, cx.waker()) {

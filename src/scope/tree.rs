@@ -1,6 +1,6 @@
 //! The cancel scope tree: runtime-free state, waiters, shields and deadlines.
 //!
-//! A [`Node`] is one cancel scope. `CancelScope` handles (in `scope.rs`) are thin
+//! A [`Node`] is one cancel scope. `CancelScope` handles (in `handle.rs`) are thin
 //! `Arc<Node>` wrappers; every state change is a `pub(crate)` free function here,
 //! as in tokio-util's `tree_node.rs`.
 //!
@@ -157,17 +157,20 @@ pub(crate) struct Node {
     /// without a lock by whoever saw `ORIGIN`. (A std `OnceLock` also under
     /// loom: the models check the `state` store that publishes it.)
     message: OnceLock<CancelMessage>,
-    /// Effective deadline in ticks (the `// ===== clock =====` section of
-    /// `scope.rs`), `NO_DEADLINE` if none.
+    /// Effective deadline in ticks (see `clock.rs`), `NO_DEADLINE` if none.
     deadline: AtomicI64,
     /// This node's own deadline in ticks; `deadline <= own_deadline` always.
     own_deadline: AtomicI64,
     /// Live `CancelScope` handles; see invariant 4.
     handles: AtomicUsize,
-    inner: Mutex<Inner>,
+    inner: Mutex<Locked>,
 }
 
-struct Inner {
+/// The part of a [`Node`] under its mutex (`Node::inner`): read and written
+/// only with that lock held ([`lock`]; the lock order is in the module doc,
+/// under "Deadlock safety"). The atomics of `Node` are read without it; the
+/// invariants say which of their writes take it.
+struct Locked {
     children: Slab<Arc<Node>>,
     /// Key of this node in `parent.children` while attached.
     slot: Option<usize>,
@@ -209,7 +212,7 @@ fn node(
         deadline: AtomicI64::new(deadline),
         own_deadline: AtomicI64::new(NO_DEADLINE),
         handles: AtomicUsize::new(1),
-        inner: Mutex::new(Inner {
+        inner: Mutex::new(Locked {
             children: Slab::new(),
             slot,
             waiters: Slab::new(),

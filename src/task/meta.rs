@@ -35,8 +35,8 @@ pub(crate) enum Mode {
 /// The tokio layer's data in each task cell.
 pub(crate) struct TaskMeta {
     /// When the task was spawned, on tokio's clock (paused or not), in the
-    /// scope tree's ticks (nanoseconds from a process-wide base, see the
-    /// clock of `scope.rs`): 8 bytes instead of an `Instant`'s 16, so the
+    /// scope tree's ticks (nanoseconds from a process-wide base, see
+    /// `scope/clock.rs`): 8 bytes instead of an `Instant`'s 16, so the
     /// cell keeps its size with the location beside.
     spawned_at: i64,
     /// Where the task was spawned: the caller of the public spawn function
