@@ -45,7 +45,8 @@ struct KeySlot {
     slot: usize,
 }
 
-struct Inner<T, K> {
+/// The registry's data under its mutex (as the tree's node `Locked`).
+struct Locked<T, K> {
     entries: Slab<Entry<T, K>>,
     /// Key → slot of the newest entry under it (invariant 4); the key of a
     /// [`KeySlot`] is `entries[slot].key`.
@@ -66,7 +67,7 @@ struct Inner<T, K> {
 
 /// The set of live tracked tasks, optionally keyed.
 pub(crate) struct Registry<T, K = ()> {
-    inner: Mutex<Inner<T, K>>,
+    inner: Mutex<Locked<T, K>>,
     /// Hashes keys outside the lock.
     hasher: RandomState,
     pub(crate) ladder: LadderCounts,
@@ -77,7 +78,7 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
     /// [`poll_next_end`](Self::poll_next_end) until taken.
     pub(crate) fn new(record_ends: bool) -> Self {
         Registry {
-            inner: Mutex::new(Inner {
+            inner: Mutex::new(Locked {
                 entries: Slab::new(),
                 keys: HashTable::new(),
                 idle: WaitList::new(),
@@ -93,7 +94,7 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
 
     /// The slot `key` maps to; `Eq` runs under the lock, on the caller's
     /// thread, and a panic in it changes nothing.
-    fn find(inner: &Inner<T, K>, hash: u64, key: &K) -> Option<usize> {
+    fn find(inner: &Locked<T, K>, hash: u64, key: &K) -> Option<usize> {
         inner
             .keys
             .find(hash, |ks| {
