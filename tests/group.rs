@@ -258,7 +258,7 @@ async fn abort_through_the_handle_prunes_the_entry() {
 /// first delivery and one per re-delivery. Escalation's wake brings a poll
 /// that ends the task without polling the inner future, so it cannot show
 /// here; the whole bound (`max_redeliveries + 3` wakes, every kind counted)
-/// is checked with a counting waker in `registry.rs`'s
+/// is checked with a counting waker in `registry/tests.rs`'s
 /// `every_library_wake_of_a_cell_is_bounded_by_the_limit_plus_three`.
 #[tokio::test(start_paused = true)]
 async fn an_ignoring_task_is_polled_once_for_its_delivery_and_once_per_redelivery() {
