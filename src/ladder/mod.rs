@@ -1,0 +1,33 @@
+//! The shutdown ladder as pure logic: policy, back-off, the schedule of steps,
+//! and the report, one concept per file.
+//!
+//! - `policy.rs`: [`ShutdownPolicy`], the ladder's knobs, and [`Backoff`],
+//!   the spacing of its re-deliveries;
+//! - `schedule.rs`: [`Schedule`], the policy as a timetable of [`Step`]s;
+//! - `report.rs`: [`ShutdownReport`] and its [`StuckTask`]s.
+//!
+//! The tokio layer (`Tracker::run_ladder` in `tracker/ladder.rs`) only
+//! sleeps until the next step (or until every task has ended, whichever
+//! comes first) and performs it.
+//!
+//! ```text
+//!  cancel ──► deliver (one wake per task)
+//!    │
+//!    ├─ t = b, b+2b, b+2b+4b, …  (≤ max_redeliveries, < grace)
+//!    │     re-deliver to tasks that parked again after seeing it; skip the rest
+//!    │
+//!    ├─ t = grace        escalate: hook once, on its own thread (panics
+//!    │                   caught), and abort at once
+//!    │
+//!    └─ t = grace + abort_grace   whatever is alive is *stuck*: reported
+//!
+//!  at any point: every task ended ──► return at once, no timer left
+//! ```
+
+mod policy;
+mod report;
+mod schedule;
+
+pub use policy::{Backoff, ShutdownPolicy};
+pub use report::{ShutdownReport, StuckTask};
+pub(crate) use schedule::{Schedule, Step};
