@@ -1,34 +1,43 @@
-//! Models of the ladder's wait for quiescence (`registry.rs` parking plus
-//! `ladder.rs`'s `Schedule`) and of its escalation, and the negative control.
+//! Models of the ladder (`ladder/driver.rs`'s `drive`, the loop that
+//! `Tracker::run_ladder` runs on tokio): its wait for quiescence and its
+//! escalation, two ladders over one task, and the negative control.
 //!
-//! The tokio driver (`tracker.rs`) is not modelled: it needs tokio's timers.
-//! [`ladder`] is a small in-model driver that follows the same `Schedule` rungs
-//! as `run_ladder`, with the same core calls (`poll_idle` / `poll_ended` parked
-//! through a waker, `TaskCell::redeliver` with the policy's limit, [`escalate`]
-//! as `Tracker::escalate`, the give-up rung's re-check and `mark_stuck`,
-//! `release_*`). Time is replaced by a *step timer* thread that fires the
-//! rungs in order at moments loom chooses, as expired timers would.
+//! The models drive the real driver; only its [`Rungs`], the part that needs
+//! a runtime, are the model's: tokio's timer is replaced by a *step timer*
+//! thread that fires the schedule's rungs in order at moments loom chooses,
+//! as expired timers would ([`StepRungs`]; [`DueRungs`] for a ladder whose
+//! timers all expired), escalation's hook is a count, and give-up's round
+//! (tokio's `yield_now`) is immediate: loom tries every order anyway.
+//! Everything else (the `Schedule`, `poll_idle` / `poll_ended` parked through
+//! a waker, `TaskCell::redeliver` with the policy's limit, escalation's
+//! `mark_escalated` and wake, the give-up rung's re-check, `mark_stuck`,
+//! `release_*`, the ladder's counters) is the code that runs on tokio.
 //!
 //! The task is [`stubborn_task`]: it polls as `Tracked::poll` does, through
 //! the real `TaskCell` calls, and ignores cancellation, so only escalation
 //! ends it. Every library wake it can get is counted against the bound that
 //! holds per cell, whatever number of ladders run over it: the first
 //! delivery (1), the re-deliveries (at most the policy's limit, registry
-//! invariant 3) and escalation's wake (1, `mark_escalated` is once).
+//! invariant 3) and escalation's wake (1, `mark_escalated` is once). That no
+//! wake is claimed for a task once it ended (registry invariant 1) is proven
+//! for the same calls (`schedule`, `redeliver`) in `registry.rs`.
 
+use std::cell::Cell;
+use std::pin::pin;
 use std::sync::Arc as StdArc;
 use std::sync::atomic::AtomicUsize as StdAtomicUsize;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use loom::future::block_on;
 use loom::sync::Mutex;
-use loom::sync::atomic::{AtomicBool, AtomicUsize};
+use loom::sync::atomic::AtomicUsize;
 use loom::thread;
 
 use super::{CountingWaker, Seen, check};
+use crate::ladder::driver::{self, Rungs};
 use crate::ladder::{Backoff, Schedule, ShutdownPolicy, Step};
-use crate::registry::{EntryGuard, Registry, TaskCell, TaskOutcome};
+use crate::registry::{EntryGuard, LadderCounts, Registry, TaskCell, TaskOutcome};
 use crate::sync::{Arc, Ordering};
 
 /// Re-deliveries per policy, kept small: every rung is one more point where
@@ -64,7 +73,7 @@ fn wake_bound(limit: u32) -> usize {
 /// guard prunes the entry); else the user's future returns `Pending`, and a
 /// poll that began `delivered` calls `parked_after_delivery`. Runs until
 /// escalation ends it; returns the wakes its waker got.
-fn stubborn_task(guard: EntryGuard<(), ()>, ended: Arc<AtomicBool>) -> thread::JoinHandle<usize> {
+fn stubborn_task(guard: EntryGuard<(), ()>) -> thread::JoinHandle<usize> {
     thread::spawn(move || {
         let mut guard = Some(guard);
         let mut waker: Option<(StdArc<CountingWaker>, Waker)> = None;
@@ -79,8 +88,6 @@ fn stubborn_task(guard: EntryGuard<(), ()>, ended: Arc<AtomicBool>) -> thread::J
             if start.escalated {
                 g.outcome = TaskOutcome::Aborted;
                 drop(guard.take());
-                // SeqCst pairs with the drivers' loads before each claim.
-                ended.store(true, Ordering::SeqCst);
                 return Poll::Ready(());
             }
             // The user's future ignores the cancellation and parks again.
@@ -93,29 +100,18 @@ fn stubborn_task(guard: EntryGuard<(), ()>, ended: Arc<AtomicBool>) -> thread::J
     })
 }
 
-/// `Tracker::escalate`: `mark_escalated` (once per cell, whatever number of
-/// ladders get here), the hook (here a count), then one `schedule`, whose
-/// wake brings the poll that ends the task. `Some(woke)` if this call
-/// escalated, `None` if the cell was escalated already.
-fn escalate(cell: &TaskCell<()>, hooks: &StdAtomicUsize) -> Option<bool> {
-    if !cell.mark_escalated() {
-        return None;
-    }
-    hooks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Some(cell.schedule())
-}
-
-/// How the driver waits between rungs.
+/// How the ladder waits between rungs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
-    /// As `run_ladder`: park on the registry and the step timer.
+    /// The real driver (`ladder::driver::drive`) over the step timer: parked
+    /// on the registry and the timer.
     Parked,
     /// The bug this crate exists to prevent: re-deliver and re-check at once
     /// (a `yield_now` loop). Compiled only here, for the negative control.
     Busy,
 }
 
-/// What the ladder waits for, as `run_ladder`'s `one` argument.
+/// What the ladder waits for, as `drive`'s `one` argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     /// `TaskGroup::shutdown`: every task (`poll_idle`).
@@ -165,6 +161,68 @@ enum Fires {
     WithholdGiveUp,
 }
 
+/// A moment of the step timer's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    /// Rung `n` of the schedule: due once the timer fired `n + 1` rungs.
+    Rung(usize),
+    /// Give-up's last wait: due at once.
+    Now,
+}
+
+/// The driver's [`Rungs`] over the [`StepTimer`]: a rung is due once the
+/// timer fired it; else the driver's waker waits in the timer's slot (one
+/// slot, as tokio's one `Sleep`), which is emptied when the driver drops
+/// these rungs. Escalation's hook is a count.
+struct StepRungs<'a> {
+    timer: &'a StepTimer,
+    /// The rungs found due so far: the index of the next one.
+    next: &'a Cell<usize>,
+    /// The driver reached give-up's last wait.
+    rechecked: &'a Cell<bool>,
+    hooks: &'a StdAtomicUsize,
+}
+
+impl Rungs<()> for StepRungs<'_> {
+    type Moment = Moment;
+
+    fn rung(&mut self, index: usize, _: Duration) -> Moment {
+        Moment::Rung(index)
+    }
+
+    fn now(&mut self) -> Moment {
+        self.rechecked.set(true);
+        Moment::Now
+    }
+
+    fn poll_due(&mut self, at: Moment, cx: &mut Context<'_>) -> Poll<()> {
+        let Moment::Rung(index) = at else {
+            return Poll::Ready(());
+        };
+        self.timer.waker.register(cx.waker());
+        // Acquire pairs with the ticker's Release store of `fired`.
+        if index >= self.timer.fired.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        self.next.set(index + 1);
+        Poll::Ready(())
+    }
+
+    fn escalate(&mut self, _: &Arc<TaskCell<()>>) -> bool {
+        self.hooks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
+    async fn round(&mut self) {}
+}
+
+impl Drop for StepRungs<'_> {
+    fn drop(&mut self) {
+        self.timer.waker.take();
+    }
+}
+
 /// How the ladder ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
@@ -174,6 +232,132 @@ enum Verdict {
         parked: bool,
     },
     Stuck,
+}
+
+/// What one ladder did, as the model checks it.
+struct Run {
+    verdict: Verdict,
+    redelivered: usize,
+    escalation_wakes: usize,
+    /// Escalated targets whose hook the ladder reported started.
+    hooked: usize,
+    /// The ladder's own waker, counted, for the check that none is left.
+    own: Option<(StdArc<CountingWaker>, Waker)>,
+}
+
+/// The real driver over the step timer, polled through a counting waker.
+/// Each poll after the first needs a wake: one per rung fired, and one from
+/// the registry when the task ends. More means a re-check loop.
+fn parked_ladder(
+    registry: &Registry<(), ()>,
+    cell: &Arc<TaskCell<()>>,
+    target: Target,
+    max: u32,
+    timer: &StepTimer,
+    hooks: &StdAtomicUsize,
+) -> Run {
+    let rungs_in_schedule = Schedule::new(policy(max)).count();
+    let (next, rechecked) = (Cell::new(0), Cell::new(false));
+    let rungs = StepRungs {
+        timer,
+        next: &next,
+        rechecked: &rechecked,
+        hooks,
+    };
+    let one = match target {
+        Target::All => None,
+        Target::One => Some(cell),
+    };
+    let mut ladder = pin!(driver::drive(registry, one, policy(max), rungs));
+    let mut polls = 0;
+    let mut own: Option<(StdArc<CountingWaker>, Waker)> = None;
+    let (finished, parked) = block_on(std::future::poll_fn(|cx| {
+        polls += 1;
+        let parked = polls > 1 && next.get() >= timer.fired_tally.load(Ordering::Relaxed);
+        assert!(
+            polls <= rungs_in_schedule + 2,
+            "the ladder's wait re-checked in a loop ({polls} polls for {rungs_in_schedule} rungs)"
+        );
+        let (_, waker) = own.get_or_insert_with(|| {
+            let counting = CountingWaker::new(cx.waker());
+            (counting.clone(), Waker::from(counting))
+        });
+        ladder
+            .as_mut()
+            .poll(&mut Context::from_waker(waker))
+            .map(|finished| (finished, parked))
+    }));
+    let verdict = match (finished.ended, rechecked.get()) {
+        (false, _) => Verdict::Stuck,
+        // Seen by give-up's re-check, after the rung.
+        (true, true) => Verdict::Ended { parked: false },
+        (true, false) => Verdict::Ended { parked },
+    };
+    Run {
+        verdict,
+        redelivered: finished.redelivered as usize,
+        escalation_wakes: finished.escalation_wakes as usize,
+        hooked: finished.hooked.len(),
+        own,
+    }
+}
+
+/// The negative control's driver: instead of parking, re-deliver to every
+/// live task and re-check at once. Kept here, deliberately wrong; the same
+/// poll bound as the real driver's must catch it.
+fn busy_ladder(
+    registry: &Registry<(), ()>,
+    cell: &Arc<TaskCell<()>>,
+    target: Target,
+    max: u32,
+    timer: &StepTimer,
+    delivered: usize,
+) -> Run {
+    let rungs_in_schedule = Schedule::new(policy(max)).count();
+    let mut polls = 0;
+    let mut busy_wakes = 0;
+    let (mut idle_slot, mut ended_slot) = (None, None);
+    let mut own: Option<(StdArc<CountingWaker>, Waker)> = None;
+    let verdict = block_on(std::future::poll_fn(|cx| {
+        polls += 1;
+        // It never waits for a rung: none is ever found due.
+        let parked = polls > 1 && timer.fired_tally.load(Ordering::Relaxed) == 0;
+        assert!(
+            polls <= rungs_in_schedule + 2,
+            "the ladder's wait re-checked in a loop ({polls} polls for {rungs_in_schedule} rungs)"
+        );
+        let (_, waker) = own.get_or_insert_with(|| {
+            let counting = CountingWaker::new(cx.waker());
+            (counting.clone(), Waker::from(counting))
+        });
+        let done = match target {
+            Target::All => registry.poll_idle(waker, &mut idle_slot).is_ready(),
+            Target::One => registry.poll_ended(cell, waker, &mut ended_slot).is_ready(),
+        };
+        if done {
+            return Poll::Ready(Verdict::Ended { parked });
+        }
+        // Re-deliver right away and come back at once.
+        for c in registry.pending() {
+            busy_wakes += usize::from(c.schedule());
+        }
+        assert!(
+            delivered + busy_wakes <= wake_bound(max),
+            "{} wakes claimed for one task",
+            delivered + busy_wakes
+        );
+        waker.wake_by_ref();
+        Poll::Pending
+    }));
+    // Not reached: only escalation ends the task, and this loop never
+    // escalates; the poll bound or the wake bound fails first.
+    Run {
+        verdict,
+        redelivered: 0,
+        escalation_wakes: busy_wakes,
+        hooked: 0,
+        own,
+    }
 }
 
 /// One run of the model: [`stubborn_task`], the ladder over it, and the step
@@ -190,8 +374,7 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
     let registry = Arc::new(Registry::<(), ()>::new(false));
     let (guard, _) = Registry::insert(&registry, (), None);
     let cell = guard.cell().clone();
-    let ended = Arc::new(AtomicBool::new(false));
-    let task = stubborn_task(guard, ended.clone());
+    let task = stubborn_task(guard);
 
     let timer = Arc::new(StepTimer::default());
     let ticker = {
@@ -210,103 +393,16 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
         })
     };
 
-    // First delivery, as `Tracker::shutdown` / `begin_cancel`: mark, then one wake.
+    // First delivery, as `Tracker::shutdown` / a per-task cancel: mark, then
+    // one wake.
     registry.mark_closing(&cell);
     let delivered = usize::from(cell.deliver());
-    let (mut redelivered, mut escalation_wakes, mut busy_wakes) = (0, 0, 0);
     let hooks = StdAtomicUsize::new(0);
-
-    let mut next = 0;
-    let mut polls = 0;
-    let (mut idle_slot, mut ended_slot) = (None, None);
-    let mut own: Option<(StdArc<CountingWaker>, Waker)> = None;
-    let verdict = block_on(std::future::poll_fn(|cx| {
-        polls += 1;
-        let parked = polls > 1 && next >= timer.fired_tally.load(Ordering::Relaxed);
-        // Each poll after the first needs a wake: one per rung fired, and one
-        // from the registry when the task ends. More means a re-check loop.
-        assert!(
-            polls <= steps.len() + 2,
-            "the ladder's wait re-checked in a loop ({polls} polls for {} rungs)",
-            steps.len()
-        );
-        let (_, waker) = own.get_or_insert_with(|| {
-            let counting = CountingWaker::new(cx.waker());
-            (counting.clone(), Waker::from(counting))
-        });
-        let mut done = || match target {
-            Target::All => registry.poll_idle(waker, &mut idle_slot).is_ready(),
-            Target::One => registry
-                .poll_ended(&cell, waker, &mut ended_slot)
-                .is_ready(),
-        };
-        loop {
-            if done() {
-                timer.waker.take();
-                return Poll::Ready(Verdict::Ended { parked });
-            }
-            if variant == Variant::Busy {
-                // Re-deliver right away and come back at once.
-                for c in registry.pending() {
-                    busy_wakes += usize::from(c.schedule());
-                }
-                assert!(
-                    delivered + busy_wakes <= wake_bound(max),
-                    "{} wakes claimed for one task",
-                    delivered + busy_wakes
-                );
-                waker.wake_by_ref();
-                return Poll::Pending;
-            }
-            timer.waker.register(waker);
-            if next >= timer.fired.load(Ordering::Acquire) {
-                return Poll::Pending;
-            }
-            let step = steps[next];
-            next += 1;
-            // As `run_ladder`'s `targets`.
-            let live: Vec<Arc<TaskCell<()>>> = match target {
-                Target::All => registry.pending(),
-                Target::One if cell.is_ended() => Vec::new(),
-                Target::One => vec![cell.clone()],
-            };
-            match step {
-                Step::Redeliver => {
-                    for c in &live {
-                        let was_ended = ended.load(Ordering::SeqCst);
-                        let woke = c.redeliver(max);
-                        assert!(!(was_ended && woke), "re-delivered to an ended task");
-                        redelivered += usize::from(woke);
-                    }
-                }
-                Step::Escalate => {
-                    for c in &live {
-                        let was_ended = ended.load(Ordering::SeqCst);
-                        let woke = escalate(c, &hooks) == Some(true);
-                        assert!(!(was_ended && woke), "escalation woke an ended task");
-                        escalation_wakes += usize::from(woke);
-                    }
-                }
-                Step::GiveUp => {
-                    // As `run_ladder`: one more check (its `yield_now` gives
-                    // the task a round; loom tries every order anyway), then
-                    // what is alive is marked stuck.
-                    if done() {
-                        timer.waker.take();
-                        return Poll::Ready(Verdict::Ended { parked: false });
-                    }
-                    for c in &live {
-                        registry.mark_stuck(c);
-                    }
-                    registry.release_idle(&mut idle_slot);
-                    registry.release_ended(cell.id, &mut ended_slot);
-                    timer.waker.take();
-                    return Poll::Ready(Verdict::Stuck);
-                }
-            }
-        }
-    }));
-    seen.hit(match verdict {
+    let run = match variant {
+        Variant::Parked => parked_ladder(&registry, &cell, target, max, &timer, &hooks),
+        Variant::Busy => busy_ladder(&registry, &cell, target, max, &timer, delivered),
+    };
+    seen.hit(match run.verdict {
         Verdict::Ended { parked: true } => "woken_by_the_end",
         Verdict::Ended { parked: false } => "end_seen_after_a_rung",
         Verdict::Stuck => "reported_stuck",
@@ -317,12 +413,20 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
 
     // The wake bound, part by part: one first delivery, the re-deliveries
     // the cell counted (at most the limit), one wake from escalation, which
-    // ran its hook once.
+    // ran its hook once. The registry's counters, which the report reads,
+    // agree with the driver.
+    let redelivered = run.redelivered;
     assert_eq!(redelivered, cell.redeliveries() as usize);
+    assert_eq!(
+        LadderCounts::get(&registry.ladder.redeliveries),
+        redelivered as u64
+    );
     assert!(redelivered <= max as usize, "{redelivered} re-deliveries");
     assert_eq!(hooks.load(std::sync::atomic::Ordering::Relaxed), 1);
-    assert!(escalation_wakes <= 1);
-    let claims = delivered + redelivered + escalation_wakes;
+    assert_eq!(LadderCounts::get(&registry.ladder.escalations), 1);
+    assert_eq!(run.hooked, 1, "the escalated task's hook was not reported");
+    assert!(run.escalation_wakes <= 1);
+    let claims = delivered + redelivered + run.escalation_wakes;
     assert!(claims <= wake_bound(max), "{claims} wakes claimed");
     // A claim can reach the task twice when it races the task's own
     // re-registration (loom's waker slot wakes the newcomer rather than lose
@@ -339,7 +443,7 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
     assert_eq!((totals.aborted, totals.stuck, totals.closing), (1, 0, 0));
     // No wakeup of the ladder is left anywhere once it returned: the registry
     // and the timer dropped every clone of its waker.
-    let (counting, waker) = own.expect("the ladder was polled");
+    let (counting, waker) = run.own.expect("the ladder was polled");
     drop(waker);
     assert_eq!(
         StdArc::strong_count(&counting),
@@ -365,12 +469,14 @@ fn shutdown_model(target: Target, fires: Fires, name: &str) {
     });
 }
 
-/// Proves property 1 for the core's wait for quiescence (group shutdown,
-/// `poll_idle`): with one task that ignores cancellation, the ladder parks
-/// between rungs (it is polled only when a rung fires or the task ends);
-/// the task gets at most first delivery (1) + re-deliveries (at most
-/// `max_redeliveries`) + escalation's wake (1) library wakes, none once it
-/// ended; escalation (`mark_escalated`, then `schedule`) ends it as aborted
+/// Proves property 1 for the ladder's driver and its wait for quiescence
+/// (group shutdown, `poll_idle`): with one task that ignores cancellation,
+/// the ladder parks between rungs (it is polled only when a rung fires or
+/// the task ends); the task gets at most first delivery (1) + re-deliveries
+/// (at most `max_redeliveries`) + escalation's wake (1) library wakes (none
+/// once it ended: `registry.rs` proves it for the same calls), and the
+/// registry's ladder counters agree; escalation (`mark_escalated`, then
+/// `schedule`) ends it as aborted
 /// at its next poll; and the ladder leaves no wakeup registered once it
 /// returns, whether the task's end or the give-up rung comes first.
 #[test]
@@ -438,10 +544,37 @@ fn busy_redelivery_is_caught() {
     );
 }
 
+/// The driver's [`Rungs`] for a ladder whose timers all expired: every
+/// moment is due, and escalation's hook is a count.
+struct DueRungs<'a> {
+    hooks: &'a StdAtomicUsize,
+}
+
+impl Rungs<()> for DueRungs<'_> {
+    type Moment = ();
+
+    fn rung(&mut self, _: usize, _: Duration) {}
+
+    fn now(&mut self) {}
+
+    fn poll_due(&mut self, (): (), _: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+
+    fn escalate(&mut self, _: &Arc<TaskCell<()>>) -> bool {
+        self.hooks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
+    async fn round(&mut self) {}
+}
+
 /// One ladder that fires its rungs back to back (its timers already
-/// expired): `mark_closing` and `deliver`, then per rung `run_ladder`'s
-/// `targets` (empty once the target ended: the ladder returns) and the
-/// rung's calls. Returns the wakes it claimed and whether it escalated.
+/// expired): `mark_closing` and `deliver`, then the real driver over
+/// [`DueRungs`] (it returns once the target ended, or after give-up).
+/// Returns the wakes it claimed, its re-deliveries, and whether it
+/// escalated.
 fn unparked_ladder(
     registry: &Registry<(), ()>,
     cell: &Arc<TaskCell<()>>,
@@ -450,40 +583,26 @@ fn unparked_ladder(
 ) -> (usize, usize, bool) {
     const LIMIT: u32 = KEY_REDELIVERIES;
     registry.mark_closing(cell);
-    let mut wakes = usize::from(cell.deliver());
-    let (mut redelivered, mut escalated) = (0, false);
-    let targets = || match target {
-        Target::All => registry.pending(),
-        Target::One if cell.is_ended() => Vec::new(),
-        Target::One => vec![cell.clone()],
+    let delivered = usize::from(cell.deliver());
+    let one = match target {
+        Target::All => None,
+        Target::One => Some(cell),
     };
-    for (_, step) in Schedule::new(policy(LIMIT)) {
-        let live = targets();
-        if live.is_empty() {
-            break;
-        }
-        for c in &live {
-            match step {
-                Step::Redeliver => redelivered += usize::from(c.redeliver(LIMIT)),
-                Step::Escalate => {
-                    if let Some(woke) = escalate(c, hooks) {
-                        escalated = true;
-                        wakes += usize::from(woke);
-                    }
-                }
-                Step::GiveUp => {
-                    registry.mark_stuck(c);
-                }
-            }
-        }
-    }
-    (wakes + redelivered, redelivered, escalated)
+    let finished = block_on(driver::drive(
+        registry,
+        one,
+        policy(LIMIT),
+        DueRungs { hooks },
+    ));
+    let redelivered = finished.redelivered as usize;
+    let wakes = delivered + redelivered + finished.escalation_wakes as usize;
+    (wakes, redelivered, !finished.hooked.is_empty())
 }
 
 /// Proves registry invariant 3 and escalation's once-per-cell rule across
 /// ladders: a task's own ladder (`TaskMap::cancel`, one target) and the
-/// group's (`TaskGroup::shutdown`, all) run over the same stubborn task at
-/// once. The cell's re-delivery count stays within the limit, the hook runs
+/// group's (`TaskGroup::shutdown`, all), two runs of the real driver, run
+/// over the same stubborn task at once. The cell's re-delivery count stays within the limit, the hook runs
 /// once, and the task gets at most first delivery (1) + re-deliveries (at
 /// most the limit) + escalation's wake (1) library wakes in all, not per
 /// ladder; it ends as aborted.
@@ -503,7 +622,7 @@ fn two_ladders_share_one_cell() {
         let registry = Arc::new(Registry::<(), ()>::new(false));
         let (guard, _) = Registry::insert(&registry, (), None);
         let cell = guard.cell().clone();
-        let task = stubborn_task(guard, Arc::new(AtomicBool::new(false)));
+        let task = stubborn_task(guard);
         let hooks = StdArc::new(StdAtomicUsize::new(0));
         let key_ladder = {
             let (registry, cell, hooks) = (registry.clone(), cell.clone(), hooks.clone());
@@ -525,6 +644,11 @@ fn two_ladders_share_one_cell() {
         assert_eq!(hooks.load(std::sync::atomic::Ordering::Relaxed), 1);
         let redelivered = group.1 + key.1;
         assert_eq!(redelivered, cell.redeliveries() as usize);
+        assert_eq!(
+            LadderCounts::get(&registry.ladder.redeliveries),
+            redelivered as u64
+        );
+        assert_eq!(LadderCounts::get(&registry.ladder.escalations), 1);
         assert!(
             cell.redeliveries() <= KEY_REDELIVERIES,
             "{redelivered} re-deliveries over two ladders"

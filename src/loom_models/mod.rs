@@ -17,9 +17,9 @@
 //!
 //! - `tree.rs`: the scope tree (lost wakeups, shields, first reason wins);
 //! - `registry.rs`: tracked entries (done-task skipping, keyed replacement);
-//! - `ladder.rs`: the ladder's wait for quiescence and its escalation (the
-//!   task polled as `Tracked::poll`, escalated as `Tracker::escalate`), two
-//!   ladders over one task, and the negative control.
+//! - `ladder.rs`: the ladder's wait for quiescence and its escalation, the
+//!   real driver (`ladder/driver.rs`) over a step timer (the task polled as
+//!   `Tracked::poll`), two ladders over one task, and the negative control.
 
 mod ladder;
 mod registry;

@@ -1,7 +1,9 @@
 //! The shutdown ladder's tokio side: [`Tracker::shutdown`], the background
-//! ladder of a dropped group, and [`Tracker::run_ladder`], which sleeps until
-//! each rung of [`Schedule`] (or until the target ended, whichever is first)
-//! and performs it; escalation runs each hook on a thread of its own.
+//! ladder of a dropped group, and [`Tracker::run_ladder`], which runs the
+//! ladder's loop ([`driver::drive`], runtime-free) on tokio's clock
+//! ([`TokioRungs`]: one `Sleep` until each rung of
+//! [`Schedule`](crate::ladder::Schedule), and `yield_now`) and builds the
+//! [`ShutdownReport`]; escalation runs each hook on a thread of its own.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -10,17 +12,17 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::Tracker;
-use crate::ladder::{Schedule, ShutdownReport, Step, StuckTask};
-use crate::registry::{LadderCounts, Registry};
+use crate::ladder::driver::{self, Rungs};
+use crate::ladder::{ShutdownReport, StuckTask};
 use crate::scope::CancelMessage;
 use crate::sync::lock;
 use crate::task::{Stats, TaskMeta, TrackedCell, panic_message};
-use crate::wait_list::WaitKey;
 
 impl<K> Tracker<K>
 where
@@ -87,71 +89,25 @@ where
 
     /// The ladder after the first delivery: waits for the target (one task, or
     /// all) to end, re-delivering, escalating and finally reporting what is
-    /// stuck, per the policy's [`Schedule`]. Returns as soon as the target has
-    /// ended; then it holds no timer.
+    /// stuck, per the policy's [`Schedule`](crate::ladder::Schedule):
+    /// [`driver::drive`] over [`TokioRungs`]. Returns as soon as the target
+    /// has ended; then it holds no timer.
     pub(crate) async fn run_ladder(
         &self,
         one: Option<&Arc<TrackedCell>>,
         before: Stats,
     ) -> ShutdownReport {
         let start = Instant::now();
-        let mut wait = EndWait {
-            registry: &self.registry,
-            one,
-            idle_key: None,
-            ended_key: None,
+        let rungs = TokioRungs {
+            tracker: self,
+            start,
             sleep: None,
         };
-        let targets = || match one {
-            Some(c) if !c.is_ended() => vec![c.clone()],
-            Some(_) => Vec::new(),
-            None => self.registry.pending(),
-        };
-        let mut ended = false;
-        // Escalated by this ladder with a hook: reported if it has not
-        // returned when the ladder ends.
-        let mut hooked: Vec<Arc<TrackedCell>> = Vec::new();
-        for (offset, step) in Schedule::new(self.policy) {
-            if wait.until(instant_after(start, offset)).await {
-                ended = true;
-                break;
-            }
-            match step {
-                Step::Redeliver => {
-                    let n = targets()
-                        .iter()
-                        .filter(|c| c.redeliver(self.policy.max_redeliveries))
-                        .count();
-                    LadderCounts::add(&self.registry.ladder.redeliveries, n as u64);
-                }
-                Step::Escalate => {
-                    for cell in targets() {
-                        if self.escalate(&cell) {
-                            hooked.push(cell);
-                        }
-                    }
-                }
-                Step::GiveUp => {
-                    // An escalated task was woken to end as aborted: give it
-                    // one scheduling round before calling it stuck (with
-                    // `abort_grace: 0` the verdict would otherwise come
-                    // before the runtime could even poll it).
-                    tokio::task::yield_now().await;
-                    if wait.until(Instant::now()).await {
-                        ended = true;
-                    }
-                }
-            }
-        }
-        drop(wait);
-        let mut stuck = Vec::new();
-        if !ended {
-            let keyed = self.registry.pending_keyed();
-            for (cell, key) in keyed {
-                if one.is_some_and(|c| c.id != cell.id) || cell.is_ended() {
-                    continue;
-                }
-                self.registry.mark_stuck(&cell);
+        let finished = driver::drive(&self.registry, one, self.policy, rungs).await;
+        let stuck = finished
+            .stuck
+            .into_iter()
+            .map(|(cell, key)| {
                 let age = cell.meta.age();
                 let message = self.cancel_message(&cell);
                 let hook_running = cell.snapshot().is_hook_running();
@@ -167,17 +123,20 @@ where
                     "task is stuck: it outlived cancellation, escalation and abort; it stays \
                      tracked and prunes itself if it ever ends"
                 );
-                stuck.push(StuckTask {
+                StuckTask {
                     id: cell.id,
                     name: cell.meta.name().cloned(),
                     key: key.map(|k| format!("{k:?}")),
                     age,
                     location: cell.meta.location,
                     hook_running,
-                });
-            }
-        }
-        let hooks_running = hooked
+                }
+            })
+            .collect();
+        // Escalated by this ladder with a hook: reported if it has not
+        // returned when the ladder ends.
+        let hooks_running = finished
+            .hooked
             .iter()
             .filter(|c| c.snapshot().is_hook_running())
             .count() as u64;
@@ -207,18 +166,15 @@ where
             .cancel_message()
     }
 
-    /// Escalates a task, once: starts its hook, if it has one, on a thread
-    /// of its own (a panic in it is caught and logged; a hook that blocks
-    /// holds neither the ladder nor a runtime thread, and is reported while
-    /// it runs) and aborts the task: the `ESCALATED` bit makes its next poll
-    /// end it (as tokio's abort would, without keeping an `AbortHandle` per
-    /// task), and one wake brings that poll, at once, not after the hook.
-    /// Returns whether a hook was started.
-    pub(super) fn escalate(&self, cell: &Arc<TrackedCell>) -> bool {
-        if !cell.mark_escalated() {
-            return false;
-        }
-        LadderCounts::bump(&self.registry.ladder.escalations);
+    /// The tokio half of escalating a task, which [`driver::drive`] has just
+    /// marked escalated (once per cell) and wakes right after, so that its
+    /// next poll ends it as aborted (as tokio's abort would, without keeping
+    /// an `AbortHandle` per task), at once, not after the hook: logs the
+    /// escalation and starts the task's hook, if it has one, on a thread of
+    /// its own (a panic in it is caught and logged; a hook that blocks holds
+    /// neither the ladder nor a runtime thread, and is reported while it
+    /// runs). Returns whether a hook was started.
+    fn escalate(&self, cell: &Arc<TrackedCell>) -> bool {
         let meta = &cell.meta;
         let message = self.cancel_message(cell);
         tracing::warn!(
@@ -237,7 +193,6 @@ where
             cell.mark_hook_running();
             run_hook(hook, cell.clone());
         }
-        cell.schedule();
         started
     }
 }
@@ -278,58 +233,55 @@ pub(super) fn run_hook(hook: crate::task::Hook, cell: Arc<TrackedCell>) {
 
 /// `start + offset`, saturating at about 30 years from now (as tokio's own
 /// far-future sentinel), so any `Duration` of a policy is a valid rung.
-pub(super) fn instant_after(start: Instant, offset: std::time::Duration) -> Instant {
+pub(super) fn instant_after(start: Instant, offset: Duration) -> Instant {
     start
         .checked_add(offset)
         .unwrap_or_else(crate::scope::far_future)
 }
 
-// ===== waiting for the end =====
+// ===== the driver's clock =====
 
-/// Waits until the target has ended or a time, whichever is first. One timer,
-/// reset between rungs; registrations are released on drop.
-struct EndWait<'a, K: Eq + Hash + Clone> {
-    registry: &'a Registry<TaskMeta, K>,
-    one: Option<&'a Arc<TrackedCell>>,
-    idle_key: Option<WaitKey>,
-    ended_key: Option<WaitKey>,
+/// The ladder's [`Rungs`] on tokio: one timer, reset between rungs (created
+/// at the first rung the target outlives, dropped with the ladder),
+/// `yield_now` for give-up's round, and [`Tracker::escalate`].
+struct TokioRungs<'a, K: Eq + Hash + Clone> {
+    tracker: &'a Tracker<K>,
+    start: Instant,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl<K: Eq + Hash + Clone> EndWait<'_, K> {
-    /// `true` if the target ended, `false` if `at` came first. The end is
-    /// checked first, so a target that already ended costs no timer.
-    async fn until(&mut self, at: Instant) -> bool {
-        std::future::poll_fn(|cx| {
-            let ended = match self.one {
-                Some(cell) => self
-                    .registry
-                    .poll_ended(cell, cx.waker(), &mut self.ended_key),
-                None => self.registry.poll_idle(cx.waker(), &mut self.idle_key),
-            };
-            if ended.is_ready() {
-                return Poll::Ready(true);
-            }
-            let sleep = match &mut self.sleep {
-                Some(s) => {
-                    if s.deadline() != at {
-                        s.as_mut().reset(at);
-                    }
-                    s
-                }
-                none => none.insert(Box::pin(tokio::time::sleep_until(at))),
-            };
-            sleep.as_mut().poll(cx).map(|()| false)
-        })
-        .await
-    }
-}
+impl<K> Rungs<TaskMeta> for TokioRungs<'_, K>
+where
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    type Moment = Instant;
 
-impl<K: Eq + Hash + Clone> Drop for EndWait<'_, K> {
-    fn drop(&mut self) {
-        self.registry.release_idle(&mut self.idle_key);
-        if let Some(cell) = self.one {
-            self.registry.release_ended(cell.id, &mut self.ended_key);
-        }
+    fn rung(&mut self, _index: usize, offset: Duration) -> Instant {
+        instant_after(self.start, offset)
+    }
+
+    fn now(&mut self) -> Instant {
+        Instant::now()
+    }
+
+    fn poll_due(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let sleep = match &mut self.sleep {
+            Some(s) => {
+                if s.deadline() != at {
+                    s.as_mut().reset(at);
+                }
+                s
+            }
+            none => none.insert(Box::pin(tokio::time::sleep_until(at))),
+        };
+        sleep.as_mut().poll(cx)
+    }
+
+    fn escalate(&mut self, cell: &Arc<TrackedCell>) -> bool {
+        self.tracker.escalate(cell)
+    }
+
+    fn round(&mut self) -> impl Future<Output = ()> {
+        tokio::task::yield_now()
     }
 }
