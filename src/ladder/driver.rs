@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::{Schedule, ShutdownPolicy, Step};
-use crate::registry::{KeyedCell, LadderCounts, Registry, TaskCell};
+use crate::registry::{LadderCounts, LiveEntry, Registry, TaskCell};
 use crate::sync::Arc;
 use crate::wait_list::WaitKey;
 
@@ -71,7 +71,7 @@ pub(crate) struct Finished<T, K> {
     pub(crate) hooked: Vec<Arc<TaskCell<T>>>,
     /// What outlived the ladder, marked stuck, with its key; empty if the
     /// target ended.
-    pub(crate) stuck: Vec<KeyedCell<T, K>>,
+    pub(crate) stuck: Vec<LiveEntry<T, K>>,
     /// The re-deliveries this ladder made (what it added to the registry's
     /// `ladder.redeliveries`).
     #[cfg_attr(not(test), allow(dead_code, reason = "read by the tests and models"))]
@@ -160,7 +160,7 @@ where
     drop(rungs);
     if !finished.ended {
         let mut stuck = registry.pending_keyed();
-        stuck.retain(|(cell, _)| {
+        stuck.retain(|LiveEntry { cell, .. }| {
             if one.is_some_and(|c| c.id != cell.id) || cell.is_ended() {
                 return false;
             }
@@ -269,7 +269,7 @@ mod tests {
     #[test]
     fn an_ended_target_costs_no_rung() {
         let registry = Arc::new(Registry::<(), ()>::new(false));
-        let (mut guard, _) = Registry::insert(&registry, (), None);
+        let mut guard = Registry::insert(&registry, (), None).guard;
         let cell = guard.cell().clone();
         *guard.parts().2 = TaskOutcome::Completed;
         drop(guard);
@@ -285,7 +285,7 @@ mod tests {
     #[test]
     fn a_stubborn_target_is_escalated_once_and_reported_stuck() {
         let registry = Arc::new(Registry::<(), ()>::new(false));
-        let (guard, _) = Registry::insert(&registry, (), None);
+        let guard = Registry::insert(&registry, (), None).guard;
         let cell = guard.cell().clone();
         // Its first poll: delivered, ignored, parked again.
         cell.begin_poll(Waker::noop());

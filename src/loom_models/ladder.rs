@@ -372,7 +372,7 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
     assert_eq!(steps.len(), max as usize + 2, "{steps:?}");
 
     let registry = Arc::new(Registry::<(), ()>::new(false));
-    let (guard, _) = Registry::insert(&registry, (), None);
+    let guard = Registry::insert(&registry, (), None).guard;
     let cell = guard.cell().clone();
     let task = stubborn_task(guard);
 
@@ -620,7 +620,7 @@ fn two_ladders_share_one_cell() {
     check("two_ladders_share_one_cell", &seen, move || {
         tally.iteration();
         let registry = Arc::new(Registry::<(), ()>::new(false));
-        let (guard, _) = Registry::insert(&registry, (), None);
+        let guard = Registry::insert(&registry, (), None).guard;
         let cell = guard.cell().clone();
         let task = stubborn_task(guard);
         let hooks = StdArc::new(StdAtomicUsize::new(0));

@@ -10,7 +10,7 @@ use loom::thread;
 use std::sync::Arc as StdArc;
 
 use super::{CountingWaker, Seen, check};
-use crate::registry::{Registry, TaskCell, TaskOutcome};
+use crate::registry::{Inserted, Registry, TaskCell, TaskOutcome};
 use crate::sync::{Arc, Ordering};
 
 /// A canceller's pass, as the deliverer and a re-delivery rung: snapshot,
@@ -56,7 +56,7 @@ fn cancel_races_task_completion() {
     check("cancel_races_task_completion", &seen, move || {
         tally.iteration();
         let registry = Arc::new(Registry::<(), ()>::new(false));
-        let (mut guard, _) = Registry::insert(&registry, (), None);
+        let mut guard = Registry::insert(&registry, (), None).guard;
         let cell = guard.cell().clone();
         let counting = CountingWaker::new(Waker::noop());
         let ended = Arc::new(AtomicBool::new(false));
@@ -120,11 +120,14 @@ fn replace_races_old_completion() {
     check("replace_races_old_completion", &seen, move || {
         tally.iteration();
         let registry = Arc::new(Registry::<(), u8>::new(false));
-        let (old, _) = Registry::insert(&registry, (), Some(7));
+        let old = Registry::insert(&registry, (), Some(7)).guard;
         let old_cell = old.cell().clone();
         let old_task = thread::spawn(move || drop(old));
 
-        let (new, replaced) = Registry::insert(&registry, (), Some(7));
+        let Inserted {
+            guard: new,
+            replaced,
+        } = Registry::insert(&registry, (), Some(7));
         let mapped = registry.get(&7).expect("the new task is under its key");
         assert!(Arc::ptr_eq(&mapped, new.cell()));
         match &replaced {
@@ -182,7 +185,7 @@ fn redelivery_races_poll(ends: bool, seen: &Seen) {
     const LIMIT: u32 = 2;
     seen.iteration();
     let registry = Arc::new(Registry::<(), ()>::new(false));
-    let (mut guard, _) = Registry::insert(&registry, (), None);
+    let mut guard = Registry::insert(&registry, (), None).guard;
     let cell = guard.cell().clone();
     // Polled once and parked, then the first delivery wakes it.
     assert!(!cell.begin_poll(Waker::noop()).delivered);
@@ -270,7 +273,7 @@ fn redelivery_races_the_poll_that_parks_again() {
 fn join_waiters(seen: &Seen) {
     seen.iteration();
     let registry = Arc::new(Registry::<(), ()>::new(false));
-    let (first, _) = Registry::insert(&registry, (), None);
+    let first = Registry::insert(&registry, (), None).guard;
     let (wa, wb) = (
         CountingWaker::new(Waker::noop()),
         CountingWaker::new(Waker::noop()),
@@ -286,7 +289,7 @@ fn join_waiters(seen: &Seen) {
         thread::spawn(move || {
             drop(first);
             idle_seen.store(true, Ordering::SeqCst);
-            let (respawned, _) = Registry::insert(&registry, (), None);
+            let respawned = Registry::insert(&registry, (), None).guard;
             let mut b_key = None;
             assert!(registry.poll_idle(&wb_waker, &mut b_key).is_pending());
             b_parked.store(true, Ordering::SeqCst);

@@ -107,5 +107,5 @@ pub(crate) use crate::task::{TaskId, TaskOutcome};
 pub(crate) use cell::TaskCell;
 pub(crate) use counts::LadderCounts;
 pub(crate) use guard::{EntryGuard, HoldsRegistry};
-pub(crate) use set::Registry;
+pub(crate) use set::{Inserted, LiveEntry, Registry};
 pub(crate) use state::Watch;

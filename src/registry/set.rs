@@ -20,11 +20,22 @@ use crate::wait_list::{WaitKey, WaitList};
 /// without cloning the user's value (a `std` `Arc`: keys are not modelled).
 pub(crate) type SharedKey<K> = std::sync::Arc<K>;
 
-/// A new task's guard, and the task that held its key before (still alive).
-pub(crate) type Inserted<T, K, O> = (EntryGuard<T, K, O>, Option<Arc<TaskCell<T>>>);
+/// What [`Registry::insert_as`] gives back.
+#[derive(Debug)]
+pub(crate) struct Inserted<T, K: Eq + Hash + Clone, O: HoldsRegistry<T, K>> {
+    /// The new task's guard, for its tracked future.
+    pub(crate) guard: EntryGuard<T, K, O>,
+    /// The task that held the key before, still alive and tracked: its
+    /// owner cancels it.
+    pub(crate) replaced: Option<Arc<TaskCell<T>>>,
+}
 
 /// A live task with its key, as [`Registry::pending_keyed`] lists them.
-pub(crate) type KeyedCell<T, K> = (Arc<TaskCell<T>>, Option<SharedKey<K>>);
+#[derive(Debug)]
+pub(crate) struct LiveEntry<T, K> {
+    pub(crate) cell: Arc<TaskCell<T>>,
+    pub(crate) key: Option<SharedKey<K>>,
+}
 
 // ===== impl Registry =====
 
@@ -177,7 +188,7 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
             slot: slot32,
             outcome: TaskOutcome::Aborted,
         };
-        (guard, replaced)
+        Inserted { guard, replaced }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -200,12 +211,15 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
     }
 
     /// The live tasks with their keys.
-    pub(crate) fn pending_keyed(&self) -> Vec<KeyedCell<T, K>> {
+    pub(crate) fn pending_keyed(&self) -> Vec<LiveEntry<T, K>> {
         let inner = lock(&self.inner);
         inner
             .entries
             .iter()
-            .map(|(_, e)| (e.cell.clone(), e.key.clone()))
+            .map(|(_, e)| LiveEntry {
+                cell: e.cell.clone(),
+                key: e.key.clone(),
+            })
             .collect()
     }
 

@@ -13,7 +13,7 @@ fn registry() -> Arc<Registry<(), &'static str>> {
 #[test]
 fn a_task_ending_while_delivery_is_in_flight_is_skipped() {
     let reg = registry();
-    let (guard, _) = Registry::insert(&reg, (), None);
+    let guard = Registry::insert(&reg, (), None).guard;
     let snapshot = reg.pending(); // the canceller's view
     let cell = guard.cell().clone();
     cell.begin_poll(std::task::Waker::noop()); // polled: deliverable
@@ -28,7 +28,7 @@ fn a_task_ending_while_delivery_is_in_flight_is_skipped() {
 #[test]
 fn a_scheduled_task_is_not_woken_again_and_redelivery_is_capped() {
     let reg = registry();
-    let (guard, _) = Registry::insert(&reg, (), None);
+    let guard = Registry::insert(&reg, (), None).guard;
     let cell = guard.cell().clone();
     assert!(!cell.schedule(), "never polled: already scheduled");
     assert!(!cell.deliver(), "never polled: the delivery needs no wake");
@@ -46,7 +46,7 @@ fn a_scheduled_task_is_not_woken_again_and_redelivery_is_capped() {
 #[test]
 fn only_a_task_that_parked_after_the_delivery_is_redelivered_to() {
     let reg = registry();
-    let (guard, _) = Registry::insert(&reg, (), None);
+    let guard = Registry::insert(&reg, (), None).guard;
     let cell = guard.cell().clone();
     // Polled and parked before any delivery.
     assert!(!cell.begin_poll(std::task::Waker::noop()).delivered);
@@ -75,7 +75,7 @@ fn every_library_wake_of_a_cell_is_bounded_by_the_limit_plus_three() {
     let count = std::sync::Arc::new(Count(StdAtomic::new(0)));
     let waker = Waker::from(count.clone());
     let reg = registry();
-    let (guard, _) = Registry::insert(&reg, (), None);
+    let guard = Registry::insert(&reg, (), None).guard;
     let cell = guard.cell().clone();
     let park = || {
         let start = cell.begin_poll(&waker);
@@ -150,9 +150,15 @@ fn every_watch_reads_back_as_written_and_leaves_the_flags_clear() {
 #[test]
 fn an_old_entry_never_removes_the_newer_one_under_its_key() {
     let reg = registry();
-    let (old, replaced) = Registry::insert(&reg, (), Some("k"));
+    let Inserted {
+        guard: old,
+        replaced,
+    } = Registry::insert(&reg, (), Some("k"));
     assert!(replaced.is_none());
-    let (new, replaced) = Registry::insert(&reg, (), Some("k"));
+    let Inserted {
+        guard: new,
+        replaced,
+    } = Registry::insert(&reg, (), Some("k"));
     assert_eq!(replaced.map(|c| c.id), Some(old.cell().id));
     drop(old);
     assert_eq!(reg.get(&"k").map(|c| c.id), Some(new.cell().id));
@@ -173,8 +179,8 @@ fn idle_and_ended_waiters_are_woken_once_by_the_end() {
     let count = std::sync::Arc::new(Count(StdAtomic::new(0)));
     let waker = std::task::Waker::from(count.clone());
     let reg = registry();
-    let (a, _) = Registry::insert(&reg, (), None);
-    let (b, _) = Registry::insert(&reg, (), None);
+    let a = Registry::insert(&reg, (), None).guard;
+    let b = Registry::insert(&reg, (), None).guard;
     let (mut idle, mut ended) = (None, None);
     assert!(reg.poll_idle(&waker, &mut idle).is_pending());
     assert!(reg.poll_ended(a.cell(), &waker, &mut ended).is_pending());

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::Tracker;
 use crate::ladder::driver::{self, Rungs};
 use crate::ladder::{ShutdownReport, StuckTask};
+use crate::registry::LiveEntry;
 use crate::scope::CancelMessage;
 use crate::sync::lock;
 use crate::task::{Stats, TaskMeta, TrackedCell, panic_message};
@@ -107,7 +108,7 @@ where
         let stuck = finished
             .stuck
             .into_iter()
-            .map(|(cell, key)| {
+            .map(|LiveEntry { cell, key }| {
                 let age = cell.meta.age();
                 let message = self.cancel_message(&cell);
                 let hook_running = cell.snapshot().is_hook_running();

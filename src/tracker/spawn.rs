@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::Tracker;
 use super::tracked::Tracked;
-use crate::registry::{Registry, TaskId, Watch};
+use crate::registry::{Inserted, Registry, TaskId, Watch};
 use crate::scope::CancelScope;
 use crate::task::{Mode, SpawnError, TaskHandle, TaskMeta, TaskOptions};
 
@@ -75,7 +75,7 @@ where
         // a key's ladder), for an abort, which cancels it (see `Tracked`),
         // and for `Watch::Own`.
         let meta = TaskMeta::new(Instant::now(), location, own_scope, name, hook, span);
-        let (guard, replaced) = Registry::insert_as(self, id, watch, meta, key);
+        let Inserted { guard, replaced } = Registry::insert_as(self, id, watch, meta, key);
         let cell = guard.cell().clone();
         // After the insertion, SeqCst: see `disarm_deliverer`.
         if !self.deliverer_armed.load(Ordering::SeqCst) {
