@@ -61,6 +61,10 @@ pub(crate) trait Rungs<T> {
     /// One scheduling round before the give-up verdict, so that an escalated
     /// task can be polled and end (tokio: `yield_now`).
     fn round(&mut self) -> impl Future<Output = ()>;
+
+    /// The ladder is over (the target ended or the give-up rung came): let
+    /// go of the clock (tokio: the timer), before the stuck are marked.
+    fn release(&mut self);
 }
 
 /// How a ladder ended, for the caller's report.
@@ -83,13 +87,16 @@ pub(crate) struct Finished<T, K> {
 
 /// Runs the ladder over the target (`one` task, or every task of `registry`)
 /// after the first delivery, per `policy`'s [`Schedule`], with `rungs`'
-/// clock; returns as soon as the target has ended. `rungs` is dropped (its
+/// clock; returns as soon as the target has ended. `rungs` is released (its
 /// timer with it) before the stuck are marked, as the registrations are.
+/// Both are borrowed: an `async fn` keeps its by-value arguments in its
+/// state twice (rust-lang/rust#62958), and this future lives inside every
+/// per-task ladder's spawned task.
 pub(crate) async fn drive<T, K, R>(
     registry: &Registry<T, K>,
     one: Option<&Arc<TaskCell<T>>>,
-    policy: ShutdownPolicy,
-    mut rungs: R,
+    policy: &ShutdownPolicy,
+    rungs: &mut R,
 ) -> Finished<T, K>
 where
     K: Eq + Hash + Clone,
@@ -113,9 +120,9 @@ where
         redelivered: 0,
         escalation_wakes: 0,
     };
-    for (index, (offset, step)) in Schedule::new(policy).enumerate() {
+    for (index, (offset, step)) in Schedule::new(*policy).enumerate() {
         let at = rungs.rung(index, offset);
-        if wait.until(&mut rungs, at).await {
+        if wait.until(rungs, at).await {
             finished.ended = true;
             break;
         }
@@ -150,14 +157,14 @@ where
                 // the runtime could even poll it).
                 rungs.round().await;
                 let now = rungs.now();
-                if wait.until(&mut rungs, now).await {
+                if wait.until(rungs, now).await {
                     finished.ended = true;
                 }
             }
         }
     }
     drop(wait);
-    drop(rungs);
+    rungs.release();
     if !finished.ended {
         let mut stuck = registry.pending_keyed();
         stuck.retain(|LiveEntry { cell, .. }| {
@@ -247,6 +254,8 @@ mod tests {
         async fn round(&mut self) {
             self.rounds += 1;
         }
+
+        fn release(&mut self) {}
     }
 
     /// Runs `drive` to the end in one poll, as rungs always due allow.
@@ -256,7 +265,8 @@ mod tests {
         rungs: &mut Due,
     ) -> Finished<T, K> {
         let policy = ShutdownPolicy::default();
-        let mut ladder = pin!(drive(registry, one, policy, rungs));
+        let mut rungs = rungs;
+        let mut ladder = pin!(drive(registry, one, &policy, &mut rungs));
         match ladder
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()))

@@ -215,10 +215,8 @@ impl Rungs<()> for StepRungs<'_> {
     }
 
     async fn round(&mut self) {}
-}
 
-impl Drop for StepRungs<'_> {
-    fn drop(&mut self) {
+    fn release(&mut self) {
         self.timer.waker.take();
     }
 }
@@ -268,7 +266,9 @@ fn parked_ladder(
         Target::All => None,
         Target::One => Some(cell),
     };
-    let mut ladder = pin!(driver::drive(registry, one, policy(max), rungs));
+    let mut rungs = rungs;
+    let policy = policy(max);
+    let mut ladder = pin!(driver::drive(registry, one, &policy, &mut rungs));
     let mut polls = 0;
     let mut own: Option<(StdArc<CountingWaker>, Waker)> = None;
     let (finished, parked) = block_on(std::future::poll_fn(|cx| {
@@ -568,6 +568,8 @@ impl Rungs<()> for DueRungs<'_> {
     }
 
     async fn round(&mut self) {}
+
+    fn release(&mut self) {}
 }
 
 /// One ladder that fires its rungs back to back (its timers already
@@ -591,8 +593,8 @@ fn unparked_ladder(
     let finished = block_on(driver::drive(
         registry,
         one,
-        policy(LIMIT),
-        DueRungs { hooks },
+        &policy(LIMIT),
+        &mut DueRungs { hooks },
     ));
     let redelivered = finished.redelivered as usize;
     let wakes = delivered + redelivered + finished.escalation_wakes as usize;

@@ -101,7 +101,7 @@ where
         }
         let (shared, cell) = (self.clone(), cell.clone());
         tokio::spawn(async move {
-            shared.run_ladder(Some(&cell), Stats::default()).await;
+            shared.run_ladder(Some(&cell), &Stats::default()).await;
         });
     }
 
@@ -117,7 +117,7 @@ where
         let rt = self.runtime()?;
         let shared = self.clone();
         Some(rt.spawn(async move {
-            shared.run_ladder(Some(&cell), Stats::default()).await;
+            shared.run_ladder(Some(&cell), &Stats::default()).await;
             cell.outcome()
         }))
     }

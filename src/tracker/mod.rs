@@ -119,6 +119,7 @@ where
         self.registry.len()
     }
 
+    #[inline]
     pub(crate) fn stats(&self) -> Stats {
         let c = &self.registry.ladder;
         let t = self.registry.task_counts();

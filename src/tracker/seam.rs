@@ -15,6 +15,7 @@
 use std::any::Any;
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::Tracker;
@@ -38,7 +39,14 @@ pub(crate) trait Extension: Any + Send + Sync {
 /// `Arc` under the lock (the layer's, not a user's value), and the counters
 /// are read after it.
 #[derive(Default)]
-pub(crate) struct Extensions(Mutex<Vec<Arc<dyn Extension>>>);
+pub(crate) struct Extensions {
+    all: Mutex<Vec<Arc<dyn Extension>>>,
+    /// Whether any is attached, read without the lock: every ladder's report
+    /// reads the stats, and a tracker without a feature layer (most) must
+    /// not pay a lock for that. Release/Acquire: a reader that sees `true`
+    /// finds the extension under the lock.
+    any: AtomicBool,
+}
 
 impl Extensions {
     /// The tracker's extension of type `E`, attached by `make` on first use.
@@ -47,7 +55,7 @@ impl Extensions {
         expect(dead_code, reason = "only feature layers attach extensions")
     )]
     pub(crate) fn get_or_attach<E: Extension>(&self, make: impl FnOnce() -> E) -> Arc<E> {
-        let mut all = lock(&self.0);
+        let mut all = lock(&self.all);
         let found = all.iter().find_map(|e| {
             let any: Arc<dyn Any + Send + Sync> = e.clone();
             any.downcast::<E>().ok()
@@ -55,13 +63,17 @@ impl Extensions {
         found.unwrap_or_else(|| {
             let new = Arc::new(make());
             all.push(new.clone());
+            self.any.store(true, Ordering::Release);
             new
         })
     }
 
     /// Adds every extension's counters to `stats`.
     pub(crate) fn add_to(&self, stats: &mut Stats) {
-        let all: Vec<Arc<dyn Extension>> = lock(&self.0).clone();
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
+        let all: Vec<Arc<dyn Extension>> = lock(&self.all).clone();
         for e in all {
             e.add_to(stats);
         }
@@ -71,7 +83,7 @@ impl Extensions {
 impl Debug for Extensions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Extensions")
-            .field("attached", &lock(&self.0).len())
+            .field("attached", &lock(&self.all).len())
             .finish()
     }
 }
