@@ -209,9 +209,7 @@ impl Rungs<()> for StepRungs<'_> {
     }
 
     fn escalate(&mut self, _: &Arc<TaskCell<()>>) -> bool {
-        self.hooks
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        true
+        run_hook(self.hooks)
     }
 
     async fn round(&mut self) {}
@@ -219,6 +217,13 @@ impl Rungs<()> for StepRungs<'_> {
     fn release(&mut self) {
         self.timer.waker.take();
     }
+}
+
+/// Both model clocks' escalation hook: counts that it ran; a hook was
+/// started.
+fn run_hook(hooks: &StdAtomicUsize) -> bool {
+    hooks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    true
 }
 
 /// How the ladder ended.
@@ -562,9 +567,7 @@ impl Rungs<()> for DueRungs<'_> {
     }
 
     fn escalate(&mut self, _: &Arc<TaskCell<()>>) -> bool {
-        self.hooks
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        true
+        run_hook(self.hooks)
     }
 
     async fn round(&mut self) {}
