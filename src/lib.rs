@@ -275,4 +275,4 @@ pub use process::{
     ProcessPolicy, ProcessStats, ReapReport, ScopedChild, process_stats, reap_orphans,
 };
 #[cfg(not(loom))]
-pub use task::{SpawnError, Stats, TaskError, TaskHandle};
+pub use task::{AbortOnDropHandle, SpawnError, Stats, TaskAbortHandle, TaskError, TaskHandle};

@@ -16,6 +16,10 @@ pub(crate) enum Watch {
     Own = 1,
     /// None: the task was handed its scope and decides (cooperative).
     Nothing = 2,
+    /// A blocking closure (`spawn_blocking`): never polled, so never woken
+    /// nor re-delivered to; its scope, if it has one, is its delivery, and
+    /// it cannot be aborted once it runs (DESIGN property 10).
+    Blocking = 3,
 }
 
 // ===== the state word =====
@@ -118,8 +122,14 @@ impl Snapshot {
         match (self.0 & WATCH_MASK) >> WATCH_SHIFT {
             0 => Watch::Tracker,
             1 => Watch::Own,
-            _ => Watch::Nothing,
+            2 => Watch::Nothing,
+            _ => Watch::Blocking,
         }
+    }
+
+    /// Whether the task is a blocking closure ([`Watch::Blocking`]).
+    pub(crate) fn is_blocking(self) -> bool {
+        self.watch() == Watch::Blocking
     }
 
     /// Re-deliveries made so far.

@@ -137,7 +137,7 @@ fn a_redelivery_count_holds_every_u32_and_leaves_the_flags_alone() {
 
 #[test]
 fn every_watch_reads_back_as_written_and_leaves_the_flags_clear() {
-    for watch in [Watch::Tracker, Watch::Own, Watch::Nothing] {
+    for watch in [Watch::Tracker, Watch::Own, Watch::Nothing, Watch::Blocking] {
         let s = Snapshot::new(watch);
         assert_eq!(s.watch(), watch);
         assert_eq!(s.0 & !WATCH_MASK, SCHEDULED, "{s:?}");

@@ -113,24 +113,41 @@ impl<T> TaskHandle<T> {
     /// # }
     /// ```
     pub fn cancel(&self) {
-        let Some(cell) = self.cell.upgrade() else {
-            return; // ended, and nothing refers to it any more
-        };
-        // The request is a bit on the task's cell, seen by the task's next
-        // poll: a plain task ends there as cancelled; a task with a scope of
-        // its own has it cancelled here, and its next poll starts the ladder
-        // (re-delivery, escalation, stuck) from inside the task, where the
-        // tracker is at hand.
-        if !cell.request_cancel() {
-            return; // ended, or already requested
+        cancel_one(&self.cell);
+    }
+
+    /// A handle that can abort or cancel this task but not await it: `Clone`,
+    /// `Send` and `Sync`, as tokio's `JoinHandle::abort_handle`.
+    #[must_use]
+    pub fn abort_handle(&self) -> TaskAbortHandle {
+        TaskAbortHandle {
+            id: self.id,
+            abort: self.join.abort_handle(),
+            cell: self.cell.clone(),
         }
-        if let Some(scope) = &cell.meta.scope {
-            scope.cancel();
-        }
-        // The first delivery, or, for a task that another cancel (its group's,
-        // an enclosing scope's deadline) already reached and that parked
-        // since, one more wake: either way the poll that starts its ladder.
-        cell.deliver_or_schedule();
+    }
+
+    /// This handle, made to abort the task when dropped, as tokio-util's
+    /// `AbortOnDropHandle`: for a task whose result nobody else wants once
+    /// its owner is gone. Awaiting it is awaiting this handle.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::TaskGroup;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::new();
+    /// let guard = group.spawn(std::future::pending::<()>()).abort_on_drop();
+    /// drop(guard);
+    /// group.join().await.unwrap(); // the task was aborted, and pruned
+    /// assert_eq!(group.stats().aborted, 1);
+    /// # }
+    /// ```
+    #[must_use = "dropping an AbortOnDropHandle aborts the task at once"]
+    pub fn abort_on_drop(self) -> AbortOnDropHandle<T> {
+        AbortOnDropHandle { handle: self }
     }
 
     /// Whether the task has ended.
@@ -138,6 +155,28 @@ impl<T> TaskHandle<T> {
     pub fn is_finished(&self) -> bool {
         self.join.is_finished()
     }
+}
+
+/// [`TaskHandle::cancel`]'s work, shared with [`TaskAbortHandle::cancel`].
+fn cancel_one(cell: &Weak<TrackedCell>) {
+    let Some(cell) = cell.upgrade() else {
+        return; // ended, and nothing refers to it any more
+    };
+    // The request is a bit on the task's cell, seen by the task's next
+    // poll: a plain task ends there as cancelled; a task with a scope of
+    // its own has it cancelled here, and its next poll starts the ladder
+    // (re-delivery, escalation, stuck) from inside the task, where the
+    // tracker is at hand.
+    if !cell.request_cancel() {
+        return; // ended, or already requested
+    }
+    if let Some(scope) = &cell.meta.scope {
+        scope.cancel();
+    }
+    // The first delivery, or, for a task that another cancel (its group's,
+    // an enclosing scope's deadline) already reached and that parked
+    // since, one more wake: either way the poll that starts its ladder.
+    cell.deliver_or_schedule();
 }
 
 impl<T> Future for TaskHandle<T> {
@@ -158,6 +197,136 @@ impl<T> Debug for TaskHandle<T> {
         f.debug_struct("TaskHandle")
             .field("id", &self.id)
             .field("finished", &self.join.is_finished())
+            .finish()
+    }
+}
+
+// ===== impl TaskAbortHandle =====
+
+/// Aborts or cancels one tracked task without awaiting it; from
+/// [`TaskHandle::abort_handle`], or [`TaskSet::spawn`](crate::TaskSet::spawn).
+/// `Clone`, `Send` and `Sync`, as tokio's `AbortHandle`, so a supervisor can
+/// keep one per task while the task's output goes elsewhere.
+///
+/// # Examples
+///
+/// ```
+/// use cancel_scope::{TaskError, TaskGroup};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let group = TaskGroup::new();
+/// let handle = group.spawn(std::future::pending::<()>());
+/// let abort = handle.abort_handle();
+/// std::thread::spawn(move || abort.abort()).join().unwrap();
+/// assert!(matches!(handle.await, Err(TaskError::Aborted)));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct TaskAbortHandle {
+    id: TaskId,
+    abort: tokio::task::AbortHandle,
+    cell: Weak<TrackedCell>,
+}
+
+impl TaskAbortHandle {
+    /// The task's id.
+    #[must_use]
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// As [`TaskHandle::abort`]: the task's future is dropped at its next
+    /// await, with no grace. A blocking closure that has started cannot be
+    /// aborted (as tokio's); one not yet started never runs.
+    pub fn abort(&self) {
+        self.abort.abort();
+    }
+
+    /// As [`TaskHandle::cancel`]: this task alone is cancelled, and its
+    /// ladder runs by its group's policy.
+    pub fn cancel(&self) {
+        cancel_one(&self.cell);
+    }
+
+    /// Whether the task has ended.
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        self.abort.is_finished()
+    }
+}
+
+impl Debug for TaskAbortHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskAbortHandle")
+            .field("id", &self.id)
+            .field("finished", &self.abort.is_finished())
+            .finish()
+    }
+}
+
+// ===== impl AbortOnDropHandle =====
+
+/// A [`TaskHandle`] that aborts its task when dropped, as tokio-util's
+/// `AbortOnDropHandle`; from [`TaskHandle::abort_on_drop`]. Awaiting it
+/// gives the task's result, as the handle does.
+///
+/// # Cancel safety
+///
+/// Awaiting is cancel safe; dropping the handle (not the `await`) aborts.
+#[must_use = "dropping an AbortOnDropHandle aborts the task at once"]
+pub struct AbortOnDropHandle<T> {
+    handle: TaskHandle<T>,
+}
+
+impl<T> AbortOnDropHandle<T> {
+    /// The task's id.
+    #[must_use]
+    pub fn id(&self) -> TaskId {
+        self.handle.id()
+    }
+
+    /// Aborts the task now; see [`TaskHandle::abort`].
+    pub fn abort(&self) {
+        self.handle.abort();
+    }
+
+    /// Cancels the task alone; see [`TaskHandle::cancel`].
+    pub fn cancel(&self) {
+        self.handle.cancel();
+    }
+
+    /// Whether the task has ended.
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// A clonable [`TaskAbortHandle`] for the same task.
+    #[must_use]
+    pub fn abort_handle(&self) -> TaskAbortHandle {
+        self.handle.abort_handle()
+    }
+}
+
+impl<T> Drop for AbortOnDropHandle<T> {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+impl<T> Future for AbortOnDropHandle<T> {
+    type Output = Result<T, TaskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.handle).poll(cx)
+    }
+}
+
+impl<T> Debug for AbortOnDropHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("AbortOnDropHandle")
+            .field(&self.handle)
             .finish()
     }
 }

@@ -22,7 +22,7 @@ pub(crate) use error::panic_message;
 #[cfg(not(loom))]
 pub use error::{SpawnError, TaskError};
 #[cfg(not(loom))]
-pub use handle::TaskHandle;
+pub use handle::{AbortOnDropHandle, TaskAbortHandle, TaskHandle};
 #[cfg(not(loom))]
 pub(crate) use meta::{Hook, Mode, TaskMeta, TaskOptions, TrackedCell};
 #[cfg(not(loom))]

@@ -120,7 +120,8 @@ where
                 .as_ref()
                 .filter(|s| s.is_cancelled())
                 .map(Cancelled::of),
-            Watch::Nothing => None,
+            // A blocking closure is never polled as a future.
+            Watch::Nothing | Watch::Blocking => None,
         };
         if let Some(cancelled) = cancelled {
             *outcome = TaskOutcome::Cancelled;
