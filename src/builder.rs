@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::scope::CancelScope;
 use crate::task::{Mode, SpawnError, TaskHandle, TaskOptions};
-use crate::tracker::{Tracker, Tracks};
+use crate::tracker::{Place, Tracker, Tracks};
 
 // ===== impl TaskBuilder =====
 
@@ -61,6 +61,7 @@ where
                 key,
                 name: None,
                 hook: None,
+                begin_ladder: None,
             },
         }
     }
@@ -103,12 +104,7 @@ where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        match self.try_spawn(fut) {
-            Ok(handle) => handle,
-            Err(e) => {
-                panic!("cancel_scope: cannot spawn: {e} (try_spawn returns this as an error)")
-            }
-        }
+        or_panic(self.try_spawn(fut))
     }
 
     /// As [`spawn`](Self::spawn), returning an error instead of panicking.
@@ -123,7 +119,8 @@ where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.tracker.spawn(self.opts, Mode::Drop, |_| fut)
+        self.tracker
+            .spawn(self.opts, Mode::Drop, Place::Current, |_| fut)
     }
 
     /// Spawns `f(scope)`: the task gets its own child scope and decides how to
@@ -141,12 +138,7 @@ where
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        match self.try_spawn_with_scope(f) {
-            Ok(handle) => handle,
-            Err(e) => {
-                panic!("cancel_scope: cannot spawn: {e} (try_spawn returns this as an error)")
-            }
-        }
+        or_panic(self.try_spawn_with_scope(f))
     }
 
     /// As [`spawn_with_scope`](Self::spawn_with_scope), returning an error
@@ -163,9 +155,183 @@ where
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        self.tracker.spawn(self.opts, Mode::Cooperative, |scope| {
-            f(scope.expect("cooperative tasks get their own scope"))
+        self.tracker
+            .spawn(self.opts, Mode::Cooperative, Place::Current, |scope| {
+                f(scope.expect("cooperative tasks get their own scope"))
+            })
+    }
+    /// Spawns `fut` on the runtime of `handle` instead of the current one,
+    /// from anywhere (a plain thread, another runtime), as
+    /// `Handle::spawn` / `JoinSet::spawn_on`; otherwise as
+    /// [`spawn`](Self::spawn). See
+    /// [`TaskGroup::spawn_on`](crate::TaskGroup::spawn_on).
+    ///
+    /// # Panics
+    ///
+    /// On a closed group or map; see [`try_spawn_on`](Self::try_spawn_on).
+    #[track_caller]
+    pub fn spawn_on<F>(self, fut: F, handle: &tokio::runtime::Handle) -> TaskHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        or_panic(self.try_spawn_on(fut, handle))
+    }
+
+    /// As [`spawn_on`](Self::spawn_on), returning an error instead of
+    /// panicking.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::Closed`] on a closed group or map; nothing is tracked.
+    #[track_caller]
+    pub fn try_spawn_on<F>(
+        self,
+        fut: F,
+        handle: &tokio::runtime::Handle,
+    ) -> Result<TaskHandle<F::Output>, SpawnError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tracker
+            .spawn(self.opts, Mode::Drop, Place::On(handle), |_| fut)
+    }
+
+    /// Spawns a `!Send` future on the current `LocalSet` or local runtime,
+    /// as `tokio::task::spawn_local`; otherwise as [`spawn`](Self::spawn).
+    /// See [`TaskGroup::spawn_local`](crate::TaskGroup::spawn_local).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime or on a closed group or map (see
+    /// [`try_spawn_local`](Self::try_spawn_local)), and, as tokio's
+    /// `spawn_local`, inside a runtime but outside a `LocalSet` or local
+    /// runtime (the task is then not tracked).
+    #[track_caller]
+    pub fn spawn_local<F>(self, fut: F) -> TaskHandle<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        or_panic(self.try_spawn_local(fut))
+    }
+
+    /// As [`spawn_local`](Self::spawn_local), returning an error instead of
+    /// panicking for the two errors below.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::NoRuntime`] outside a tokio runtime,
+    /// [`SpawnError::Closed`] on a closed group or map; nothing is tracked.
+    ///
+    /// # Panics
+    ///
+    /// As tokio's `spawn_local`, inside a runtime but outside a `LocalSet`
+    /// or local runtime.
+    #[track_caller]
+    pub fn try_spawn_local<F>(self, fut: F) -> Result<TaskHandle<F::Output>, SpawnError>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.tracker.spawn_local(self.opts, Mode::Drop, |_| fut)
+    }
+
+    /// As [`spawn_with_scope`](Self::spawn_with_scope), for a `!Send` future
+    /// on the current `LocalSet` or local runtime. See
+    /// [`spawn_local`](Self::spawn_local) for its panics.
+    #[track_caller]
+    pub fn spawn_local_with_scope<F, Fut>(self, f: F) -> TaskHandle<Fut::Output>
+    where
+        F: FnOnce(CancelScope) -> Fut,
+        Fut: Future + 'static,
+        Fut::Output: 'static,
+    {
+        let spawned = self
+            .tracker
+            .spawn_local(self.opts, Mode::Cooperative, |scope| {
+                f(scope.expect("cooperative tasks get their own scope"))
+            });
+        or_panic(spawned)
+    }
+
+    /// Runs the blocking closure `f` on tokio's blocking pool, as
+    /// `tokio::task::spawn_blocking`, tracked until it returns. See
+    /// [`TaskGroup::spawn_blocking`](crate::TaskGroup::spawn_blocking).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime or on a closed group or map; see
+    /// [`try_spawn_blocking`](Self::try_spawn_blocking).
+    #[track_caller]
+    pub fn spawn_blocking<F, R>(self, f: F) -> TaskHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        or_panic(self.try_spawn_blocking(f))
+    }
+
+    /// As [`spawn_blocking`](Self::spawn_blocking), returning an error
+    /// instead of panicking.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::NoRuntime`] outside a tokio runtime,
+    /// [`SpawnError::Closed`] on a closed group or map; `f` never runs.
+    #[track_caller]
+    pub fn try_spawn_blocking<F, R>(self, f: F) -> Result<TaskHandle<R>, SpawnError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.tracker.spawn_blocking(self.opts, false, move |_| f())
+    }
+
+    /// Runs the blocking closure `f(scope)` on tokio's blocking pool with the
+    /// task's own child scope, which it polls
+    /// ([`is_cancelled`](CancelScope::is_cancelled) is lock-free). See
+    /// [`TaskGroup::spawn_blocking_with_scope`](crate::TaskGroup::spawn_blocking_with_scope).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime or on a closed group or map; see
+    /// [`try_spawn_blocking_with_scope`](Self::try_spawn_blocking_with_scope).
+    #[track_caller]
+    pub fn spawn_blocking_with_scope<F, R>(self, f: F) -> TaskHandle<R>
+    where
+        F: FnOnce(CancelScope) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        or_panic(self.try_spawn_blocking_with_scope(f))
+    }
+
+    /// As [`spawn_blocking_with_scope`](Self::spawn_blocking_with_scope),
+    /// returning an error instead of panicking.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::NoRuntime`] outside a tokio runtime,
+    /// [`SpawnError::Closed`] on a closed group or map; `f` never runs.
+    #[track_caller]
+    pub fn try_spawn_blocking_with_scope<F, R>(self, f: F) -> Result<TaskHandle<R>, SpawnError>
+    where
+        F: FnOnce(CancelScope) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.tracker.spawn_blocking(self.opts, true, move |scope| {
+            f(scope.expect("blocking tasks with a scope get their own"))
         })
+    }
+}
+
+/// A spawn's error as the panic of the `spawn*` functions, naming the fix.
+#[track_caller]
+fn or_panic<T>(spawned: Result<T, SpawnError>) -> T {
+    match spawned {
+        Ok(handle) => handle,
+        Err(e) => panic!("cancel_scope: cannot spawn: {e} (try_spawn returns this as an error)"),
     }
 }
 

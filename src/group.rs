@@ -245,6 +245,177 @@ impl TaskGroup {
         self.build_task().try_spawn_with_scope(f)
     }
 
+    /// Runs the blocking closure `f` on tokio's blocking pool, as
+    /// `tokio::task::spawn_blocking` (and `JoinSet::spawn_blocking`), tracked
+    /// until it returns: [`len`](Self::len) counts it and
+    /// [`shutdown`](Self::shutdown) waits for it, however long it runs.
+    ///
+    /// Blocking code cannot be aborted. A cancel that comes before `f` starts
+    /// skips it ([`TaskError::Cancelled`]); once it runs, the group's ladder
+    /// runs its escalation hook at `grace` and, if `f` has still not returned
+    /// after `abort_grace`, reports it stuck (never counted as ended); it
+    /// prunes itself when it returns. A closure that should stop early takes
+    /// a scope: [`spawn_blocking_with_scope`](Self::spawn_blocking_with_scope).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime or on a [closed](Self::close) group, with a
+    /// message naming the fix; [`TaskBuilder::try_spawn_blocking`] returns an
+    /// error instead. A panic in `f` is caught: its handle gives
+    /// [`TaskError::Panicked`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::TaskGroup;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::new();
+    /// let sum = group.spawn_blocking(|| (1..=100u64).sum::<u64>());
+    /// assert_eq!(group.len(), 1); // tracked while it runs
+    /// assert_eq!(sum.await.unwrap(), 5050);
+    /// assert!(group.is_empty());
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn spawn_blocking<F, R>(&self, f: F) -> TaskHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.build_task().spawn_blocking(f)
+    }
+
+    /// Runs the blocking closure `f(scope)` on tokio's blocking pool with its
+    /// own child scope of the group's, tracked until it returns. Cancelling
+    /// the group (or [`TaskHandle::cancel`]) cancels `scope`, which `f` polls
+    /// with the lock-free [`is_cancelled`](CancelScope::is_cancelled)
+    /// between units of work: its delivery is that flag (a blocking task is
+    /// never woken nor re-delivered to). Past grace, escalation runs the
+    /// task's hook; what still runs after `abort_grace` is reported stuck,
+    /// as for [`spawn_blocking`](Self::spawn_blocking). `f` runs even if
+    /// `scope` is already cancelled when it starts: it decides.
+    ///
+    /// # Panics
+    ///
+    /// As [`spawn_blocking`](Self::spawn_blocking).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::TaskGroup;
+    ///
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+    /// # async fn main() {
+    /// let group = TaskGroup::new();
+    /// let worker = group.spawn_blocking_with_scope(|scope| {
+    ///     let mut rows = 0u64;
+    ///     loop {
+    ///         rows += 1; // one unit of blocking work
+    ///         if scope.is_cancelled() {
+    ///             return rows; // stop between units
+    ///         }
+    ///         std::thread::sleep(std::time::Duration::from_millis(1));
+    ///     }
+    /// });
+    /// let report = group.shutdown().await; // cancels, waits for the closure
+    /// assert!(report.is_clean());
+    /// assert!(worker.await.unwrap() >= 1);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn spawn_blocking_with_scope<F, R>(&self, f: F) -> TaskHandle<R>
+    where
+        F: FnOnce(CancelScope) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.build_task().spawn_blocking_with_scope(f)
+    }
+
+    /// Spawns a `!Send` future on the current `LocalSet` (or local runtime),
+    /// as `tokio::task::spawn_local` / `JoinSet::spawn_local`, tracked and
+    /// torn down exactly as [`spawn`](Self::spawn): dropped at its next await
+    /// once the group is cancelled, re-delivered to, escalated, reported.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime or on a [closed](Self::close) group, with a
+    /// message naming the fix ([`TaskBuilder::try_spawn_local`] returns an
+    /// error instead); and, as tokio's `spawn_local`, outside a `LocalSet`
+    /// or local runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::rc::Rc;
+    /// use cancel_scope::TaskGroup;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::new();
+    /// let local = tokio::task::LocalSet::new();
+    /// let seen = local
+    ///     .run_until(async {
+    ///         let shared = Rc::new(41); // !Send
+    ///         group.spawn_local(async move { *shared + 1 }).await
+    ///     })
+    ///     .await;
+    /// assert_eq!(seen.unwrap(), 42);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn spawn_local<F>(&self, fut: F) -> TaskHandle<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.build_task().spawn_local(fut)
+    }
+
+    /// As [`spawn_with_scope`](Self::spawn_with_scope), for a `!Send` future
+    /// on the current `LocalSet` or local runtime; panics as
+    /// [`spawn_local`](Self::spawn_local).
+    #[track_caller]
+    pub fn spawn_local_with_scope<F, Fut>(&self, f: F) -> TaskHandle<Fut::Output>
+    where
+        F: FnOnce(CancelScope) -> Fut,
+        Fut: Future + 'static,
+        Fut::Output: 'static,
+    {
+        self.build_task().spawn_local_with_scope(f)
+    }
+
+    /// Spawns `fut` on the runtime of `handle`, from anywhere: a plain
+    /// thread, or a task of another runtime. As `Handle::spawn` and
+    /// `JoinSet::spawn_on`; otherwise as [`spawn`](Self::spawn). The group's
+    /// ladders run on the runtime of its first spawn (or the caller's).
+    ///
+    /// # Panics
+    ///
+    /// On a [closed](Self::close) group;
+    /// [`TaskBuilder::try_spawn_on`] returns [`SpawnError::Closed`] instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::TaskGroup;
+    ///
+    /// let rt = tokio::runtime::Runtime::new().unwrap();
+    /// let group = TaskGroup::new();
+    /// // From a plain thread, no runtime entered:
+    /// let task = group.spawn_on(async { 6 * 7 }, rt.handle());
+    /// assert_eq!(rt.block_on(task).unwrap(), 42);
+    /// ```
+    #[track_caller]
+    pub fn spawn_on<F>(&self, fut: F, handle: &tokio::runtime::Handle) -> TaskHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.build_task().spawn_on(fut, handle)
+    }
+
     /// A [`TaskBuilder`] to name the task or give it an escalation hook.
     pub fn build_task(&self) -> TaskBuilder<'_> {
         TaskBuilder::new(self.tracker(), None)
@@ -387,6 +558,73 @@ impl TaskGroup {
         std::future::poll_fn(move |cx| Pin::new(&mut outcomes).poll_next(cx))
     }
 
+    /// Takes the oldest recorded end now, without waiting: `Some((id,
+    /// outcome))`, or `None` if no task has ended since the last take (tasks
+    /// may still be alive). As tokio's `JoinSet::try_join_next`; it is not
+    /// async, so it spends no coop budget: a loop over 1,000 ended tasks
+    /// takes all 1,000. Shares one queue with [`join_next`](Self::join_next).
+    ///
+    /// # Panics
+    ///
+    /// As [`join_next`](Self::join_next): the group must be built with
+    /// [`collect_outcomes(true)`](TaskGroupBuilder::collect_outcomes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::{TaskGroup, TaskOutcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::builder().collect_outcomes(true).build();
+    /// assert_eq!(group.try_join_next(), None);
+    /// let done = group.spawn(async {});
+    /// let id = done.id();
+    /// done.await.unwrap();
+    /// assert_eq!(group.try_join_next(), Some((id, TaskOutcome::Completed)));
+    /// assert_eq!(group.try_join_next(), None);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn try_join_next(&self) -> Option<(TaskId, TaskOutcome)> {
+        match self.tracker().registry.try_next_end() {
+            Some(next) => next,
+            None => no_outcomes("TaskGroup::try_join_next"),
+        }
+    }
+
+    /// Aborts every live task now, with no grace: each future is dropped at
+    /// its next poll (at once if it is idle) and its handle gives
+    /// [`TaskError::Aborted`]; no hook runs. As tokio's `JoinSet::abort_all`.
+    /// A blocking closure not yet started never runs; one that runs cannot be
+    /// aborted and stays tracked until it returns. Does not close the group
+    /// nor cancel its scope; returns at once (await [`join`](Self::join) to
+    /// wait for the ends). Prefer [`shutdown`](Self::shutdown), which gives
+    /// tasks their grace first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::TaskGroup;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::new();
+    /// for _ in 0..3 {
+    ///     group.spawn(std::future::pending::<()>());
+    /// }
+    /// group.abort_all();
+    /// group.join().await.unwrap();
+    /// assert_eq!(group.stats().aborted, 3);
+    /// # }
+    /// ```
+    pub fn abort_all(&self) {
+        let tracker = self.tracker();
+        for cell in tracker.registry.pending() {
+            tracker.abort(&cell);
+        }
+    }
+
     /// The ends of tasks as they come, as a [`Stream`] of `(TaskId,
     /// TaskOutcome)`; it finishes once no task is alive and every end was
     /// taken. Shares one queue with [`join_next`](Self::join_next).
@@ -397,10 +635,7 @@ impl TaskGroup {
     #[track_caller]
     pub fn outcomes(&self) -> Outcomes<'_> {
         if !self.tracker().registry.records_ends() {
-            panic!(
-                "cancel_scope: TaskGroup::join_next / outcomes need a group that records outcomes: \
-                 build it with TaskGroup::builder().collect_outcomes(true).build()"
-            );
+            no_outcomes("TaskGroup::join_next / outcomes");
         }
         Outcomes {
             registry: &self.tracker().registry,
@@ -471,6 +706,15 @@ impl std::fmt::Debug for TaskGroup {
             .field("tracker", &self.tracker())
             .finish()
     }
+}
+
+/// The panic of an outcome read on a group that does not record them.
+#[track_caller]
+fn no_outcomes(what: &str) -> ! {
+    panic!(
+        "cancel_scope: {what} need a group that records outcomes: \
+         build it with TaskGroup::builder().collect_outcomes(true).build()"
+    )
 }
 
 // ===== impl TaskGroupBuilder =====

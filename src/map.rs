@@ -143,6 +143,29 @@ where
         self.build_task(key).spawn_with_scope(f)
     }
 
+    /// As [`spawn_with_scope`](Self::spawn_with_scope), returning an error
+    /// instead of panicking.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::NoRuntime`] outside a tokio runtime,
+    /// [`SpawnError::Closed`] on a [closed](Self::close) map; `f` is not
+    /// called, nothing is tracked and the task under `key`, if any, is left
+    /// alone.
+    #[track_caller]
+    pub fn try_spawn_with_scope<F, Fut>(
+        &self,
+        key: K,
+        f: F,
+    ) -> Result<TaskHandle<Fut::Output>, SpawnError>
+    where
+        F: FnOnce(CancelScope) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        self.build_task(key).try_spawn_with_scope(f)
+    }
+
     /// A [`TaskBuilder`] for a task under `key` (name, escalation hook).
     pub fn build_task(&self, key: K) -> TaskBuilder<'_, K> {
         TaskBuilder::new(self.tracker(), Some(key))
@@ -231,6 +254,37 @@ where
         match self.tracker().registry.get(key).filter(|c| c.id == id) {
             Some(cell) => {
                 drop(self.tracker().begin_cancel(cell));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Aborts the task under `key` now, with no grace and no hook, as
+    /// tokio-util's `JoinMap::abort`: its future is dropped at its next poll
+    /// and its handle gives [`TaskError::Aborted`](crate::TaskError::Aborted);
+    /// its own scope is cancelled as it is dropped, so a child process it
+    /// owns is torn down. Returns whether a task was under `key`. Returns at
+    /// once; the key stays mapped until the task's future is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::{TaskError, TaskMap};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let sessions = TaskMap::new();
+    /// let session = sessions.spawn("alice", std::future::pending::<()>());
+    /// assert!(sessions.abort(&"alice"));
+    /// assert!(matches!(session.await, Err(TaskError::Aborted)));
+    /// assert!(!sessions.abort(&"alice"));
+    /// # }
+    /// ```
+    pub fn abort(&self, key: &K) -> bool {
+        match self.tracker().registry.get(key) {
+            Some(cell) => {
+                self.tracker().abort(&cell);
                 true
             }
             None => false,

@@ -165,7 +165,9 @@ impl<T> TaskCell<T> {
     /// `Some(woken)`; `None` otherwise.
     fn try_deliver(&self) -> Option<bool> {
         let prev = self.transition(Snapshot::delivered).ok()?;
-        let woken = !prev.is_scheduled();
+        // A blocking closure is never woken (it has no waker, and stays
+        // `SCHEDULED`): its scope is its delivery, counted as one.
+        let woken = !prev.is_scheduled() || prev.is_blocking();
         if woken {
             self.wake();
         }

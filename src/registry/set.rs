@@ -310,6 +310,16 @@ impl<T, K: Eq + Hash + Clone> Registry<T, K> {
         Some(Poll::Pending)
     }
 
+    /// The next recorded end, oldest first, taken now or `None` if none is
+    /// recorded (whether tasks are alive or not; as `JoinSet::try_join_next`).
+    /// The outer `None`: ends are not recorded. Races with an end: the end is
+    /// logged under this same lock, so it is taken exactly once, here or by a
+    /// later call (registry invariant 1).
+    pub(crate) fn try_next_end(&self) -> Option<Option<(TaskId, TaskOutcome)>> {
+        let mut inner = lock(&self.inner);
+        Some(inner.log.as_mut()?.pop_front())
+    }
+
     /// Marks a live task closing; `true` the first time. Under the lock, so
     /// the gauge and the bit change together and `remove` undoes both.
     pub(crate) fn mark_closing(&self, cell: &TaskCell<T>) -> bool {

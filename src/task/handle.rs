@@ -173,6 +173,11 @@ fn cancel_one(cell: &Weak<TrackedCell>) {
     if let Some(scope) = &cell.meta.scope {
         scope.cancel();
     }
+    if let Some(begin_ladder) = cell.meta.begin_ladder() {
+        // A blocking closure: never polled, so its ladder starts here.
+        begin_ladder(&cell);
+        return;
+    }
     // The first delivery, or, for a task that another cancel (its group's,
     // an enclosing scope's deadline) already reached and that parked
     // since, one more wake: either way the poll that starts its ladder.

@@ -14,6 +14,10 @@ use crate::scope::CancelScope;
 /// cancellation for the whole grace period, as the task is aborted.
 pub(crate) type Hook = Box<dyn FnOnce() + Send + 'static>;
 
+/// Starts a task's own ladder from its cell, for a task no poll can start it
+/// from (a blocking closure): set by the tracker, which it reaches weakly.
+pub(crate) type BeginLadder = Box<dyn Fn(&Arc<TrackedCell>) + Send + Sync + 'static>;
+
 // ===== spawn options and per-task data =====
 
 /// What a spawn needs besides the future.
@@ -21,6 +25,7 @@ pub(crate) struct TaskOptions<K> {
     pub(crate) key: Option<K>,
     pub(crate) name: Option<Arc<str>>,
     pub(crate) hook: Option<Hook>,
+    pub(crate) begin_ladder: Option<BeginLadder>,
 }
 
 /// How a spawned future reacts to cancellation.
@@ -49,13 +54,14 @@ pub(crate) struct TaskMeta {
     pub(crate) extra: Option<Box<TaskExtra>>,
 }
 
-/// The rarer parts of a task's data: a name, an escalation hook, a child
-/// process.
+/// The rarer parts of a task's data: a name, a span, an escalation hook, a
+/// blocking task's way to its ladder.
 pub(crate) struct TaskExtra {
     pub(crate) name: Option<Arc<str>>,
     /// The task's span, when a subscriber wanted one at its spawn.
     pub(crate) span: Option<tracing::Span>,
     pub(crate) hook: Mutex<Option<Hook>>,
+    pub(crate) begin_ladder: Option<BeginLadder>,
 }
 
 impl TaskMeta {
@@ -66,12 +72,15 @@ impl TaskMeta {
         name: Option<Arc<str>>,
         hook: Option<Hook>,
         span: Option<tracing::Span>,
+        begin_ladder: Option<BeginLadder>,
     ) -> Self {
-        let extra = (name.is_some() || hook.is_some() || span.is_some()).then(|| {
+        let boxed = name.is_some() || hook.is_some() || span.is_some() || begin_ladder.is_some();
+        let extra = boxed.then(|| {
             Box::new(TaskExtra {
                 name,
                 span,
                 hook: Mutex::new(hook),
+                begin_ladder,
             })
         });
         let spawned_at = crate::scope::to_ticks(spawned_at);
@@ -95,6 +104,11 @@ impl TaskMeta {
 
     pub(crate) fn name(&self) -> Option<&Arc<str>> {
         self.extra.as_ref().and_then(|e| e.name.as_ref())
+    }
+
+    /// A blocking task's way to its own ladder (see [`BeginLadder`]).
+    pub(crate) fn begin_ladder(&self) -> Option<&BeginLadder> {
+        self.extra.as_ref().and_then(|e| e.begin_ladder.as_ref())
     }
 
     /// Takes the escalation hook, if any (once).

@@ -87,6 +87,20 @@ where
         }
     }
 
+    /// Aborts one task now, with no grace and no hook, as `JoinSet::abort_all`
+    /// does for each: marked escalated and woken once, so its next poll ends
+    /// it as aborted (a blocking closure that has not started never runs; one
+    /// that runs cannot be stopped, as tokio's). Returns whether this was the
+    /// first abort or escalation of the task.
+    pub(crate) fn abort(&self, cell: &TrackedCell) -> bool {
+        if cell.is_ended() {
+            return false;
+        }
+        let first = cell.mark_escalated();
+        cell.schedule();
+        first
+    }
+
     /// A task's own cancel (`TaskHandle::cancel`, delivered by the handle),
     /// seen by the task's poll: marks it closing and counts the delivery,
     /// once (the `CLOSING` mark decides), and with `ladder` runs the task's

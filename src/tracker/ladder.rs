@@ -121,8 +121,9 @@ where
                     let hook_running = cell.snapshot().is_hook_running();
                     tracing::warn!(
                         task = %cell.id,
-                        name = ?cell.meta.name(),
-                        key = ?key,
+                        // Plain text, recorded only when the task has one.
+                        name = cell.meta.name().map(|n| &**n),
+                        key = key.as_ref().map(|k| tracing::field::debug(&**k)),
                         age_ms = age.as_millis() as u64,
                         spawned_at = %cell.meta.location,
                         hook_running,
@@ -188,7 +189,7 @@ where
         let message = self.cancel_message(cell);
         tracing::warn!(
             task = %cell.id,
-            name = ?meta.name(),
+            name = meta.name().map(|n| &**n),
             age_ms = meta.age().as_millis() as u64,
             redeliveries = cell.redeliveries(),
             // Recorded only when the cancel had a message. Not `message`:

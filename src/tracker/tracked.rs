@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use super::Tracker;
 use crate::registry::{EntryGuard, TaskOutcome, Watch};
 use crate::scope::Cancelled;
-use crate::task::{TaskError, TaskMeta, panic_message};
+use crate::task::{TaskError, TaskMeta, TrackedCell, panic_message};
 
 // ===== the task being polled =====
 
@@ -28,11 +28,11 @@ thread_local! {
 }
 
 /// Restores [`POLLING`] when a poll ends, by return or by unwinding.
-struct PollingGuard(usize);
+pub(super) struct PollingGuard(usize);
 
 impl PollingGuard {
     #[inline]
-    fn enter(tracker: usize) -> Self {
+    pub(super) fn enter(tracker: usize) -> Self {
         PollingGuard(POLLING.with(|p| p.replace(tracker)))
     }
 }
@@ -143,23 +143,38 @@ where
                 Poll::Ready(Ok(v))
             }
             Err(payload) => {
-                let message = panic_message(&*payload);
-                tracing::debug!(task = %cell.id, panic = %message, "tracked task panicked");
-                shared.record_panic(&message);
-                if shared.cancel_on_panic {
-                    // The siblings' `Cancelled` says why, as `cancel_with`.
-                    let why = match cell.meta.name() {
-                        Some(name) => format!("{} {:?} panicked: {message}", cell.id, &**name),
-                        None => format!("{} panicked: {message}", cell.id),
-                    };
-                    shared.scope.cancel_with(why);
-                }
                 *outcome = TaskOutcome::Panicked;
-                Poll::Ready(Err(TaskError::Panicked(message)))
+                Poll::Ready(Err(shared.task_panicked(cell, &*payload)))
             }
         }
     }
 }
+impl<K> Tracker<K>
+where
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    /// A task's code panicked: records the first panic for `join`, cancels
+    /// the tracker's scope if it cancels on panic (the siblings' `Cancelled`
+    /// says why, as `cancel_with`), and gives the task's error.
+    pub(super) fn task_panicked(
+        &self,
+        cell: &TrackedCell,
+        payload: &(dyn std::any::Any + Send),
+    ) -> TaskError {
+        let message = panic_message(payload);
+        tracing::debug!(task = %cell.id, panic = %message, "tracked task panicked");
+        self.record_panic(&message);
+        if self.cancel_on_panic {
+            let why = match cell.meta.name() {
+                Some(name) => format!("{} {:?} panicked: {message}", cell.id, &**name),
+                None => format!("{} panicked: {message}", cell.id),
+            };
+            self.scope.cancel_with(why);
+        }
+        TaskError::Panicked(message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Bytes per pending task (issue 12): what a tracked task adds to the
