@@ -13,12 +13,16 @@ use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
+/// A span's name, its parent's name, its fields as `name=value` text.
+type SpanSeen = (String, Option<String>, Vec<String>);
+/// An event's fields as text, the names of the spans it is inside
+/// (innermost first).
+type EventSeen = (String, Vec<String>);
+
 #[derive(Default, Clone)]
 struct Seen {
-    /// (span name, parent span name, its fields as `name=value` text)
-    spans: Arc<Mutex<Vec<(String, Option<String>, Vec<String>)>>>,
-    /// (event message, the names of the spans it is inside, innermost first)
-    events: Arc<Mutex<Vec<(String, Vec<String>)>>>,
+    spans: Arc<Mutex<Vec<SpanSeen>>>,
+    events: Arc<Mutex<Vec<EventSeen>>>,
 }
 
 struct Fields(Vec<String>);
