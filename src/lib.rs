@@ -252,6 +252,8 @@ mod map;
 #[cfg(all(unix, feature = "process", not(loom)))]
 mod process;
 #[cfg(not(loom))]
+mod task_set;
+#[cfg(not(loom))]
 mod tracker;
 
 pub use ladder::{Backoff, ShutdownPolicy, ShutdownReport, StuckTask};
@@ -276,3 +278,5 @@ pub use process::{
 };
 #[cfg(not(loom))]
 pub use task::{AbortOnDropHandle, SpawnError, Stats, TaskAbortHandle, TaskError, TaskHandle};
+#[cfg(not(loom))]
+pub use task_set::{TaskSet, TaskSetBuilder};
