@@ -286,6 +286,125 @@ impl<T: Send + 'static> TaskSet<T> {
         self.insert(handle)
     }
 
+    /// Runs the blocking closure `f` on tokio's blocking pool, its output
+    /// joined in completion order with the rest, as
+    /// `JoinSet::spawn_blocking`; tracked and torn down as
+    /// [`TaskGroup::spawn_blocking`]: a cancel before it starts skips it, and
+    /// one that runs past `grace + abort_grace` is reported stuck (it cannot
+    /// be aborted) and stays in the set until it returns.
+    ///
+    /// # Panics
+    ///
+    /// As [`spawn`](Self::spawn).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::TaskSet;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let mut set = TaskSet::new();
+    /// set.spawn_blocking(|| (1..=10u32).product::<u32>());
+    /// assert_eq!(set.join_next().await.unwrap().unwrap(), 3_628_800);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn spawn_blocking<F>(&mut self, f: F) -> TaskAbortHandle
+    where
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let handle = match self.is_error {
+            None => self.group.spawn_blocking(f),
+            Some(is_error) => {
+                let slot = Arc::new(ErrorSlot::new());
+                let (set_scope, task_slot) = (self.scope().clone(), slot.clone());
+                let handle = self.group.spawn_blocking(move || {
+                    let output = f();
+                    if is_error(&output) {
+                        if let Some(id) = task_slot.errored() {
+                            cancel_for_error(&set_scope, id);
+                        }
+                    }
+                    output
+                });
+                self.publish(&slot, handle.id());
+                handle
+            }
+        };
+        self.insert(handle)
+    }
+
+    /// Spawns a `!Send` future on the current `LocalSet` or local runtime,
+    /// as `JoinSet::spawn_local`; otherwise as [`spawn`](Self::spawn).
+    ///
+    /// # Panics
+    ///
+    /// As [`spawn`](Self::spawn), and, as tokio's `spawn_local`, outside a
+    /// `LocalSet` or local runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::rc::Rc;
+    /// use cancel_scope::TaskSet;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let mut set = TaskSet::new();
+    /// let local = tokio::task::LocalSet::new();
+    /// let out = local
+    ///     .run_until(async {
+    ///         let name = Rc::new("local"); // !Send
+    ///         set.spawn_local(async move { name.len() });
+    ///         set.join_next().await
+    ///     })
+    ///     .await;
+    /// assert_eq!(out.unwrap().unwrap(), 5);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn spawn_local<F>(&mut self, fut: F) -> TaskAbortHandle
+    where
+        F: Future<Output = T> + 'static,
+    {
+        let task = match self.is_error {
+            None => self.group.spawn_local(fut),
+            Some(is_error) => {
+                let slot = Arc::new(ErrorSlot::new());
+                let watched = watch_errors(fut, is_error, self.scope().clone(), slot.clone());
+                let task = self.group.spawn_local(watched);
+                self.publish(&slot, task.id());
+                task
+            }
+        };
+        self.insert(task)
+    }
+
+    /// Spawns `fut` on the runtime of `handle`, from anywhere, as
+    /// `JoinSet::spawn_on`; otherwise as [`spawn`](Self::spawn).
+    ///
+    /// # Panics
+    ///
+    /// After [`shutdown`](Self::shutdown).
+    #[track_caller]
+    pub fn spawn_on<F>(&mut self, fut: F, handle: &tokio::runtime::Handle) -> TaskAbortHandle
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
+        let task = match self.is_error {
+            None => self.group.spawn_on(fut, handle),
+            Some(is_error) => {
+                let slot = Arc::new(ErrorSlot::new());
+                let watched = watch_errors(fut, is_error, self.scope().clone(), slot.clone());
+                let task = self.group.spawn_on(watched, handle);
+                self.publish(&slot, task.id());
+                task
+            }
+        };
+        self.insert(task)
+    }
+
     /// Waits for the next task to end and returns its output, first ended
     /// first; `None` once the set is empty. As `JoinSet::join_next`.
     ///

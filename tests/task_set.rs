@@ -516,3 +516,55 @@ fn debug_shows_len_and_group() {
     let builder = TaskSet::<Result<(), ()>>::builder().cancel_on_error();
     assert!(format!("{builder:?}").contains("cancel_on_error: true"));
 }
+
+// ===== the other spawn kinds =====
+
+#[tokio::test(start_paused = true)]
+async fn blocking_local_and_on_handle_tasks_join_in_the_same_set() {
+    let mut set: TaskSet<&'static str> = TaskSet::new();
+    set.spawn_blocking(|| "blocking");
+    set.spawn_on(async { "on" }, &tokio::runtime::Handle::current());
+    let local = tokio::task::LocalSet::new();
+    let mut seen = local
+        .run_until(async {
+            let not_send = std::rc::Rc::new("local");
+            set.spawn_local(async move { *not_send });
+            let mut seen = Vec::new();
+            while let Some(out) = set.join_next().await {
+                seen.push(out.unwrap());
+            }
+            seen
+        })
+        .await;
+    seen.sort_unstable();
+    assert_eq!(seen, ["blocking", "local", "on"]);
+    assert_eq!(set.stats().completed, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_blocking_error_cancels_the_rest_under_cancel_on_error() {
+    let mut set: TaskSet<Result<u32, String>> = TaskSet::builder().cancel_on_error().build();
+    let waiting = set.spawn(async {
+        std::future::pending::<()>().await;
+        Ok(1)
+    });
+    let failing = set.spawn_blocking(|| Err("disk full".to_owned()));
+    let mut errors = 0;
+    let mut cancelled = None;
+    while let Some(joined) = set.join_next_with_id().await {
+        match joined {
+            Ok((id, Err(_))) => {
+                assert_eq!(id, failing.id());
+                errors += 1;
+            }
+            Err((id, TaskError::Cancelled(c))) => {
+                assert_eq!(id, waiting.id());
+                cancelled = c.message().map(str::to_owned);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(errors, 1);
+    let message = cancelled.expect("the waiting task was cancelled");
+    assert!(message.contains(&failing.id().to_string()), "{message}");
+}
