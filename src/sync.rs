@@ -20,6 +20,33 @@ pub(crate) use loom::sync::{
     atomic::{AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering},
 };
 
+/// A cell whose accesses the caller orders by other means (as tokio's
+/// `loom/std/unsafe_cell.rs`): `std`'s `UnsafeCell` with loom's closure API,
+/// so that under loom every access is checked for a data race.
+#[cfg(not(loom))]
+#[derive(Debug)]
+pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        UnsafeCell(std::cell::UnsafeCell::new(value))
+    }
+
+    #[inline]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    #[inline]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
 /// Locks `m`, ignoring poisoning.
 ///
 /// The rule of the core: **under a core lock nothing that belongs to a user is
@@ -70,11 +97,15 @@ impl AfterUnlock {
 }
 
 impl Drop for AfterUnlock {
+    #[inline]
     fn drop(&mut self) {
-        for w in self.wake.drain(..) {
-            w.wake();
+        // Most critical sections wake nothing: no drain to build then.
+        if !self.wake.is_empty() {
+            for w in std::mem::take(&mut self.wake) {
+                w.wake();
+            }
         }
-        self.drop_wakers.clear();
+        // `drop_wakers` drops with the struct, after the wakes.
     }
 }
 

@@ -673,3 +673,101 @@ fn two_ladders_share_one_cell() {
         assert_eq!((totals.aborted, totals.stuck, totals.closing), (1, 0, 0));
     });
 }
+
+/// Proves DESIGN property 10 for a blocking closure (`spawn_blocking`),
+/// which is never polled: a group ladder over one (its cell is
+/// `Watch::Blocking`) while the closure returns at any moment loom picks,
+/// before, during or after escalation and give-up. The closure's delivery
+/// is counted once and wakes nothing; it is never re-delivered to (it never
+/// parks) and escalation's wake claims nothing; the hook runs at most once;
+/// the ladder returns, parked between rungs, with no wakeup left; and the
+/// closure's end is counted as completed (never aborted, as abort cannot
+/// stop blocking code), leaving no stuck or closing gauge behind, whether
+/// the ladder reported it stuck or saw it end.
+#[test]
+fn a_blocking_task_ends_while_the_ladder_escalates_it() {
+    let seen = Seen::new(&[
+        "ended_before_escalation",
+        "ended_after_escalation",
+        "reported_stuck",
+    ]);
+    let tally = seen.clone();
+    check(
+        "a_blocking_task_ends_while_the_ladder_escalates_it",
+        &seen,
+        move || {
+            tally.iteration();
+            let max = KEY_REDELIVERIES;
+            let registry = Arc::new(Registry::<(), ()>::new(false));
+            let mut guard = Registry::insert_as(
+                &registry,
+                crate::task::TaskId::next(),
+                crate::registry::Watch::Blocking,
+                (),
+                None,
+            )
+            .guard;
+            let cell = guard.cell().clone();
+            // The closure's thread: it returns, and its guard prunes the entry.
+            let closure = thread::spawn(move || {
+                guard.outcome = TaskOutcome::Completed;
+                drop(guard);
+            });
+            let timer = Arc::new(StepTimer::default());
+            let steps = Schedule::new(policy(max)).count();
+            let ticker = {
+                let timer = timer.clone();
+                thread::spawn(move || {
+                    for k in 1..=steps {
+                        timer.fired_tally.store(k, Ordering::Relaxed);
+                        timer.fired.store(k, Ordering::Release);
+                        timer.waker.wake();
+                    }
+                })
+            };
+            registry.mark_closing(&cell);
+            let delivered = cell.deliver();
+            let hooks = StdAtomicUsize::new(0);
+            let run = parked_ladder(&registry, &cell, Target::All, max, &timer, &hooks);
+            closure.join().unwrap();
+            ticker.join().unwrap();
+
+            let escalated = LadderCounts::get(&registry.ladder.escalations);
+            tally.hit(match (run.verdict, escalated) {
+                (Verdict::Stuck, _) => "reported_stuck",
+                (_, 0) => "ended_before_escalation",
+                _ => "ended_after_escalation",
+            });
+            // Delivered once if it had not ended first; nothing woken by any
+            // rung: it has no waker and never parks.
+            assert!(delivered || cell.is_ended());
+            assert_eq!(run.redelivered, 0, "a blocking task was re-delivered to");
+            assert_eq!(cell.redeliveries(), 0);
+            assert_eq!(run.escalation_wakes, 0, "escalation woke a blocking task");
+            assert!(escalated <= 1);
+            assert_eq!(
+                hooks.load(std::sync::atomic::Ordering::Relaxed) as u64,
+                escalated
+            );
+            assert_eq!(registry.len(), 0);
+            assert_eq!(cell.outcome(), Some(TaskOutcome::Completed));
+            let totals = registry.task_counts();
+            assert_eq!(
+                (
+                    totals.completed,
+                    totals.aborted,
+                    totals.stuck,
+                    totals.closing
+                ),
+                (1, 0, 0, 0)
+            );
+            let (counting, waker) = run.own.expect("the ladder was polled");
+            drop(waker);
+            assert_eq!(
+                StdArc::strong_count(&counting),
+                1,
+                "a wakeup of the ladder is still registered after it returned"
+            );
+        },
+    );
+}

@@ -359,3 +359,40 @@ fn stale_join_key_is_caught() {
         &["lost to A's stale key"],
     );
 }
+
+/// Proves that `TaskGroup::try_join_next` (`Registry::try_next_end`) racing a
+/// task's end takes that end exactly once: a take that runs before the end
+/// finds nothing, and the end is then in the log for the next take; one that
+/// runs after takes it; never twice, never lost, and the task is pruned in
+/// both orders.
+#[test]
+fn try_join_next_races_an_end() {
+    let seen = Seen::new(&["taken_by_the_racing_take", "taken_after"]);
+    let tally = seen.clone();
+    check("try_join_next_races_an_end", &seen, move || {
+        tally.iteration();
+        let registry = Arc::new(Registry::<(), ()>::new(true));
+        let mut guard = Registry::insert(&registry, (), None).guard;
+        let id = guard.cell().id;
+        let task = thread::spawn(move || {
+            guard.outcome = TaskOutcome::Completed;
+            drop(guard);
+        });
+        let racing = registry.try_next_end().expect("ends are recorded");
+        task.join().unwrap();
+        let after = registry.try_next_end().expect("ends are recorded");
+        match (racing, after) {
+            (Some(end), None) => {
+                assert_eq!(end, (id, TaskOutcome::Completed));
+                tally.hit("taken_by_the_racing_take");
+            }
+            (None, Some(end)) => {
+                assert_eq!(end, (id, TaskOutcome::Completed));
+                tally.hit("taken_after");
+            }
+            other => panic!("the end was taken {other:?}"),
+        }
+        assert_eq!(registry.try_next_end(), Some(None));
+        assert_eq!(registry.len(), 0);
+    });
+}

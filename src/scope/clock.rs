@@ -24,9 +24,18 @@ pub(crate) fn to_ticks(at: Instant) -> i64 {
     let base = base();
     // Saturate one short of `NO_DEADLINE`: a far-future deadline is still one.
     match at.checked_duration_since(base) {
-        Some(d) => d.as_nanos().min((NO_DEADLINE - 1) as u128) as i64,
-        None => -(base.duration_since(at).as_nanos().min(i64::MAX as u128) as i64),
+        Some(d) => nanos(d).min(NO_DEADLINE - 1),
+        None => -nanos(base.duration_since(at)),
     }
+}
+
+/// `d` in nanoseconds, saturating at `i64::MAX` (292 years): in 64-bit
+/// arithmetic, not `as_nanos`'s 128.
+#[inline]
+fn nanos(d: Duration) -> i64 {
+    let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    secs.saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(d.subsec_nanos()))
 }
 
 pub(crate) fn from_ticks(ticks: i64) -> Instant {
