@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::scope::CancelScope;
 use crate::task::{Mode, SpawnError, TaskHandle, TaskOptions};
-use crate::tracker::{Place, Tracker, Tracks};
+use crate::tracker::{LocalPlace, Place, Tracker, Tracks};
 
 // ===== impl TaskBuilder =====
 
@@ -235,7 +235,8 @@ where
         F: Future + 'static,
         F::Output: 'static,
     {
-        self.tracker.spawn_local(self.opts, Mode::Drop, |_| fut)
+        self.tracker
+            .spawn_local(self.opts, Mode::Drop, LocalPlace::Current, |_| fut)
     }
 
     /// As [`spawn_with_scope`](Self::spawn_with_scope), for a `!Send` future
@@ -248,12 +249,53 @@ where
         Fut: Future + 'static,
         Fut::Output: 'static,
     {
-        let spawned = self
-            .tracker
-            .spawn_local(self.opts, Mode::Cooperative, |scope| {
-                f(scope.expect("cooperative tasks get their own scope"))
-            });
+        let spawned =
+            self.tracker
+                .spawn_local(self.opts, Mode::Cooperative, LocalPlace::Current, |scope| {
+                    f(scope.expect("cooperative tasks get their own scope"))
+                });
         or_panic(spawned)
+    }
+
+    /// Spawns a `!Send` future on `local`, which runs it whenever it is
+    /// driven (`LocalSet::run_until`, `block_on`, or awaited), as
+    /// `LocalSet::spawn_local` / `JoinSet::spawn_local_on`; otherwise as
+    /// [`spawn`](Self::spawn). Works outside a runtime once the group or map
+    /// has spawned inside one (its ladders need one).
+    ///
+    /// # Panics
+    ///
+    /// On a closed group or map, or outside a runtime before the group's
+    /// first spawn; see [`try_spawn_local_on`](Self::try_spawn_local_on).
+    #[track_caller]
+    pub fn spawn_local_on<F>(self, fut: F, local: &tokio::task::LocalSet) -> TaskHandle<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        or_panic(self.try_spawn_local_on(fut, local))
+    }
+
+    /// As [`spawn_local_on`](Self::spawn_local_on), returning an error
+    /// instead of panicking.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::NoRuntime`] outside a tokio runtime when the group or
+    /// map never spawned inside one, [`SpawnError::Closed`] on a closed
+    /// group or map; nothing is tracked.
+    #[track_caller]
+    pub fn try_spawn_local_on<F>(
+        self,
+        fut: F,
+        local: &tokio::task::LocalSet,
+    ) -> Result<TaskHandle<F::Output>, SpawnError>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.tracker
+            .spawn_local(self.opts, Mode::Drop, LocalPlace::On(local), |_| fut)
     }
 
     /// Runs the blocking closure `f` on tokio's blocking pool, as
@@ -286,7 +328,8 @@ where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.tracker.spawn_blocking(self.opts, false, move |_| f())
+        self.tracker
+            .spawn_blocking(self.opts, false, Place::Current, move |_| f())
     }
 
     /// Runs the blocking closure `f(scope)` on tokio's blocking pool with the
@@ -320,9 +363,47 @@ where
         F: FnOnce(CancelScope) -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.tracker.spawn_blocking(self.opts, true, move |scope| {
-            f(scope.expect("blocking tasks with a scope get their own"))
-        })
+        self.tracker
+            .spawn_blocking(self.opts, true, Place::Current, move |scope| {
+                f(scope.expect("blocking tasks with a scope get their own"))
+            })
+    }
+
+    /// As [`spawn_blocking`](Self::spawn_blocking), on the blocking pool of
+    /// the runtime of `handle`, from anywhere; as tokio-util's
+    /// `TaskTracker::spawn_blocking_on` and `JoinSet::spawn_blocking_on`.
+    ///
+    /// # Panics
+    ///
+    /// On a closed group or map; see
+    /// [`try_spawn_blocking_on`](Self::try_spawn_blocking_on).
+    #[track_caller]
+    pub fn spawn_blocking_on<F, R>(self, f: F, handle: &tokio::runtime::Handle) -> TaskHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        or_panic(self.try_spawn_blocking_on(f, handle))
+    }
+
+    /// As [`spawn_blocking_on`](Self::spawn_blocking_on), returning an error
+    /// instead of panicking.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::Closed`] on a closed group or map; `f` never runs.
+    #[track_caller]
+    pub fn try_spawn_blocking_on<F, R>(
+        self,
+        f: F,
+        handle: &tokio::runtime::Handle,
+    ) -> Result<TaskHandle<R>, SpawnError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.tracker
+            .spawn_blocking(self.opts, false, Place::On(handle), move |_| f())
     }
 }
 

@@ -386,6 +386,58 @@ impl TaskGroup {
         self.build_task().spawn_local_with_scope(f)
     }
 
+    /// Spawns a `!Send` future on `local`, which runs it whenever it is
+    /// driven, as `LocalSet::spawn_local` and tokio-util's
+    /// `TaskTracker::spawn_local_on`; otherwise as
+    /// [`spawn_local`](Self::spawn_local).
+    ///
+    /// # Panics
+    ///
+    /// On a [closed](Self::close) group, or outside a runtime before the
+    /// group's first spawn (its ladders need one); see
+    /// [`TaskBuilder::try_spawn_local_on`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::rc::Rc;
+    /// use cancel_scope::TaskGroup;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::new();
+    /// let local = tokio::task::LocalSet::new();
+    /// let name = Rc::new("local"); // !Send
+    /// let task = group.spawn_local_on(async move { name.len() }, &local);
+    /// assert_eq!(local.run_until(task).await.unwrap(), 5);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn spawn_local_on<F>(&self, fut: F, local: &tokio::task::LocalSet) -> TaskHandle<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.build_task().spawn_local_on(fut, local)
+    }
+
+    /// As [`spawn_blocking`](Self::spawn_blocking), on the blocking pool of
+    /// the runtime of `handle`, from anywhere; as tokio-util's
+    /// `TaskTracker::spawn_blocking_on`.
+    ///
+    /// # Panics
+    ///
+    /// On a [closed](Self::close) group; see
+    /// [`TaskBuilder::try_spawn_blocking_on`].
+    #[track_caller]
+    pub fn spawn_blocking_on<F, R>(&self, f: F, handle: &tokio::runtime::Handle) -> TaskHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.build_task().spawn_blocking_on(f, handle)
+    }
+
     /// Spawns `fut` on the runtime of `handle`, from anywhere: a plain
     /// thread, or a task of another runtime. As `Handle::spawn` and
     /// `JoinSet::spawn_on`; otherwise as [`spawn`](Self::spawn). The group's

@@ -110,8 +110,18 @@
 //! | `TaskTracker::spawn(fut)` where `fut` watches a token and cleans up | [`TaskGroup::spawn_with_scope`], **not** [`TaskGroup::spawn`] (see below) |
 //! | `TaskTracker::wait` | [`TaskGroup::join`] (or [`TaskGroup::shutdown`]: cancel, then the bounded ladder) |
 //! | `TaskTracker::close` | `TaskGroup::close` |
-//! | `JoinSet` | a [`TaskGroup`] and the [`TaskHandle`]s it returns, or [`TaskGroup::join_next`] for outcomes |
+//! | `JoinSet<T>` (outputs in completion order) | [`TaskSet<T>`](TaskSet): `spawn`, `join_next`, `join_next_with_id`, `try_join_next`, `join_all`, `abort_all`, `len`, torn down by [`TaskSet::shutdown`]'s ladder |
+//! | `JoinSet` used for its tasks' ends only | a [`TaskGroup`] and the [`TaskHandle`]s it returns, or [`TaskGroup::join_next`] for outcomes |
+//! | `tokio::task::spawn_blocking`, `JoinSet::spawn_blocking` | [`TaskGroup::spawn_blocking`], [`TaskGroup::spawn_blocking_with_scope`] (tracked until the closure returns; stuck, never "ended", if it outlives the ladder), [`TaskSet::spawn_blocking`] |
+//! | `tokio::task::spawn_local`, `JoinSet::spawn_local`, `TaskTracker::spawn_local` | [`TaskGroup::spawn_local`], [`TaskGroup::spawn_local_with_scope`], [`TaskSet::spawn_local`] |
+//! | `Handle::spawn`, `JoinSet::spawn_on`, `TaskTracker::spawn_on` | [`TaskGroup::spawn_on`], [`TaskSet::spawn_on`] |
+//! | `JoinSet::try_join_next` | [`TaskGroup::try_join_next`], [`TaskSet::try_join_next`] |
+//! | `JoinSet::abort_all` | [`TaskGroup::abort_all`], [`TaskSet::abort_all`] |
+//! | `JoinHandle::abort_handle`, `AbortHandle` | [`TaskHandle::abort_handle`], [`TaskAbortHandle`] (also cancels) |
+//! | tokio-util's `AbortOnDropHandle` | [`TaskHandle::abort_on_drop`], [`AbortOnDropHandle`] |
 //! | `JoinMap` | [`TaskMap`] |
+//! | `JoinMap::abort` | [`TaskMap::abort`] |
+//! | `fut.in_current_span()` for a spawned task | nothing to add: a task's span is a child of the span current at its spawn |
 //! | `JoinError::is_cancelled()` (the task was *aborted*) | [`TaskError::Aborted`], not [`TaskError::Cancelled`] |
 //!
 //! The last row is a trap: in tokio "cancelled" means aborted from outside;

@@ -218,17 +218,10 @@ impl<T: Send + 'static> TaskSet<T> {
     where
         F: Future<Output = T> + Send + 'static,
     {
-        let handle = match self.is_error {
-            None => self.group.spawn(fut),
-            Some(is_error) => {
-                let slot = Arc::new(ErrorSlot::new());
-                let watched = watch_errors(fut, is_error, self.scope().clone(), slot.clone());
-                let handle = self.group.spawn(watched);
-                self.publish(&slot, handle.id());
-                handle
-            }
-        };
-        self.insert(handle)
+        let watch = self.watch();
+        let slot = watch.slot();
+        let handle = self.group.spawn(watched(fut, watch));
+        self.insert(handle, slot)
     }
 
     /// Spawns `f(scope)` into the set, where `scope` is a fresh child of the
@@ -271,19 +264,12 @@ impl<T: Send + 'static> TaskSet<T> {
         F: FnOnce(CancelScope) -> Fut,
         Fut: Future<Output = T> + Send + 'static,
     {
-        let handle = match self.is_error {
-            None => self.group.spawn_with_scope(f),
-            Some(is_error) => {
-                let slot = Arc::new(ErrorSlot::new());
-                let (set_scope, task_slot) = (self.scope().clone(), slot.clone());
-                let handle = self.group.spawn_with_scope(move |scope| {
-                    watch_errors(f(scope), is_error, set_scope, task_slot)
-                });
-                self.publish(&slot, handle.id());
-                handle
-            }
-        };
-        self.insert(handle)
+        let watch = self.watch();
+        let slot = watch.slot();
+        let handle = self
+            .group
+            .spawn_with_scope(move |scope| watched(f(scope), watch));
+        self.insert(handle, slot)
     }
 
     /// Runs the blocking closure `f` on tokio's blocking pool, its output
@@ -314,25 +300,14 @@ impl<T: Send + 'static> TaskSet<T> {
     where
         F: FnOnce() -> T + Send + 'static,
     {
-        let handle = match self.is_error {
-            None => self.group.spawn_blocking(f),
-            Some(is_error) => {
-                let slot = Arc::new(ErrorSlot::new());
-                let (set_scope, task_slot) = (self.scope().clone(), slot.clone());
-                let handle = self.group.spawn_blocking(move || {
-                    let output = f();
-                    if is_error(&output) {
-                        if let Some(id) = task_slot.errored() {
-                            cancel_for_error(&set_scope, id);
-                        }
-                    }
-                    output
-                });
-                self.publish(&slot, handle.id());
-                handle
-            }
-        };
-        self.insert(handle)
+        let watch = self.watch();
+        let slot = watch.slot();
+        let handle = self.group.spawn_blocking(move || {
+            let output = f();
+            watch.check(&output);
+            output
+        });
+        self.insert(handle, slot)
     }
 
     /// Spawns a `!Send` future on the current `LocalSet` or local runtime,
@@ -368,17 +343,10 @@ impl<T: Send + 'static> TaskSet<T> {
     where
         F: Future<Output = T> + 'static,
     {
-        let task = match self.is_error {
-            None => self.group.spawn_local(fut),
-            Some(is_error) => {
-                let slot = Arc::new(ErrorSlot::new());
-                let watched = watch_errors(fut, is_error, self.scope().clone(), slot.clone());
-                let task = self.group.spawn_local(watched);
-                self.publish(&slot, task.id());
-                task
-            }
-        };
-        self.insert(task)
+        let watch = self.watch();
+        let slot = watch.slot();
+        let handle = self.group.spawn_local(watched(fut, watch));
+        self.insert(handle, slot)
     }
 
     /// Spawns `fut` on the runtime of `handle`, from anywhere, as
@@ -392,17 +360,52 @@ impl<T: Send + 'static> TaskSet<T> {
     where
         F: Future<Output = T> + Send + 'static,
     {
-        let task = match self.is_error {
-            None => self.group.spawn_on(fut, handle),
-            Some(is_error) => {
-                let slot = Arc::new(ErrorSlot::new());
-                let watched = watch_errors(fut, is_error, self.scope().clone(), slot.clone());
-                let task = self.group.spawn_on(watched, handle);
-                self.publish(&slot, task.id());
-                task
-            }
-        };
-        self.insert(task)
+        let watch = self.watch();
+        let slot = watch.slot();
+        let task = self.group.spawn_on(watched(fut, watch), handle);
+        self.insert(task, slot)
+    }
+
+    /// Spawns a `!Send` future on `local`, as `JoinSet::spawn_local_on`;
+    /// otherwise as [`spawn_local`](Self::spawn_local).
+    ///
+    /// # Panics
+    ///
+    /// After [`shutdown`](Self::shutdown), or outside a runtime before the
+    /// set's first spawn (its ladders need one).
+    #[track_caller]
+    pub fn spawn_local_on<F>(&mut self, fut: F, local: &tokio::task::LocalSet) -> TaskAbortHandle
+    where
+        F: Future<Output = T> + 'static,
+    {
+        let watch = self.watch();
+        let slot = watch.slot();
+        let handle = self.group.spawn_local_on(watched(fut, watch), local);
+        self.insert(handle, slot)
+    }
+
+    /// As [`spawn_blocking`](Self::spawn_blocking), on the blocking pool of
+    /// the runtime of `handle`, from anywhere; as `JoinSet::spawn_blocking_on`.
+    ///
+    /// # Panics
+    ///
+    /// After [`shutdown`](Self::shutdown).
+    #[track_caller]
+    pub fn spawn_blocking_on<F>(&mut self, f: F, handle: &tokio::runtime::Handle) -> TaskAbortHandle
+    where
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let watch = self.watch();
+        let slot = watch.slot();
+        let task = self.group.spawn_blocking_on(
+            move || {
+                let output = f();
+                watch.check(&output);
+                output
+            },
+            handle,
+        );
+        self.insert(task, slot)
     }
 
     /// Waits for the next task to end and returns its output, first ended
@@ -693,6 +696,53 @@ impl<T: Send + 'static> TaskSet<T> {
         }
     }
 
+    /// Forgets every task without ending any, as `JoinSet::detach_all`:
+    /// [`len`](Self::len) is 0 and their outputs go nowhere, but the tasks
+    /// stay tracked by the set's group, so [`shutdown`](Self::shutdown) and
+    /// the set's drop still tear them down by the ladder (unlike a detached
+    /// `JoinSet` task, none escapes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::TaskSet;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let mut set = TaskSet::new();
+    /// set.spawn(std::future::pending::<()>());
+    /// set.detach_all();
+    /// assert!(set.is_empty());
+    /// assert!(set.join_next().await.is_none());
+    /// let report = set.shutdown().await; // the detached task is still torn down
+    /// assert_eq!(report.cancelled, 1);
+    /// # }
+    /// ```
+    pub fn detach_all(&mut self) {
+        self.joins.clear();
+    }
+
+    /// Polls for the next task to end, as `JoinSet::poll_join_next`: for a
+    /// hand-written `Future` or `Stream` over the set. `Poll::Ready(None)`
+    /// once the set is empty. Registers `cx`'s waker when it returns
+    /// `Pending`; spends tokio's coop budget as [`join_next`](Self::join_next).
+    pub fn poll_join_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, TaskError>>> {
+        self.joins
+            .poll_next_unpin(cx)
+            .map(|joined| joined.map(|(_, result)| result))
+    }
+
+    /// As [`poll_join_next`](Self::poll_join_next), with the task's id, as
+    /// `JoinSet::poll_join_next_with_id`.
+    pub fn poll_join_next_with_id(&mut self, cx: &mut Context<'_>) -> Poll<Option<Joined<T>>> {
+        self.joins.poll_next_unpin(cx).map(|joined| {
+            joined.map(|(id, result)| match result {
+                Ok(output) => Ok((id, output)),
+                Err(e) => Err((id, e)),
+            })
+        })
+    }
+
     /// Tears the set down by the shutdown ladder, as
     /// [`TaskGroup::shutdown`]: closes the set, cancels its scope (one wake
     /// per task), re-delivers with back-off to tasks that were polled and did
@@ -792,10 +842,22 @@ impl<T: Send + 'static> TaskSet<T> {
     }
 
     /// Queues a spawned task's handle and returns its abort handle.
-    fn insert(&mut self, handle: TaskHandle<T>) -> TaskAbortHandle {
+    fn insert(&mut self, handle: TaskHandle<T>, slot: Option<Arc<ErrorSlot>>) -> TaskAbortHandle {
+        if let Some(slot) = slot {
+            self.publish(&slot, handle.id());
+        }
         let abort = handle.abort_handle();
         self.joins.push(Joining { handle });
         abort
+    }
+
+    /// What `cancel_on_error` adds to the next task: the check of its output.
+    fn watch(&self) -> Watch<T> {
+        Watch(self.is_error.map(|is_error| WatchErrors {
+            is_error,
+            set_scope: self.scope().clone(),
+            slot: Arc::new(ErrorSlot::new()),
+        }))
     }
 
     /// The spawner's side of `cancel_on_error`: publish the id, and cancel
@@ -816,6 +878,44 @@ impl<T: Send + 'static> TaskSet<T> {
             Poll::Ready(joined) => joined,
             Poll::Pending => None,
         }
+    }
+}
+
+impl<T, F> Extend<F> for TaskSet<T>
+where
+    T: Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+{
+    /// Spawns every future of `iter`, as `JoinSet`'s `Extend`.
+    ///
+    /// # Panics
+    ///
+    /// As [`TaskSet::spawn`].
+    #[track_caller]
+    fn extend<I: IntoIterator<Item = F>>(&mut self, iter: I) {
+        for fut in iter {
+            self.spawn(fut);
+        }
+    }
+}
+
+impl<T, F> FromIterator<F> for TaskSet<T>
+where
+    T: Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+{
+    /// A new set with every future of `iter` spawned, as `JoinSet`'s
+    /// `FromIterator`:
+    /// `let set: TaskSet<_> = (0..5).map(|i| async move { i }).collect();`.
+    ///
+    /// # Panics
+    ///
+    /// As [`TaskSet::spawn`]: outside a tokio runtime.
+    #[track_caller]
+    fn from_iter<I: IntoIterator<Item = F>>(iter: I) -> Self {
+        let mut set = TaskSet::new();
+        set.extend(iter);
+        set
     }
 }
 
@@ -990,19 +1090,37 @@ impl<T> Future for Joining<T> {
 /// cancel wins): the wrapper of a `cancel_on_error` task. The cancel happens
 /// in the poll that returns the output, so the task itself completes with
 /// its error, and its siblings are cancelled.
-async fn watch_errors<Fut: Future>(
-    fut: Fut,
-    is_error: IsError<Fut::Output>,
+async fn watched<Fut: Future>(fut: Fut, watch: Watch<Fut::Output>) -> Fut::Output {
+    let output = fut.await;
+    watch.check(&output);
+    output
+}
+
+/// One task's share of `cancel_on_error` (nothing without it).
+struct Watch<T>(Option<WatchErrors<T>>);
+
+struct WatchErrors<T> {
+    is_error: IsError<T>,
     set_scope: CancelScope,
     slot: Arc<ErrorSlot>,
-) -> Fut::Output {
-    let output = fut.await;
-    if is_error(&output) {
-        if let Some(id) = slot.errored() {
-            cancel_for_error(&set_scope, id);
+}
+
+impl<T> Watch<T> {
+    /// The slot the spawner publishes the task's id in.
+    fn slot(&self) -> Option<Arc<ErrorSlot>> {
+        self.0.as_ref().map(|w| w.slot.clone())
+    }
+
+    /// The task's output: an error cancels the set (the first cancel wins).
+    fn check(&self, output: &T) {
+        if let Some(w) = &self.0 {
+            if (w.is_error)(output) {
+                if let Some(id) = w.slot.errored() {
+                    cancel_for_error(&w.set_scope, id);
+                }
+            }
         }
     }
-    output
 }
 
 fn cancel_for_error(set_scope: &CancelScope, id: TaskId) {

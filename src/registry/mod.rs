@@ -24,7 +24,18 @@
 //! writes it. (An earlier slot was emptied by each wake and refilled by the
 //! poll after it; the loom ladder models found that a poll between a wake's
 //! claim and its take left the slot empty with `SCHEDULED` clear, losing
-//! escalation's wake. A slot nothing empties cannot lose a waker.)
+//! escalation's wake. A slot nothing empties cannot lose a waker.) The
+//! slot needs no lock nor `Once` of its own: the first poll writes it before
+//! its `fetch_and` clears `SCHEDULED`, every cell starts `SCHEDULED`, and a
+//! library wake reads it only after its read-modify-write of the state word
+//! saw the bit clear, so the write happens before every such read (the
+//! crate's one `unsafe`, which the loom models check through loom's
+//! `UnsafeCell`).
+//!
+//! A blocking closure (`Watch::Blocking`) is never polled: its cell stays
+//! `SCHEDULED` with an empty slot, so no library wake ever reaches it, its
+//! first delivery is counted without a wake, and it never parks, so it is
+//! never re-delivered to.
 //!
 //! A re-delivery needs more: the `PARKED` bit, set only when a poll that
 //! *began after the first delivery* returned `Pending`, and cleared when the

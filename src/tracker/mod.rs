@@ -20,7 +20,7 @@ pub(crate) mod deliver;
 mod ladder;
 pub(crate) mod seam;
 mod spawn;
-pub(crate) use spawn::Place;
+pub(crate) use spawn::{LocalPlace, Place};
 pub(crate) mod tracked;
 
 use std::fmt::Debug;

@@ -31,6 +31,16 @@ pub(crate) enum Place<'a> {
     On(&'a Handle),
 }
 
+/// Where a `!Send` future is spawned.
+#[derive(Clone, Copy)]
+pub(crate) enum LocalPlace<'a> {
+    /// The current `LocalSet` or local runtime (`tokio::task::spawn_local`).
+    Current,
+    /// A given `LocalSet` (`LocalSet::spawn_local`), which runs it when it
+    /// is driven.
+    On(&'a tokio::task::LocalSet),
+}
+
 /// A task admitted into the registry, not yet on a runtime.
 pub(crate) struct Admitted<K: Eq + Hash + Clone> {
     guard: EntryGuard<TaskMeta, K, Arc<Tracker<K>>>,
@@ -70,13 +80,16 @@ where
         Ok(self.admitted(admitted, |guard| start(Tracked { fut, guard })))
     }
 
-    /// As [`spawn`](Self::spawn), on the current `LocalSet` or local runtime
-    /// (`tokio::task::spawn_local`), for a `!Send` future.
+    /// As [`spawn`](Self::spawn), for a `!Send` future at `place`.
+    /// `LocalPlace::On` needs no runtime at the spawn (the `LocalSet` runs
+    /// it once driven), but the tracker's ladders need one: the first spawn
+    /// of a tracker must come from inside a runtime.
     #[track_caller]
     pub(crate) fn spawn_local<F, Fut>(
         self: &Arc<Self>,
         opts: TaskOptions<K>,
         mode: Mode,
+        place: LocalPlace<'_>,
         make: F,
     ) -> Result<TaskHandle<Fut::Output>, SpawnError>
     where
@@ -84,13 +97,20 @@ where
         Fut: Future + 'static,
         Fut::Output: 'static,
     {
-        let rt = Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
+        let rt = match Handle::try_current() {
+            Ok(rt) => rt,
+            Err(_) => match (place, self.runtime.get()) {
+                (LocalPlace::On(_), Some(rt)) => rt.clone(),
+                _ => return Err(SpawnError::NoRuntime),
+            },
+        };
         let (opts, scope) = self.scope_for(opts, mode, &rt)?;
         let watch = Self::watch_of(mode, &scope);
         let fut = make(scope.clone());
         let admitted = self.admit(opts, watch, scope);
-        Ok(self.admitted(admitted, |guard| {
-            tokio::task::spawn_local(Tracked { fut, guard })
+        Ok(self.admitted(admitted, |guard| match place {
+            LocalPlace::Current => tokio::task::spawn_local(Tracked { fut, guard }),
+            LocalPlace::On(local) => local.spawn_local(Tracked { fut, guard }),
         }))
     }
 
@@ -105,13 +125,17 @@ where
         self: &Arc<Self>,
         opts: TaskOptions<K>,
         with_scope: bool,
+        place: Place<'_>,
         f: F,
     ) -> Result<TaskHandle<R>, SpawnError>
     where
         F: FnOnce(Option<CancelScope>) -> R + Send + 'static,
         R: Send + 'static,
     {
-        let rt = Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
+        let rt = match place {
+            Place::Current => Handle::try_current().map_err(|_| SpawnError::NoRuntime)?,
+            Place::On(handle) => handle.clone(),
+        };
         let mode = if with_scope {
             Mode::Cooperative
         } else {
