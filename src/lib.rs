@@ -276,3 +276,5 @@ pub use process::{
 };
 #[cfg(not(loom))]
 pub use task::{AbortOnDropHandle, SpawnError, Stats, TaskAbortHandle, TaskError, TaskHandle};
+#[cfg(not(loom))]
+pub use task::{TaskInfo, TaskState};
