@@ -55,6 +55,7 @@
 //! cargo run --release --example sse_teardown -- --server-only --port 3000
 //! curl -N 'http://127.0.0.1:3000/sse?backend=stubborn'   # Ctrl-C it: a disconnect
 //! curl http://127.0.0.1:3000/stats                       # tracked, closing, stuck, ...
+//! curl http://127.0.0.1:3000/debug/tasks                 # each live task: key, state, age, ...
 //! ```
 //!
 //! Ctrl-C (or SIGTERM) on the server stops accepting, tears every session
@@ -374,6 +375,7 @@ fn server_only(args: &Args) -> std::io::Result<bool> {
             if PROCESS { ", process" } else { "" }
         );
         println!("  curl http://{addr}/stats");
+        println!("  curl http://{addr}/debug/tasks");
         println!(
             "Ctrl-C or SIGTERM stops it within grace + abort_grace = {:?}",
             policy.grace + policy.abort_grace

@@ -291,4 +291,6 @@ pub use process::{
 #[cfg(not(loom))]
 pub use task::{AbortOnDropHandle, SpawnError, Stats, TaskAbortHandle, TaskError, TaskHandle};
 #[cfg(not(loom))]
+pub use task::{TaskInfo, TaskState};
+#[cfg(not(loom))]
 pub use task_set::{TaskSet, TaskSetBuilder};

@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use crate::builder::TaskBuilder;
 use crate::ladder::{ShutdownPolicy, ShutdownReport};
+use crate::registry::LiveEntry;
 use crate::registry::{TaskId, TaskOutcome};
 use crate::scope::CancelScope;
+use crate::task::TaskInfo;
 use crate::task::{SpawnError, Stats, TaskHandle};
 use crate::tracker::{Tracker, TrackerHandle, Tracks};
 
@@ -376,6 +378,57 @@ where
     #[must_use]
     pub fn stats(&self) -> Stats {
         self.tracker().stats()
+    }
+
+    /// The map's live tasks with their keys, oldest (lowest id) first; each
+    /// [`TaskInfo`] carries its key's `Debug` form too. A replaced task that
+    /// is still winding down is listed beside the newer task under its key
+    /// (both are live; the older one is
+    /// [`Cancelled`](crate::TaskState::Cancelled) or further); ended tasks
+    /// never are.
+    ///
+    /// A pure read, at the cost and with the reach of
+    /// [`TaskGroup::snapshot`](crate::TaskGroup::snapshot), plus, per task,
+    /// one `K::clone` and one `Debug` format of its key, both after the
+    /// registry lock (nothing of a user's runs under it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cancel_scope::{TaskMap, TaskState};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let sessions: TaskMap<&str> = TaskMap::new();
+    /// sessions.spawn("alice", std::future::pending::<()>());
+    /// sessions.spawn("bob", std::future::pending::<()>());
+    /// sessions.spawn("alice", std::future::pending::<()>()); // reconnect
+    /// tokio::task::yield_now().await; // the old "alice" ends at its next poll
+    ///
+    /// let live = sessions.snapshot();
+    /// let keys: Vec<&str> = live.iter().map(|(k, _)| *k).collect();
+    /// assert_eq!(keys, ["bob", "alice"]);
+    /// assert_eq!(live[1].1.key.as_deref(), Some("\"alice\""));
+    /// assert!(live.iter().all(|(_, t)| t.state == TaskState::Running));
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn snapshot(&self) -> Vec<(K, TaskInfo)> {
+        let tracker = self.tracker();
+        // The one lock: keys come out as shared `Arc`s; the user's `Clone`
+        // and `Debug` run below, after it (the lock rule).
+        let mut live = tracker.registry.pending_keyed();
+        let now = crate::task::now_on(tracker.runtime());
+        live.sort_unstable_by_key(|entry| entry.cell.id);
+        live.into_iter()
+            .filter_map(|LiveEntry { cell, key }| {
+                // Every task of a map has a key.
+                let key = key?;
+                let mut info = TaskInfo::read(&cell, &tracker.scope, now)?;
+                info.key = Some(format!("{:?}", *key));
+                Some((K::clone(&key), info))
+            })
+            .collect()
     }
 }
 

@@ -189,6 +189,83 @@ fn shutdown_ends_open_streams_and_escalates_the_stubborn_session() {
     harness.finish();
 }
 
+/// `GET /debug/tasks` lists a streaming session (its key, name, spawn site,
+/// state) beside the background publisher, and forgets it once the client
+/// has gone and the session was pruned.
+#[test]
+fn debug_tasks_lists_a_live_session_then_forgets_it() {
+    let harness = start(test_config());
+    let addr = harness.server().addr;
+    let client =
+        harness
+            .client_runtime()
+            .spawn(driver::sse_client(addr, BackendKind::Steady, usize::MAX));
+    let is_session =
+        |t: &serde_json::Value| t["name"].as_str().is_some_and(|n| n.starts_with("session"));
+    let tasks = harness.client(async {
+        tokio::time::timeout(SAFETY_NET, async {
+            loop {
+                let tasks = driver::get_json(addr, "/debug/tasks")
+                    .await
+                    .expect("GET /debug/tasks");
+                if tasks.as_array().expect("an array").iter().any(is_session) {
+                    return tasks;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the session shows up")
+    });
+    let tasks = tasks.as_array().unwrap();
+    let session = tasks.iter().find(|t| is_session(t)).unwrap();
+    let id = session["key"].as_str().expect("a session has a key");
+    assert_eq!(
+        session["name"],
+        format!("session {id} (steady)"),
+        "{session}"
+    );
+    assert_eq!(session["state"], "running", "{session}");
+    assert_eq!(session["redeliveries"], 0);
+    assert_eq!(session["blocking"], false);
+    assert!(
+        session["age_ms"].is_u64() && session["id"].is_u64(),
+        "{session}"
+    );
+    let location = session["location"].as_str().unwrap();
+    assert!(location.contains("sse_teardown/server.rs:"), "{location}");
+    // The backend's publisher: a group task, no key.
+    let publisher = tasks
+        .iter()
+        .find(|t| !is_session(t))
+        .expect("the publisher");
+    assert!(publisher["key"].is_null(), "{publisher}");
+    assert!(
+        publisher["location"]
+            .as_str()
+            .unwrap()
+            .contains("sse_teardown/backend.rs:")
+    );
+
+    client.abort(); // the client goes: the session is torn down and pruned
+    harness.client(async {
+        tokio::time::timeout(SAFETY_NET, async {
+            loop {
+                let tasks = driver::get_json(addr, "/debug/tasks")
+                    .await
+                    .expect("GET /debug/tasks");
+                if !tasks.as_array().unwrap().iter().any(is_session) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the session leaves the list");
+    });
+    harness.finish();
+}
+
 /// A wave in which a third of the sessions run a child process group (`sh -c
 /// 'cat | cat'`): every session is pruned, each child was reaped by its
 /// session's teardown (none is alive, none needed `reap_orphans`), and

@@ -32,7 +32,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use cancel_scope::{
-    Backoff, CancelScope, ShutdownPolicy, ShutdownReport, TaskGroup, TaskId, TaskMap,
+    Backoff, CancelScope, ShutdownPolicy, ShutdownReport, TaskGroup, TaskId, TaskInfo, TaskMap,
 };
 use futures::Stream;
 use tokio::net::TcpSocket;
@@ -391,6 +391,20 @@ impl AppState {
         }
     }
 
+    /// Every live task the server tracks, oldest first, for `GET
+    /// /debug/tasks`: the sessions (their key is the session id) and the
+    /// background publisher. The naive registry tracks no session, so in
+    /// that mode only the background tasks show: nobody can list the rest.
+    #[must_use]
+    pub fn tasks(&self) -> Vec<TaskInfo> {
+        let mut tasks = self.background.snapshot();
+        if let Sessions::Tracked(map) = &self.sessions {
+            tasks.extend(map.snapshot().into_iter().map(|(_, task)| task));
+        }
+        tasks.sort_by_key(|task| task.id);
+        tasks
+    }
+
     /// Whether the registry still holds session `id`.
     #[must_use]
     pub fn is_tracked(&self, id: SessionId) -> bool {
@@ -691,6 +705,27 @@ async fn stats(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(state.snapshot().to_json())
 }
 
+/// One task of `GET /debug/tasks`.
+#[must_use]
+pub fn task_json(task: &TaskInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": task.id.as_u64(),
+        "name": task.name.as_deref(),
+        "key": task.key,
+        "location": format!("{}:{}", task.location.file(), task.location.line()),
+        "age_ms": task.age.as_millis() as u64,
+        "state": task.state.as_str(),
+        "redeliveries": task.redeliveries,
+        "blocking": task.blocking,
+    })
+}
+
+/// The live tasks, oldest first (`TaskMap::snapshot`, `TaskGroup::snapshot`:
+/// a pure read, which changes nothing of a ladder in progress).
+async fn debug_tasks(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(state.tasks().iter().map(task_json).collect())
+}
+
 // ===== the server =====
 
 /// A running server.
@@ -746,6 +781,7 @@ impl Server {
         let app = Router::new()
             .route("/sse", get(sse))
             .route("/stats", get(stats))
+            .route("/debug/tasks", get(debug_tasks))
             .with_state(state.clone());
         let accepting = CancelScope::new();
         let serve = tokio::spawn(

@@ -430,6 +430,16 @@ impl CancelScope {
     pub(crate) fn node(&self) -> &Arc<Node> {
         &self.node
     }
+
+    /// Whether the scope is cancelled or its deadline has passed, read as
+    /// `Debug` reads it: a deadline that passed before its timer fired is
+    /// seen but not run (nothing is cancelled or woken), for the pure reads
+    /// (`snapshot`, DESIGN property 9). Two loads and, with a deadline, a
+    /// clock read.
+    pub(crate) fn is_cancelled_or_due(&self) -> bool {
+        let deadline = tree::deadline(&self.node);
+        tree::is_cancelled(&self.node) || (deadline != NO_DEADLINE && now_ticks() >= deadline)
+    }
 }
 
 /// One load when cancelled, two otherwise (the flag, the deadline); the clock

@@ -94,7 +94,13 @@ impl TaskMeta {
 
     /// Time since the task was spawned, on tokio's clock.
     pub(crate) fn age(&self) -> Duration {
-        Instant::now().saturating_duration_since(crate::scope::from_ticks(self.spawned_at))
+        self.age_at(Instant::now())
+    }
+
+    /// The task's age at `now` (zero for a `now` before its spawn): one clock
+    /// read serves a whole snapshot, so its ages are of one instant.
+    pub(crate) fn age_at(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(crate::scope::from_ticks(self.spawned_at))
     }
 
     #[inline]

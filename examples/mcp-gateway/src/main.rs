@@ -8,6 +8,7 @@
 //! mcp-gateway [--naive] [--port P] [--upstream PATH] [--idle-ms N] [--init-ms N]
 //!   POST/GET/DELETE /mcp   MCP Streamable HTTP (responses stream as SSE)
 //!   GET  /stats            sessions, requests in flight, children, counters (JSON)
+//!   GET  /debug/tasks      each live session task: key, name, spawn site, age, state (JSON)
 //!   POST /reap             reap_orphans(); says whether it touched a live session's child
 //! ```
 //!
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use cancel_scope::CancelScope;
+use cancel_scope::{CancelScope, TaskInfo};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{Value, json};
@@ -133,6 +134,7 @@ async fn serve(args: Args) -> std::io::Result<bool> {
         config,
     );
     let stats_shared = shared.clone();
+    let tasks_shared = shared.clone();
     let reap_shared = shared.clone();
     let app = Router::new()
         .nest_service("/mcp", mcp)
@@ -141,6 +143,13 @@ async fn serve(args: Args) -> std::io::Result<bool> {
             get(move || {
                 let s = stats_shared.clone();
                 async move { axum::Json(stats(&s)) }
+            }),
+        )
+        .route(
+            "/debug/tasks",
+            get(move || {
+                let s = tasks_shared.clone();
+                async move { axum::Json(debug_tasks(&s)) }
             }),
         )
         .route(
@@ -217,6 +226,31 @@ fn stats(s: &Shared) -> Value {
     })
 }
 
+/// The live session tasks, oldest first, as `GET /debug/tasks` serves them:
+/// `TaskMap::snapshot`, a pure read (it changes nothing of a ladder in
+/// progress, so it can be polled during a teardown).
+fn debug_tasks(s: &Shared) -> Value {
+    s.sessions
+        .snapshot()
+        .iter()
+        .map(|(_, task)| task_json(task))
+        .collect()
+}
+
+/// One task of `GET /debug/tasks`.
+fn task_json(task: &TaskInfo) -> Value {
+    json!({
+        "id": task.id.as_u64(),
+        "name": task.name.as_deref(),
+        "key": task.key,
+        "location": format!("{}:{}", task.location.file(), task.location.line()),
+        "age_ms": task.age.as_millis() as u64,
+        "state": task.state.as_str(),
+        "redeliveries": task.redeliveries,
+        "blocking": task.blocking,
+    })
+}
+
 async fn reap(s: &Shared) -> Value {
     let live: Vec<u32> = s
         .counters
@@ -273,6 +307,8 @@ async fn serve_naive(args: Args) -> std::io::Result<bool> {
                 async move { axum::Json(naive_stats(&s, &m)) }
             }),
         )
+        // Nothing tracks the naive sessions: there is no task to list.
+        .route("/debug/tasks", get(|| async { axum::Json(json!([])) }))
         .route(
             "/reap",
             post(|| async { axum::Json(json!({"reaped": [], "touched_live": 0})) }),
