@@ -231,7 +231,15 @@ mod tests {
     #[test]
     fn a_task_ending_after_the_copy_is_left_out() {
         let reg = crate::sync::Arc::new(Registry::<TaskMeta, ()>::new(false));
-        let meta = TaskMeta::new(Instant::now(), Location::caller(), None, None, None, None);
+        let meta = TaskMeta::new(
+            Instant::now(),
+            Location::caller(),
+            None,
+            None,
+            None,
+            None,
+            None,
+        );
         let guard = Registry::insert(&reg, meta, None).guard;
         let copied = reg.pending();
         let scope = CancelScope::new();
