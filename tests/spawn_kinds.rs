@@ -493,3 +493,34 @@ async fn task_map_try_spawn_with_scope_errs_on_a_closed_map_without_calling_f() 
     assert!(!old.is_finished(), "the task under the key is left alone");
     assert_eq!(map.len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_shows_a_blocking_task_as_blocking_and_cancelled_after_a_cancel() {
+    use cancel_scope::TaskState;
+    let group = TaskGroup::new();
+    let (release, wait) = mpsc::channel::<()>();
+    let started = Arc::new(AtomicBool::new(false));
+    let s = started.clone();
+    let blocking = group.spawn_blocking_with_scope(move |_scope| {
+        s.store(true, Ordering::SeqCst);
+        wait.recv().unwrap();
+    });
+    let plain = group.spawn(std::future::pending::<()>());
+    until(|| started.load(Ordering::SeqCst)).await;
+    let infos = group.snapshot();
+    assert_eq!(infos.len(), 2);
+    assert_eq!(infos[0].id, blocking.id());
+    assert!(infos[0].blocking);
+    assert!(!infos[1].blocking);
+    assert_eq!(infos[0].location.file(), file!());
+    assert_eq!(infos[0].state, TaskState::Running);
+    group.cancel();
+    settle().await;
+    let infos = group.snapshot();
+    assert_eq!(infos.len(), 1, "the plain task ended at its await");
+    assert_eq!(infos[0].state, TaskState::Cancelled);
+    assert!(plain.await.is_err());
+    release.send(()).unwrap();
+    blocking.await.unwrap();
+    assert!(group.snapshot().is_empty());
+}
