@@ -150,6 +150,19 @@ struct StepTimer {
     waker: Slot,
 }
 
+/// The step timer's thread: fires the first `n` rungs, in order.
+fn ticker(timer: &Arc<StepTimer>, n: usize) -> thread::JoinHandle<()> {
+    let timer = timer.clone();
+    thread::spawn(move || {
+        for k in 1..=n {
+            // Release pairs with the driver's Acquire load of `fired`.
+            timer.fired_tally.store(k, Ordering::Relaxed);
+            timer.fired.store(k, Ordering::Release);
+            timer.waker.wake();
+        }
+    })
+}
+
 /// Which rungs the step timer fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fires {
@@ -382,21 +395,13 @@ fn ladder(variant: Variant, target: Target, fires: Fires, seen: &Seen) {
     let task = stubborn_task(guard);
 
     let timer = Arc::new(StepTimer::default());
-    let ticker = {
-        let timer = timer.clone();
-        let n = match fires {
+    let ticker = ticker(
+        &timer,
+        match fires {
             Fires::All => steps.len(),
             Fires::WithholdGiveUp => steps.len() - 1,
-        };
-        thread::spawn(move || {
-            for k in 1..=n {
-                // Release pairs with the driver's Acquire load of `fired`.
-                timer.fired_tally.store(k, Ordering::Relaxed);
-                timer.fired.store(k, Ordering::Release);
-                timer.waker.wake();
-            }
-        })
-    };
+        },
+    );
 
     // First delivery, as `Tracker::shutdown` / a per-task cancel: mark, then
     // one wake.
@@ -715,16 +720,7 @@ fn a_blocking_task_ends_while_the_ladder_escalates_it() {
             });
             let timer = Arc::new(StepTimer::default());
             let steps = Schedule::new(policy(max)).count();
-            let ticker = {
-                let timer = timer.clone();
-                thread::spawn(move || {
-                    for k in 1..=steps {
-                        timer.fired_tally.store(k, Ordering::Relaxed);
-                        timer.fired.store(k, Ordering::Release);
-                        timer.waker.wake();
-                    }
-                })
-            };
+            let ticker = ticker(&timer, steps);
             registry.mark_closing(&cell);
             let delivered = cell.deliver();
             let hooks = StdAtomicUsize::new(0);

@@ -72,12 +72,7 @@ where
             Place::Current => Handle::try_current().map_err(|_| SpawnError::NoRuntime)?,
             Place::On(handle) => handle.clone(),
         };
-        let (opts, scope) = self.scope_for(opts, mode, &rt)?;
-        let watch = Self::watch_of(mode, &scope);
-        let fut = make(scope.clone());
-        let admitted = self.admit(opts, watch, scope);
-        let start = |tracked| rt.spawn(tracked);
-        Ok(self.admitted(admitted, |guard| start(Tracked { fut, guard })))
+        self.spawn_future(opts, mode, &rt, make, |tracked| rt.spawn(tracked))
     }
 
     /// As [`spawn`](Self::spawn), for a `!Send` future at `place`.
@@ -104,14 +99,33 @@ where
                 _ => return Err(SpawnError::NoRuntime),
             },
         };
-        let (opts, scope) = self.scope_for(opts, mode, &rt)?;
+        self.spawn_future(opts, mode, &rt, make, |tracked| match place {
+            LocalPlace::Current => tokio::task::spawn_local(tracked),
+            LocalPlace::On(local) => local.spawn_local(tracked),
+        })
+    }
+
+    /// What every future's spawn shares: the checks, the task's scope, its
+    /// future, its entry, then `start` puts the tracked future on its
+    /// runtime.
+    #[track_caller]
+    fn spawn_future<F, Fut>(
+        self: &Arc<Self>,
+        opts: TaskOptions<K>,
+        mode: Mode,
+        rt: &Handle,
+        make: F,
+        start: impl FnOnce(Tracked<Fut, K>) -> JoinHandle<Result<Fut::Output, TaskError>>,
+    ) -> Result<TaskHandle<Fut::Output>, SpawnError>
+    where
+        F: FnOnce(Option<CancelScope>) -> Fut,
+        Fut: Future,
+    {
+        let (opts, scope) = self.scope_for(opts, mode, rt)?;
         let watch = Self::watch_of(mode, &scope);
         let fut = make(scope.clone());
         let admitted = self.admit(opts, watch, scope);
-        Ok(self.admitted(admitted, |guard| match place {
-            LocalPlace::Current => tokio::task::spawn_local(Tracked { fut, guard }),
-            LocalPlace::On(local) => local.spawn_local(Tracked { fut, guard }),
-        }))
+        Ok(self.admitted(admitted, |guard| start(Tracked { fut, guard })))
     }
 
     /// Spawns the blocking closure `f(task_scope)` on the runtime's blocking
