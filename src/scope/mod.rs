@@ -28,16 +28,13 @@ pub(crate) mod tree;
 mod wait;
 
 pub(crate) use clock::far_future;
-// Under loom the modules that use these two re-exports are left out (task.rs
-// for the ticks; tracker.rs and interop.rs for `Waiter`): unused there, as the
-// crate allows dead code there.
-#[cfg_attr(loom, allow(unused_imports))]
-pub(crate) use clock::{from_ticks, to_ticks};
 pub use error::{Cancelled, Elapsed};
 pub use guard::DropGuard;
 pub use handle::CancelScope;
 pub use message::CancelMessage;
 pub use tree::CancelReason;
+// Under loom the modules that use `Waiter` (tracker.rs and interop.rs) are
+// left out: unused there, as the crate allows dead code there.
 #[cfg_attr(loom, allow(unused_imports))]
 pub(crate) use wait::Waiter;
 pub use wait::{Run, WaitCancelled, WaitCancelledOwned};

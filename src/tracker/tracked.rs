@@ -180,10 +180,10 @@ mod tests {
     /// Bytes per pending task (issue 12): what a tracked task adds to the
     /// user's future stays within 24 bytes, so a 128-byte future's task stays
     /// in tokio's 256-byte cell class (tokio aligns task cells to 128 bytes on
-    /// x86_64), and the shared cell within 64 (72 before its waker slot
-    /// became a plain cell ordered by the state word).
+    /// x86_64), and the shared cell within 72 (its `Arc` allocation, 88 bytes,
+    /// takes malloc's 96-byte chunk).
     #[test]
-    fn a_tracked_future_adds_24_bytes_and_the_cell_is_64() {
+    fn a_tracked_future_adds_24_bytes_and_the_cell_is_72() {
         type F = [u64; 16];
         struct Sized128(#[allow(dead_code)] F);
         impl std::future::Future for Sized128 {
@@ -198,6 +198,6 @@ mod tests {
         let tracked = std::mem::size_of::<super::Tracked<Sized128, ()>>();
         assert!(tracked <= 128 + 24, "Tracked adds {} bytes", tracked - 128);
         let cell = std::mem::size_of::<crate::task::TrackedCell>();
-        assert!(cell <= 64, "the cell is {cell} bytes");
+        assert!(cell <= 72, "the cell is {cell} bytes");
     }
 }
