@@ -164,7 +164,8 @@ async fn cancelling_one_blocking_task_cancels_its_scope_and_runs_its_ladder() {
     let (release, wait) = mpsc::channel::<()>();
     let h = hooked.clone();
     let saw = Arc::new(AtomicBool::new(false));
-    let s = saw.clone();
+    let started = Arc::new(AtomicBool::new(false));
+    let (s, st) = (saw.clone(), started.clone());
     let task = group
         .build_task()
         .on_escalate(move || {
@@ -172,11 +173,15 @@ async fn cancelling_one_blocking_task_cancels_its_scope_and_runs_its_ladder() {
             let _ = release.send(());
         })
         .spawn_blocking_with_scope(move |scope| {
+            st.store(true, Ordering::SeqCst);
             // Ignores its scope until the hook releases it.
             wait.recv().unwrap();
             s.store(scope.is_cancelled(), Ordering::SeqCst);
         });
     let other = group.spawn(std::future::pending::<()>());
+    // Running: an escalation before the closure starts would skip it (it is
+    // aborted before it runs), which is another test's case.
+    until(|| started.load(Ordering::SeqCst)).await;
     task.cancel();
     settle().await;
     assert_eq!(group.stats().deliveries, 1);
@@ -386,24 +391,43 @@ async fn abort_all_aborts_every_task_at_once_without_hooks() {
     assert_eq!(group.spawn(async { 1 }).await.unwrap(), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn abort_all_stops_a_queued_blocking_closure_but_not_a_running_one() {
-    let group = TaskGroup::new();
-    let (release, wait) = mpsc::channel::<()>();
-    let started = Arc::new(AtomicBool::new(false));
-    let s = started.clone();
-    let running = group.spawn_blocking(move || {
-        s.store(true, Ordering::SeqCst);
-        wait.recv().unwrap();
-        "done"
+#[test]
+fn abort_all_stops_a_queued_blocking_closure_but_not_a_running_one() {
+    // One blocking thread: the second closure waits in the pool's queue.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let group = TaskGroup::new();
+        let (release, wait) = mpsc::channel::<()>();
+        let started = Arc::new(AtomicBool::new(false));
+        let s = started.clone();
+        let running = group.spawn_blocking(move || {
+            s.store(true, Ordering::SeqCst);
+            wait.recv().unwrap();
+            "done"
+        });
+        until(|| started.load(Ordering::SeqCst)).await;
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        let queued = group.spawn_blocking(move || r.store(true, Ordering::SeqCst));
+        group.abort_all();
+        settle().await;
+        assert_eq!(
+            group.len(),
+            2,
+            "blocking code cannot be aborted, nor dequeued"
+        );
+        release.send(()).unwrap();
+        assert_eq!(running.await.unwrap(), "done");
+        assert!(matches!(queued.await, Err(TaskError::Aborted)));
+        assert!(!ran.load(Ordering::SeqCst), "the queued closure never ran");
+        assert!(group.is_empty());
+        let stats = group.stats();
+        assert_eq!((stats.completed, stats.aborted), (1, 1));
     });
-    until(|| started.load(Ordering::SeqCst)).await;
-    group.abort_all();
-    settle().await;
-    assert_eq!(group.len(), 1, "blocking code cannot be aborted");
-    release.send(()).unwrap();
-    assert_eq!(running.await.unwrap(), "done");
-    assert!(group.is_empty());
 }
 
 #[tokio::test(start_paused = true)]
