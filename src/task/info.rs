@@ -189,8 +189,10 @@ pub enum TaskState {
     /// (`spawn_with_scope`) when it decides, or is escalated at the end of
     /// the grace.
     Cancelled,
-    /// It ignored cancellation for the whole grace: its escalation hook was
-    /// started and its next poll ends it as aborted. A task that stays here
+    /// It ignored cancellation for the whole grace (its escalation hook was
+    /// started), or it was aborted by [`TaskGroup::abort_all`](crate::TaskGroup::abort_all)
+    /// or [`TaskMap::abort`](crate::TaskMap::abort): its next poll ends it
+    /// as aborted (a blocking closure that runs goes on). A task that stays here
     /// is not being polled (it blocks its thread, or its runtime stopped),
     /// and is reported stuck after the abort grace.
     Escalated,
