@@ -1,8 +1,10 @@
 //! The proptest state machine: random programs of operations on a `TaskGroup`
 //! and a `TaskMap` (spawn with behaviours and escalation hooks that return,
 //! panic or block, cancels of the group, the scope, a key, a task's handle,
-//! aborts, handle drops, replacement, the paused clock, shutdown, parked
-//! `join` / `join_next` waiters re-polled in any order), each case under a
+//! aborts (by a handle, by an abort handle on another thread, of a key, of
+//! the whole group), handle drops, replacement, the paused clock, shutdown,
+//! parked `join` / `join_next` waiters re-polled in any order, and
+//! `try_join_next` on the same queue of ends), each case under a
 //! `ShutdownPolicy` of its own (any value the types allow), checked after
 //! every step against a reference model (`tests/model/machine.rs`, shared
 //! with the fuzz target).
@@ -117,14 +119,19 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::CancelGroup),
         1 => Just(Op::CancelScope),
         2 => key.clone().prop_map(Op::CancelKey),
-        1 => key.prop_map(Op::BeginCancelKey),
+        1 => key.clone().prop_map(Op::BeginCancelKey),
+        // Bit 2: a key with a live task, if any (see `Op::AbortKey`).
+        2 => (0u8..8).prop_map(|k| Op::AbortKey(Key(k))),
+        1 => Just(Op::AbortAll),
         2 => pick.clone().prop_map(Op::CancelTask),
         1 => pick.clone().prop_map(Op::ReleaseHook),
         2 => pick.clone().prop_map(Op::Abort),
+        1 => pick.clone().prop_map(Op::AbortViaHandle),
         2 => pick.prop_map(Op::DropHandle),
         4 => ms().prop_map(Op::Advance),
         1 => Just(Op::Shutdown),
         2 => any::<bool>().prop_map(|next| Op::Wait { next }),
+        3 => Just(Op::TryJoinNext),
         3 => any::<u8>().prop_map(|r| Op::Repoll(TaskRef(r))),
     ]
 }
@@ -157,4 +164,35 @@ fn any_bytes_decode_to_a_program() {
     let (setup, ops) = lang::decode(&bytes, 64);
     assert!(!ops.is_empty());
     machine::run(&setup, &ops);
+}
+
+/// The case saved in `proptest-regressions/model.txt`, pinned as a program:
+/// its seed only replays it while the strategies above keep their shape
+/// (adding an op, or a field, makes the seed draw another program).
+#[test]
+fn saved_regression_replays() {
+    let ops = [
+        Op::Spawn {
+            key: None,
+            behaviour: Behaviour::Panics(Ms(0)),
+            hook: Hook::None,
+        },
+        Op::Replace {
+            pick: TaskRef(0),
+            behaviour: Behaviour::IgnoresCancel,
+            hook: Hook::None,
+        },
+        Op::Spawn {
+            key: Some(Key(0)),
+            behaviour: Behaviour::EndsAfter(Ms(0)),
+            hook: Hook::None,
+        },
+        Op::Spawn {
+            key: None,
+            behaviour: Behaviour::EndsAfter(Ms(0)),
+            hook: Hook::None,
+        },
+        Op::Shutdown,
+    ];
+    machine::run(&Setup::default(), &ops);
 }

@@ -217,6 +217,23 @@ pub enum Op {
     /// Re-poll one of the parked waiters (modulo their number), in any
     /// order relative to the others, to idleness and to respawns.
     Repoll(TaskRef),
+    /// `TaskGroup::abort_all`: every live task of the group ends as aborted
+    /// at its next poll, with no grace, no hook and no escalation counted;
+    /// the group stays open and its scope is not cancelled.
+    AbortAll,
+    /// `TaskMap::abort(key)`: the task the key maps to (the newest under
+    /// it), if one is alive, ends as aborted; no other task is touched.
+    /// With bit 2 of the key set, on a key that has a live task if any
+    /// (picked by the key's value, as `Replace` picks), so that most of
+    /// these aborts find a task; otherwise on the key as it is.
+    AbortKey(Key),
+    /// `TaskGroup::try_join_next`: the oldest end not yet taken, or `None`,
+    /// at once; one queue with the parked `join_next`s (`Wait { next: true }`).
+    TryJoinNext,
+    /// `TaskHandle::abort_handle().abort()`, called from a plain thread
+    /// (joined before the step goes on), if the handle is still held: as
+    /// [`Op::Abort`].
+    AbortViaHandle(TaskRef),
 }
 
 /// Decodes a fuzz input into a program (its setup, then at most `max_ops`

@@ -294,13 +294,28 @@ struct Task {
     hook: Hook,
     /// Held while a blocking hook must stay blocked; dropped to release it.
     hook_release: Option<mpsc::Sender<()>>,
-    /// `abort()` was called through its handle.
+    /// An abort reached it while it was alive (its handle's, an abort
+    /// handle's from another thread, `TaskGroup::abort_all`,
+    /// `TaskMap::abort`): it ends as aborted, at once, its code never
+    /// polled again (`polls_at_abort`), and its hook never runs.
     aborted: bool,
+    polls_at_abort: usize,
     /// The interval (see `World::epoch`) in which the model saw it end.
     ended_epoch: Option<usize>,
+    /// Its end was taken from the group's queue (`try_join_next`, or a
+    /// parked `join_next` that returned it).
+    taken: bool,
 }
 
 impl Task {
+    /// An abort reached it: marked aborted if it was alive then.
+    fn abort_reached(&mut self) {
+        if self.probe.alive() && !self.aborted {
+            self.aborted = true;
+            self.polls_at_abort = self.probe.polls();
+        }
+    }
+
     /// Dropped at its next await once cancelled (`spawn`, not
     /// `spawn_with_scope`).
     fn drop_mode(&self) -> bool {
@@ -321,10 +336,14 @@ impl Task {
     }
 }
 
+/// What a parked waiter returns: the end a `join_next()` took (`None` from
+/// a `join()`, or from a `join_next()` on an idle group with nothing left).
+type Taken = Option<(TaskId, TaskOutcome)>;
+
 /// A parked `join()` / `join_next()` of the group, polled by hand.
 struct Waiter {
     next: bool,
-    fut: Pin<Box<dyn Future<Output = bool> + Send>>,
+    fut: Pin<Box<dyn Future<Output = Taken> + Send>>,
     wakes: Arc<WakeCount>,
     /// Wakes, and ends of group tasks, when it last returned `Pending`.
     wakes_at_park: usize,
@@ -528,7 +547,9 @@ impl World {
             hook: hook_kind,
             hook_release,
             aborted: false,
+            polls_at_abort: 0,
             ended_epoch: None,
+            taken: false,
         });
     }
 
@@ -652,10 +673,22 @@ impl World {
                 if let Some(t) = self.pick(r.0) {
                     if let Some(h) = &t.handle {
                         h.abort();
-                        t.aborted = true;
+                        t.abort_reached();
                     }
                 }
             }
+            Op::AbortViaHandle(r) => self.abort_via_handle(r.0).await,
+            Op::AbortAll => self.abort_all().await,
+            Op::AbortKey(key) => {
+                let live: Vec<u8> = (0..4u8).filter(|k| self.keyed(*k).is_some()).collect();
+                let k = if key.0 & 4 == 0 || live.is_empty() {
+                    key.get()
+                } else {
+                    live[usize::from(key.0) % live.len()]
+                };
+                self.abort_key(k).await;
+            }
+            Op::TryJoinNext => self.try_join_next(),
             Op::DropHandle(r) => {
                 if let Some(t) = self.pick(r.0) {
                     t.handle = None;
@@ -665,12 +698,12 @@ impl World {
             Op::Shutdown => self.shutdown_both().await,
             Op::Wait { next } => {
                 let group = self.group.clone();
-                let fut: Pin<Box<dyn Future<Output = bool> + Send>> = if next {
-                    Box::pin(async move { group.join_next().await.is_some() })
+                let fut: Pin<Box<dyn Future<Output = Taken> + Send>> = if next {
+                    Box::pin(async move { group.join_next().await })
                 } else {
                     Box::pin(async move {
                         let _ = group.join().await;
-                        true
+                        None
                     })
                 };
                 let waiter = Waiter {
@@ -702,11 +735,15 @@ impl World {
         let w = &mut self.waiters[i];
         let waker = std::task::Waker::from(w.wakes.clone());
         match w.fut.as_mut().poll(&mut Context::from_waker(&waker)) {
-            Poll::Ready(took_one) => {
-                if w.next && !took_one {
-                    assert!(empty, "{at}: join_next said None with live tasks");
-                }
+            Poll::Ready(taken) => {
+                let next = w.next;
                 drop(self.waiters.swap_remove(i));
+                if next {
+                    if taken.is_none() {
+                        assert!(empty, "{at}: join_next said None with live tasks");
+                    }
+                    self.take_end("join_next", taken);
+                }
             }
             Poll::Pending => {
                 assert!(!empty, "{at}: a waiter is pending on an empty group");
@@ -714,6 +751,198 @@ impl World {
                 w.ends_at_park = ends_now;
             }
         }
+    }
+
+    /// Checks an end taken from the group's one queue (`try_join_next`, or
+    /// a parked `join_next` that returned) against the reference, and marks
+    /// it taken: a `Some` is a group task that ended, not taken before
+    /// (never duplicated), with its real outcome (`Aborted` if an abort
+    /// reached it alive), and the oldest end not yet taken (ends are ordered
+    /// by the interval the model saw them in; within one, any order); a
+    /// `None` leaves no end behind (never lost).
+    fn take_end(&mut self, what: &str, taken: Taken) {
+        let at = self.at();
+        let epoch = self.epoch;
+        let end_of = |t: &Task| t.ended_epoch.unwrap_or(epoch);
+        let untaken: Vec<usize> = (0..self.tasks.len())
+            .filter(|&i| {
+                let t = &self.tasks[i];
+                t.home == Home::Group && !t.probe.alive() && !t.taken
+            })
+            .collect();
+        let Some((id, outcome)) = taken else {
+            assert!(
+                untaken.is_empty(),
+                "{at}: {what} said None, ends of tasks {untaken:?} not taken yet"
+            );
+            return;
+        };
+        let i = self
+            .tasks
+            .iter()
+            .position(|t| t.id == id)
+            .unwrap_or_else(|| panic!("{at}: {what} gave {id}, no task of the model"));
+        let t = &self.tasks[i];
+        assert_eq!(t.home, Home::Group, "{at}: {what} gave task {i}: {t:?}");
+        assert!(!t.taken, "{at}: {what} gave task {i}'s end twice: {t:?}");
+        self.check_outcome(i, outcome);
+        assert!(
+            !t.aborted || outcome == TaskOutcome::Aborted,
+            "{at}: {what} says aborted task {i} ended {outcome:?}: {t:?}"
+        );
+        let oldest = untaken.iter().map(|&j| end_of(&self.tasks[j])).min();
+        assert!(
+            oldest.is_some_and(|e| end_of(t) <= e),
+            "{at}: {what} gave task {i} (ended in interval {}) before an end of interval \
+             {oldest:?}: {t:?}",
+            end_of(t)
+        );
+        self.tasks[i].taken = true;
+    }
+
+    /// `TaskGroup::try_join_next`: checked as [`Self::take_end`]; it takes
+    /// an end and nothing more (no wake of a task or a parked waiter, no
+    /// counter moved, `len()` unchanged).
+    fn try_join_next(&mut self) {
+        let at = self.at();
+        let before = (self.group.stats(), self.group.len(), self.waiter_wakes());
+        let taken = self.group.try_join_next();
+        let after = (self.group.stats(), self.group.len(), self.waiter_wakes());
+        assert_eq!(
+            before, after,
+            "{at}: try_join_next did more than take an end"
+        );
+        self.take_end("try_join_next", taken);
+    }
+
+    fn waiter_wakes(&self) -> Vec<usize> {
+        self.waiters
+            .iter()
+            .map(|w| w.wakes.0.load(Ordering::SeqCst))
+            .collect()
+    }
+
+    /// The tasks alive now, by index.
+    fn alive(&self) -> Vec<usize> {
+        self.alive_in(|_| true)
+    }
+
+    /// `TaskGroup::abort_all`: every live task of the group, and only those,
+    /// ends as aborted once the runtime settled (no clock moved), with no
+    /// hook run and no delivery or escalation counted; the group stays open,
+    /// its scope as it was; the map is not touched.
+    async fn abort_all(&mut self) {
+        let at = self.at();
+        let live = self.alive_in(|h| h == Home::Group);
+        let others = self.alive_in(|h| h != Home::Group);
+        let before = self.group.stats();
+        let (cancelled, closed) = (self.group.scope().is_cancelled(), self.group.is_closed());
+        self.group.abort_all();
+        for &i in &live {
+            self.tasks[i].abort_reached();
+        }
+        settle().await;
+        let after = self.group.stats();
+        let n = live.len() as u64;
+        assert_eq!(
+            (after.aborted, after.spawned),
+            (before.aborted + n, before.spawned),
+            "{at}: abort_all of {n} live tasks: {before:?} -> {after:?}"
+        );
+        let unmoved = |s: &cancel_scope::Stats| {
+            (
+                s.completed,
+                s.cancelled,
+                s.panicked,
+                s.deliveries,
+                s.redeliveries,
+                s.escalations,
+            )
+        };
+        assert_eq!(
+            unmoved(&after),
+            unmoved(&before),
+            "{at}: abort_all counted more than aborts: {before:?} -> {after:?}"
+        );
+        assert!(
+            self.group.is_empty(),
+            "{at}: group not empty after abort_all"
+        );
+        assert_eq!(
+            (self.group.scope().is_cancelled(), self.group.is_closed()),
+            (cancelled, closed),
+            "{at}: abort_all cancelled or closed the group"
+        );
+        assert_eq!(
+            self.alive_in(|h| h != Home::Group),
+            others,
+            "{at}: abort_all touched the map"
+        );
+    }
+
+    /// `TaskMap::abort(key)`: says whether a live task was under the key,
+    /// and that task (the newest under it), alone, ends as aborted once the
+    /// runtime settled, with no hook run and no delivery or escalation
+    /// counted; no other key (nor an older task under this one) is touched.
+    async fn abort_key(&mut self, k: u8) {
+        let at = self.at();
+        let target = self.keyed(k);
+        let mut alive = self.alive();
+        let before = self.map.stats();
+        let closing: Vec<bool> = (0..4u8).map(|key| self.map.is_closing(&key)).collect();
+        let found = self.map.abort(&k);
+        assert_eq!(found, target.is_some(), "{at}: abort({k}) for {target:?}");
+        if let Some(i) = target {
+            self.tasks[i].abort_reached();
+            alive.retain(|&j| j != i);
+        }
+        settle().await;
+        let after = self.map.stats();
+        assert_eq!(
+            after.aborted,
+            before.aborted + u64::from(found),
+            "{at}: abort({k}): {before:?} -> {after:?}"
+        );
+        assert_eq!(
+            (after.escalations, after.deliveries, after.redeliveries),
+            (before.escalations, before.deliveries, before.redeliveries),
+            "{at}: abort({k}) counted more than an abort: {before:?} -> {after:?}"
+        );
+        assert_eq!(self.alive(), alive, "{at}: abort({k}) ended other tasks");
+        for (other, &was) in closing.iter().enumerate() {
+            if other != usize::from(k) || target.is_none() {
+                let key = other as u8;
+                assert_eq!(
+                    self.map.is_closing(&key),
+                    was,
+                    "{at}: abort({k}) touched key {other}"
+                );
+            }
+        }
+    }
+
+    /// `TaskHandle::abort_handle().abort()` from a plain thread, joined:
+    /// as `TaskHandle::abort`. The abort handle names the task and agrees
+    /// with it on whether it has finished, before and after.
+    async fn abort_via_handle(&mut self, r: u8) {
+        let at = self.at();
+        let Some(t) = self.pick(r) else { return };
+        let Some(h) = &t.handle else { return };
+        let abort = h.abort_handle();
+        let id = t.id;
+        assert_eq!(abort.id(), id, "{at}: abort handle's id");
+        assert_eq!(
+            abort.is_finished(),
+            !t.probe.alive(),
+            "{at}: abort handle of {t:?}"
+        );
+        let kept = abort.clone();
+        t.abort_reached();
+        std::thread::spawn(move || abort.abort())
+            .join()
+            .expect("abort from a plain thread");
+        settle().await;
+        assert!(kept.is_finished(), "{at}: task {id} unfinished after abort");
     }
 
     fn pick(&mut self, r: u8) -> Option<&mut Task> {
@@ -1056,6 +1285,12 @@ impl World {
                     "{at}: task {i}'s hook ran before any ladder's grace ran out: {t:?}"
                 );
             }
+            // Abort has no grace: an aborted task's code is not polled
+            // again (its next poll ends it), and its hook never runs.
+            assert!(
+                !t.aborted || (calls == 0 && p.polls() == t.polls_at_abort),
+                "{at}: aborted task {i} was polled or its hook ran: {t:?}"
+            );
             // Delivery works: a cancelled drop-mode task, or an aborted one,
             // is gone once the runtime settled.
             if p.alive() {
@@ -1131,11 +1366,22 @@ impl World {
                 let result = h.await;
                 let p = &t.probe;
                 let ok = match &result {
+                    _ if t.aborted => matches!(result, Err(TaskError::Aborted)),
                     Ok(()) => p.completed(),
                     Err(TaskError::Panicked(_)) => p.panicked(),
                     Err(_) => !p.completed() && !p.panicked(),
                 };
                 assert!(ok, "{at}: task {i} handle said {result:?}: {t:?}");
+            }
+        }
+        // Every end of a group task is in the queue, once: drained here,
+        // oldest first, until `None`.
+        for _ in 0..=self.tasks.len() {
+            let taken = self.group.try_join_next();
+            let done = taken.is_none();
+            self.take_end("try_join_next (drain)", taken);
+            if done {
+                break;
             }
         }
         self.release_hooks();
