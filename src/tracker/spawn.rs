@@ -121,7 +121,7 @@ where
         F: FnOnce(Option<CancelScope>) -> Fut,
         Fut: Future,
     {
-        let (opts, scope) = self.scope_for(opts, mode, rt)?;
+        let scope = self.scope_for(&opts, mode, rt)?;
         let watch = Self::watch_of(mode, &scope);
         let fut = make(scope.clone());
         let admitted = self.admit(opts, watch, scope);
@@ -137,7 +137,7 @@ where
     #[track_caller]
     pub(crate) fn spawn_blocking<F, R>(
         self: &Arc<Self>,
-        opts: TaskOptions<K>,
+        mut opts: TaskOptions<K>,
         with_scope: bool,
         place: Place<'_>,
         f: F,
@@ -155,7 +155,7 @@ where
         } else {
             Mode::Drop
         };
-        let (mut opts, scope) = self.scope_for(opts, mode, &rt)?;
+        let scope = self.scope_for(&opts, mode, &rt)?;
         // Never polled, so never reached by a poll that starts a per-task
         // ladder: `TaskHandle::cancel` starts it through the cell.
         let me = Arc::downgrade(self);
@@ -175,10 +175,10 @@ where
     /// cooperative task, a keyed one.
     fn scope_for(
         &self,
-        opts: TaskOptions<K>,
+        opts: &TaskOptions<K>,
         mode: Mode,
         rt: &Handle,
-    ) -> Result<(TaskOptions<K>, Option<CancelScope>), SpawnError> {
+    ) -> Result<Option<CancelScope>, SpawnError> {
         if self.is_closed() {
             return Err(SpawnError::Closed);
         }
@@ -186,7 +186,7 @@ where
             let _ = self.runtime.set(rt.clone());
         }
         let own = (mode == Mode::Cooperative || opts.key.is_some()).then(|| self.scope.child());
-        Ok((opts, own))
+        Ok(own)
     }
 
     fn watch_of(mode: Mode, own_scope: &Option<CancelScope>) -> Watch {
