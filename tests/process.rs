@@ -376,6 +376,9 @@ async fn a_named_task_owning_a_child_shuts_down_with_its_group() {
 #[test]
 fn a_runtime_shut_down_under_a_live_child_kills_its_group() {
     setup();
+    // The reaper dropped with the runtime counts the child an orphan until
+    // its guard reaps it: serialized with the tests that compare the count.
+    let _serial = ORPHAN_TESTS.blocking_lock();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
