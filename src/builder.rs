@@ -62,6 +62,7 @@ where
                 name: None,
                 hook: None,
                 begin_ladder: None,
+                linger: None,
             },
         }
     }
@@ -88,6 +89,18 @@ where
     /// the hook is caught and logged; the abort still happens.
     pub fn on_escalate(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
         self.opts.hook = Some(Box::new(hook));
+        self
+    }
+
+    /// Sets what the task's poll runs after an escalation or abort before
+    /// the task ends (see [`Linger`](crate::task::Linger)); for feature
+    /// layers (a scoped child's reap).
+    #[cfg_attr(
+        not(all(unix, feature = "process")),
+        expect(dead_code, reason = "only feature layers linger")
+    )]
+    pub(crate) fn linger(mut self, linger: crate::task::Linger) -> Self {
+        self.opts.linger = Some(linger);
         self
     }
 

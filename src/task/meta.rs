@@ -18,6 +18,15 @@ pub(crate) type Hook = Box<dyn FnOnce() + Send + 'static>;
 /// from (a blocking closure): set by the tracker, which it reaches weakly.
 pub(crate) type BeginLadder = Box<dyn Fn(&Arc<TrackedCell>) + Send + Sync + 'static>;
 
+/// What an escalated or aborted task's poll runs before the task ends as
+/// aborted, instead of ending at once: polled (by the task, never
+/// concurrently) until it is ready. The seam of a feature layer whose task
+/// owns something that must be torn down before the task may count as ended
+/// (a scoped child process, reaped before its session ends); the user's
+/// hook still runs as usual. Set by `pub(crate)` code only.
+pub(crate) type Linger =
+    Box<dyn FnMut(&mut std::task::Context<'_>) -> std::task::Poll<()> + Send + 'static>;
+
 // ===== spawn options and per-task data =====
 
 /// What a spawn needs besides the future.
@@ -26,6 +35,7 @@ pub(crate) struct TaskOptions<K> {
     pub(crate) name: Option<Arc<str>>,
     pub(crate) hook: Option<Hook>,
     pub(crate) begin_ladder: Option<BeginLadder>,
+    pub(crate) linger: Option<Linger>,
 }
 
 /// How a spawned future reacts to cancellation.
@@ -63,6 +73,8 @@ pub(crate) struct TaskExtra {
     pub(crate) span: Option<tracing::Span>,
     pub(crate) hook: Mutex<Option<Hook>>,
     pub(crate) begin_ladder: Option<BeginLadder>,
+    /// Taken out for each poll, put back while it is pending (see [`Linger`]).
+    pub(crate) linger: Mutex<Option<Linger>>,
 }
 
 impl TaskMeta {
@@ -82,6 +94,7 @@ impl TaskMeta {
                 span,
                 hook: Mutex::new(hook),
                 begin_ladder,
+                linger: Mutex::new(None),
             })
         });
         TaskMeta {
@@ -90,6 +103,23 @@ impl TaskMeta {
             scope,
             extra,
         }
+    }
+
+    /// With `linger` (see [`Linger`]), when there is one.
+    pub(crate) fn with_linger(mut self, linger: Option<Linger>) -> Self {
+        if let Some(linger) = linger {
+            let extra = self.extra.get_or_insert_with(|| {
+                Box::new(TaskExtra {
+                    name: None,
+                    span: None,
+                    hook: Mutex::new(None),
+                    begin_ladder: None,
+                    linger: Mutex::new(None),
+                })
+            });
+            *extra.linger.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(linger);
+        }
+        self
     }
 
     /// Time since the task was spawned, on tokio's clock.
@@ -115,6 +145,25 @@ impl TaskMeta {
     /// A blocking task's way to its own ladder (see [`BeginLadder`]).
     pub(crate) fn begin_ladder(&self) -> Option<&BeginLadder> {
         self.extra.as_ref().and_then(|e| e.begin_ladder.as_ref())
+    }
+
+    /// Polls the task's [`Linger`], if it has one: `Ready` once it is done
+    /// (or when there is none). Polled outside the slot's lock.
+    pub(crate) fn poll_linger(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let Some(extra) = self.extra.as_ref() else {
+            return std::task::Poll::Ready(());
+        };
+        let Some(mut linger) = crate::sync::lock(&extra.linger).take() else {
+            return std::task::Poll::Ready(());
+        };
+        let polled = linger(cx);
+        if polled.is_pending() {
+            *crate::sync::lock(&extra.linger) = Some(linger);
+        } else {
+            // Dropped after the lock (the lock rule).
+            drop(linger);
+        }
+        polled
     }
 
     /// Takes the escalation hook, if any (once).

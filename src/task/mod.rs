@@ -31,6 +31,6 @@ pub(crate) use info::now_on;
 #[cfg(not(loom))]
 pub use info::{TaskInfo, TaskState};
 #[cfg(not(loom))]
-pub(crate) use meta::{Hook, Mode, TaskMeta, TaskOptions, TrackedCell};
+pub(crate) use meta::{Hook, Linger, Mode, TaskMeta, TaskOptions, TrackedCell};
 #[cfg(not(loom))]
 pub use stats::Stats;

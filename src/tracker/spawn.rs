@@ -213,6 +213,7 @@ where
             name,
             hook,
             begin_ladder,
+            linger,
         } = opts;
         let id = TaskId::next();
         // One span per task, made only when a subscriber wants it: with none,
@@ -244,7 +245,8 @@ where
             hook,
             span,
             begin_ladder,
-        );
+        )
+        .with_linger(linger);
         let Inserted { guard, replaced } = Registry::insert_as(self, id, watch, meta, key);
         // After the insertion, SeqCst: see `disarm_deliverer`.
         if !self.deliverer_armed.load(Ordering::SeqCst) {

@@ -97,7 +97,13 @@ where
         let start = cell.begin_poll(cx.waker());
         let watch = start.watch;
         if start.escalated {
-            // Escalated: end now, as an abort would.
+            // Escalated: end now, as an abort would, once the task's linger
+            // (a feature layer's teardown, if it set one) is done. A panic
+            // in it ends the task as aborted too.
+            let lingered = catch_unwind(AssertUnwindSafe(|| cell.meta.poll_linger(cx)));
+            if matches!(lingered, Ok(Poll::Pending)) {
+                return Poll::Pending;
+            }
             return Poll::Ready(Err(TaskError::Aborted));
         }
         if start.cancel_requested && !start.closing {
