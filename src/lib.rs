@@ -286,7 +286,7 @@ pub use map::TaskMap;
 pub use process::become_subreaper;
 #[cfg(all(unix, feature = "process", not(loom)))]
 pub use process::{
-    ProcessPolicy, ProcessStats, ReapReport, ScopedChild, process_stats, reap_orphans,
+    ChildEnd, ProcessPolicy, ProcessStats, ReapReport, ScopedChild, process_stats, reap_orphans,
 };
 #[cfg(not(loom))]
 pub use task::{AbortOnDropHandle, SpawnError, Stats, TaskAbortHandle, TaskError, TaskHandle};

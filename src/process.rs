@@ -105,4 +105,4 @@ pub use child::ScopedChild;
 #[cfg(target_os = "linux")]
 pub use kill::become_subreaper;
 pub use orphans::{ProcessStats, ReapReport, process_stats, reap_orphans};
-pub use reap::ProcessPolicy;
+pub use reap::{ChildEnd, ProcessPolicy};

@@ -12,15 +12,17 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use cancel_scope::{
-    ProcessPolicy, SpawnError, TaskError, TaskGroup, TaskMap, TaskOutcome, process_stats,
-    reap_orphans,
+    ChildEnd, ProcessPolicy, ProcessStats, ScopedChild, ShutdownPolicy, SpawnError, TaskError,
+    TaskGroup, TaskHandle, TaskMap, TaskOutcome, process_stats, reap_orphans,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{ChildStdout, Command};
 use tokio::sync::oneshot;
 
-/// Serializes the tests that make orphans: `reap_orphans` would take another
-/// test's orphan.
+/// Serializes the tests that make orphans (`reap_orphans` would take another
+/// test's orphan) and every test that signals or compares the process-wide
+/// counters ([`ProcessStats::sigterms_sent`], `sigkills_sent`): a test that
+/// counts signals sees only its own.
 static ORPHAN_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// One process as `/proc/<pid>/stat` shows it.
@@ -98,6 +100,7 @@ fn setup() {
 #[tokio::test]
 async fn cancelling_the_group_kills_the_whole_process_group() {
     setup();
+    let _serial = ORPHAN_TESTS.lock().await;
     let group = TaskGroup::new();
     let mut child = group
         .spawn_process(sh("sleep 1000 & echo ready; sleep 1000"))
@@ -126,8 +129,10 @@ async fn cancelling_the_group_kills_the_whole_process_group() {
 #[tokio::test]
 async fn a_child_that_ignores_sigterm_is_sigkilled_after_term_grace() {
     setup();
+    let _serial = ORPHAN_TESTS.lock().await;
     let group = TaskGroup::new();
     let policy = ProcessPolicy {
+        exit_grace: Duration::from_millis(100),
         term_grace: Duration::from_millis(200),
     };
     // `trap "" TERM` ignores SIGTERM in the shell and, across exec, in sleep.
@@ -148,6 +153,7 @@ async fn a_child_that_ignores_sigterm_is_sigkilled_after_term_grace() {
 #[tokio::test]
 async fn a_cooperative_child_ends_on_sigterm() {
     setup();
+    let _serial = ORPHAN_TESTS.lock().await;
     let group = TaskGroup::new();
     let mut child = group.spawn_process(sh("echo ready; sleep 1000")).unwrap();
     let _stdout = ready(&mut child.stdout).await;
@@ -164,6 +170,7 @@ async fn a_cooperative_child_ends_on_sigterm() {
 #[tokio::test]
 async fn a_leader_that_exits_takes_its_stragglers_along() {
     setup();
+    let _serial = ORPHAN_TESTS.lock().await;
     let group = TaskGroup::new();
     // The leader exits at once, leaving a background sleep in its group.
     let mut child = group.spawn_process(sh("sleep 1000 & echo ready")).unwrap();
@@ -328,6 +335,7 @@ fn spawning_outside_a_runtime_is_an_error_naming_the_fix() {
 #[tokio::test]
 async fn many_children_leave_no_process_behind() {
     setup();
+    let _serial = ORPHAN_TESTS.lock().await;
     let group = TaskGroup::new();
     let mut pgids = HashSet::new();
     let mut stdouts = Vec::new();
@@ -349,6 +357,7 @@ async fn many_children_leave_no_process_behind() {
 #[tokio::test]
 async fn a_named_task_owning_a_child_shuts_down_with_its_group() {
     setup();
+    let _serial = ORPHAN_TESTS.lock().await;
     let group = TaskGroup::new();
     let (tx, rx) = oneshot::channel();
     group
@@ -431,6 +440,7 @@ async fn aborting_a_task_that_owns_a_child_tears_its_group_down() {
         .spawn_with_process(
             sh("sleep 1000 & echo ready; sleep 1000"),
             ProcessPolicy {
+                exit_grace: Duration::from_millis(100),
                 term_grace: Duration::from_millis(200),
             },
             move |_scope, mut child| async move {
@@ -457,8 +467,10 @@ async fn aborting_a_task_that_owns_a_child_tears_its_group_down() {
 #[tokio::test]
 async fn cancelling_one_session_by_handle_tears_down_its_child_only() {
     setup();
+    let _serial = ORPHAN_TESTS.lock().await;
     let sessions = TaskMap::new();
     let policy = ProcessPolicy {
+        exit_grace: Duration::from_millis(100),
         term_grace: Duration::from_millis(200),
     };
     let mut handles = Vec::new();
@@ -560,18 +572,22 @@ async fn every_process_spawner_refuses_a_closed_or_cancelled_group_without_start
 
 /// The reaper of `spawn_process` has no escalation hook (a hook would signal
 /// from another thread, racing the reaper's reap): when the ladder's grace
-/// ends before `term_grace`, aborting the reaper is what kills the group.
+/// ends before the stop order does, the escalation cuts it short (`SIGKILL`
+/// within half the `abort_grace`) and the ladder still waits for the reap.
 #[tokio::test]
-async fn a_ladder_that_escalates_on_a_reaper_kills_its_group() {
+async fn a_ladder_that_escalates_on_a_reaper_kills_and_reaps_its_group() {
     setup();
+    let _serial = ORPHAN_TESTS.lock().await;
+    let before = process_stats();
     let group = TaskGroup::builder()
-        .policy(cancel_scope::ShutdownPolicy {
+        .policy(ShutdownPolicy {
             grace: Duration::from_millis(100),
             abort_grace: Duration::from_secs(2),
             ..Default::default()
         })
         .build();
     let policy = ProcessPolicy {
+        exit_grace: Duration::from_secs(30),
         term_grace: Duration::from_secs(30),
     };
     let mut child = group
@@ -582,17 +598,17 @@ async fn a_ladder_that_escalates_on_a_reaper_kills_its_group() {
 
     let report = group.shutdown().await;
     assert!(report.stuck.is_empty(), "{report}");
-    assert!(
-        child.wait().await.is_err(),
-        "abandoned: left to tokio to reap"
+    assert_eq!((report.escalations, report.processes), (1, 1), "{report}");
+    // Reaped within the ladder, by the reaper itself.
+    assert_eq!(members(pgid), Vec::new(), "SIGKILL reached the group");
+    assert_eq!(child.end(), Some(ChildEnd::Killed));
+    assert_eq!(child.wait().await.unwrap().signal(), Some(9));
+    let after = process_stats();
+    assert_eq!(
+        after.sigterms_sent, before.sigterms_sent,
+        "exit_grace was cut short: no SIGTERM"
     );
-    for _ in 0..500 {
-        if running(pgid).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(running(pgid), Vec::new(), "SIGKILL reached the group");
+    assert!(after.sigkills_sent > before.sigkills_sent);
     assert!(group.is_empty());
 }
 
@@ -603,6 +619,7 @@ async fn a_ladder_that_escalates_on_a_reaper_kills_its_group() {
 #[tokio::test]
 async fn a_session_that_owns_a_child_counts_one_process_in_stats_and_the_report() {
     setup();
+    let _serial = ORPHAN_TESTS.lock().await;
     let sessions = TaskMap::new();
     let plain = TaskMap::new();
     plain.spawn("idle", std::future::pending::<()>());
@@ -611,6 +628,7 @@ async fn a_session_that_owns_a_child_counts_one_process_in_stats_and_the_report(
             "alice",
             sh("sleep 1000"),
             ProcessPolicy {
+                exit_grace: Duration::from_millis(100),
                 term_grace: Duration::from_millis(200),
             },
             |scope, _child| async move { scope.cancelled().await },
@@ -623,4 +641,337 @@ async fn a_session_that_owns_a_child_counts_one_process_in_stats_and_the_report(
     assert_eq!(sessions.stats().processes, 1);
     assert_eq!(plain.shutdown().await.processes, 0);
     assert_eq!(plain.stats().processes, 0);
+}
+
+// ===== the stop order (issue 21) =====
+
+/// `program args` with stdin piped (the stop order closes it) and stdout
+/// piped (for a `ready` line).
+fn piped(program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    cmd
+}
+
+fn policy(exit_grace_ms: u64, term_grace_ms: u64) -> ProcessPolicy {
+    ProcessPolicy {
+        exit_grace: Duration::from_millis(exit_grace_ms),
+        term_grace: Duration::from_millis(term_grace_ms),
+    }
+}
+
+/// Spawns `cmd` as a task of `group` that holds the child's stdin until its
+/// scope is cancelled, and hands the rest of the `ScopedChild` (and its pid)
+/// to the test, which reads its end: the task is the owner, so the stop
+/// waits for it to end.
+fn session_holding_stdin(
+    group: &TaskGroup,
+    cmd: Command,
+    policy: ProcessPolicy,
+) -> (TaskHandle<()>, oneshot::Receiver<(u32, ScopedChild)>) {
+    let (tx, rx) = oneshot::channel();
+    let task = group
+        .spawn_with_process(cmd, policy, move |scope, mut child| {
+            let stdin = child.stdin.take().expect("stdin is piped");
+            let pid = child.id().expect("not reaped at the spawn");
+            let _ = tx.send((pid, child));
+            async move {
+                let _stdin = stdin;
+                scope.cancelled().await;
+            }
+        })
+        .unwrap();
+    (task, rx)
+}
+
+/// Signals sent since `before`: (SIGTERMs, SIGKILLs).
+fn signals_since(before: ProcessStats) -> (u64, u64) {
+    let now = process_stats();
+    (
+        now.sigterms_sent - before.sigterms_sent,
+        now.sigkills_sent - before.sigkills_sent,
+    )
+}
+
+#[tokio::test]
+async fn a_child_that_exits_at_start_ends_exited_with_no_signal() {
+    setup();
+    let _serial = ORPHAN_TESTS.lock().await;
+    let before = process_stats();
+    let group = TaskGroup::new();
+    let (_task, rx) =
+        session_holding_stdin(&group, piped("sh", &["-c", "exit 3"]), policy(5000, 5000));
+    let (pgid, mut child) = rx.await.unwrap();
+    assert_eq!(child.wait().await.unwrap().code(), Some(3));
+    assert_eq!(child.end(), Some(ChildEnd::Exited));
+    let report = group.shutdown().await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(members(pgid), Vec::new());
+    assert_eq!(signals_since(before), (0, 0));
+}
+
+#[tokio::test]
+async fn a_child_that_exits_on_stdin_eof_ends_within_exit_grace_with_no_signal() {
+    setup();
+    let _serial = ORPHAN_TESTS.lock().await;
+    let before = process_stats();
+    let group = TaskGroup::new();
+    // Real clock, generous graces: only the signal count is asserted.
+    let (task, rx) = session_holding_stdin(&group, piped("cat", &[]), policy(10_000, 10_000));
+    let (pgid, mut child) = rx.await.unwrap();
+    assert!(!running(pgid).is_empty(), "cat waits for its stdin");
+
+    let report = group.shutdown().await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(
+        report.processes, 1,
+        "the ladder waited for the reap: {report}"
+    );
+    assert_eq!(members(pgid), Vec::new());
+    assert_eq!(child.end(), Some(ChildEnd::ExitedInGrace));
+    assert!(child.wait().await.unwrap().success());
+    assert_eq!(signals_since(before), (0, 0), "closing stdin was enough");
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_child_that_never_reads_stdin_is_terminated_after_exit_grace() {
+    setup();
+    let _serial = ORPHAN_TESTS.lock().await;
+    let before = process_stats();
+    let group = TaskGroup::new();
+    let (_task, rx) = session_holding_stdin(&group, piped("sleep", &["100"]), policy(100, 10_000));
+    let (pgid, mut child) = rx.await.unwrap();
+
+    let report = group.shutdown().await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(members(pgid), Vec::new());
+    assert_eq!(child.end(), Some(ChildEnd::Terminated));
+    assert_eq!(child.wait().await.unwrap().signal(), Some(15));
+    assert_eq!(signals_since(before), (1, 0));
+}
+
+#[tokio::test]
+async fn a_child_that_ignores_sigterm_is_killed_and_counted() {
+    setup();
+    let _serial = ORPHAN_TESTS.lock().await;
+    let before = process_stats();
+    let group = TaskGroup::new();
+    let (_task, rx) = session_holding_stdin(
+        &group,
+        sh_piped("trap '' TERM; echo ready; exec sleep 1000"),
+        policy(100, 300),
+    );
+    let (pgid, mut child) = rx.await.unwrap();
+    let _stdout = ready(&mut child.stdout).await;
+
+    let report = group.shutdown().await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(members(pgid), Vec::new());
+    assert_eq!(child.end(), Some(ChildEnd::Killed));
+    assert_eq!(child.wait().await.unwrap().signal(), Some(9));
+    assert_eq!(signals_since(before), (1, 1));
+}
+
+#[tokio::test]
+async fn a_child_that_forks_and_exits_takes_its_grandchild_along() {
+    setup();
+    let _serial = ORPHAN_TESTS.lock().await;
+    let group = TaskGroup::new();
+    let (_task, rx) = session_holding_stdin(
+        &group,
+        piped("sh", &["-c", "sleep 100 & echo ready; exit 0"]),
+        policy(5000, 5000),
+    );
+    let (pgid, mut child) = rx.await.unwrap();
+    let _stdout = ready(&mut child.stdout).await;
+    assert!(child.wait().await.unwrap().success());
+    assert_eq!(child.end(), Some(ChildEnd::Exited));
+    // The leader's exit ended the group's grace: the straggler was killed
+    // and reaped (this process is a subreaper) before the end was published.
+    assert_eq!(members(pgid), Vec::new());
+    assert!(group.shutdown().await.is_clean());
+}
+
+/// The stop order on tokio's paused clock, with a child that ignores
+/// `SIGTERM` and never exits: the owning task ends, `exit_grace` passes with
+/// no signal, then exactly one `SIGTERM`, `term_grace`, exactly one `SIGKILL`.
+#[tokio::test(start_paused = true)]
+async fn the_stop_order_waits_exit_grace_then_sigterm_then_sigkill() {
+    setup();
+    let _serial = ORPHAN_TESTS.lock().await;
+    // `cancel` only (no ladder, so no ladder timer jumps the paused clock
+    // while the killed child dies in real time).
+    let group = TaskGroup::new();
+    let (task, rx) = session_holding_stdin(
+        &group,
+        // `exec`: one process, no stragglers for the sweep to kill.
+        sh_piped("trap '' TERM; echo ready; exec sleep 1000"),
+        ProcessPolicy {
+            exit_grace: Duration::from_secs(10),
+            term_grace: Duration::from_secs(20),
+        },
+    );
+    let (pgid, mut child) = rx.await.unwrap();
+    let _stdout = ready(&mut child.stdout).await;
+    let before = process_stats();
+    let start = tokio::time::Instant::now();
+
+    // The task lives until the reap: awaited at the end.
+    group.cancel();
+    tokio::time::sleep_until(start + Duration::from_secs(9)).await;
+    assert_eq!(signals_since(before), (0, 0), "still in exit_grace");
+    assert_eq!(child.end(), None);
+    tokio::time::sleep_until(start + Duration::from_secs(11)).await;
+    assert_eq!(
+        signals_since(before),
+        (1, 0),
+        "SIGTERM once exit_grace ran out"
+    );
+    tokio::time::sleep_until(start + Duration::from_secs(29)).await;
+    assert_eq!(signals_since(before), (1, 0), "still in term_grace");
+    tokio::time::sleep_until(start + Duration::from_secs(31)).await;
+    assert_eq!(
+        signals_since(before),
+        (1, 1),
+        "SIGKILL once term_grace ran out"
+    );
+    assert_eq!(child.wait().await.unwrap().signal(), Some(9));
+    assert_eq!(child.end(), Some(ChildEnd::Killed));
+    assert_eq!(signals_since(before), (1, 1), "one of each in all");
+    assert_eq!(members(pgid), Vec::new());
+    task.await.unwrap();
+}
+
+/// `sh -c script`, stdin and stdout piped.
+fn sh_piped(script: &str) -> Command {
+    piped("sh", &["-c", script])
+}
+
+/// The MCP gateway's shape: a session that ignores its cancellation, whose
+/// escalation hook the user set: the ladder runs the hook, drops the
+/// session's future, and `cancel(&key)` returns only once the child is
+/// stopped and reaped (its stop order from `exit_grace` on).
+#[tokio::test]
+async fn an_escalated_session_runs_its_hook_and_its_key_cancel_waits_for_the_reap() {
+    setup();
+    let _serial = ORPHAN_TESTS.lock().await;
+    let before = process_stats();
+    let sessions: TaskMap<&'static str> = TaskMap::with_policy(ShutdownPolicy {
+        grace: Duration::from_millis(100),
+        abort_grace: Duration::from_secs(4),
+        ..Default::default()
+    });
+    let hooked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hook_flag = hooked.clone();
+    let (tx, rx) = oneshot::channel();
+    sessions
+        .build_task("upstream")
+        .on_escalate(move || hook_flag.store(true, std::sync::atomic::Ordering::SeqCst))
+        .spawn_with_process(
+            piped("sleep", &["100"]),
+            policy(100, 1000),
+            move |_scope, child| {
+                let _ = tx.send(child.id().unwrap());
+                async move {
+                    let _child = child;
+                    std::future::pending::<()>().await; // ignores its scope
+                }
+            },
+        )
+        .unwrap();
+    let pgid = rx.await.unwrap();
+    assert!(!running(pgid).is_empty());
+
+    assert_eq!(
+        sessions.cancel(&"upstream").await,
+        Some(TaskOutcome::Aborted)
+    );
+    assert!(
+        hooked.load(std::sync::atomic::Ordering::SeqCst),
+        "the user's hook ran"
+    );
+    assert_eq!(members(pgid), Vec::new(), "reaped before cancel returned");
+    assert_eq!(signals_since(before), (1, 0), "exit_grace, then SIGTERM");
+    assert!(sessions.is_empty());
+    assert_eq!(sessions.stats().processes, 1);
+}
+
+/// A stop order longer than the ladder (`exit_grace + term_grace` past
+/// `grace`): the escalation cuts it short, `SIGKILL` goes out within half
+/// the `abort_grace`, and the ladder still ends with the group reaped, the
+/// session reported aborted, nothing stuck.
+#[tokio::test]
+async fn a_stop_order_that_cannot_fit_the_ladder_ends_killed_and_reaped_within_it() {
+    setup();
+    let _serial = ORPHAN_TESTS.lock().await;
+    let sessions: TaskMap<u32> = TaskMap::with_policy(ShutdownPolicy {
+        grace: Duration::from_millis(100),
+        abort_grace: Duration::from_secs(2),
+        ..Default::default()
+    });
+    let (tx, rx) = oneshot::channel();
+    sessions
+        .spawn_with_process(
+            7,
+            sh_piped("trap '' TERM; echo ready; while :; do sleep 0.05; done"),
+            policy(60_000, 60_000),
+            move |scope, mut child| async move {
+                let _stdout = ready(&mut child.stdout).await;
+                let _ = tx.send((child.id().unwrap(), child));
+                scope.cancelled().await; // ends at once when cancelled
+            },
+        )
+        .unwrap();
+    let (pgid, mut child) = rx.await.unwrap();
+
+    let report = sessions.shutdown().await;
+    assert!(report.stuck.is_empty(), "{report}");
+    assert_eq!((report.aborted, report.processes), (1, 1), "{report}");
+    assert!(report.elapsed < Duration::from_secs(2), "{report}");
+    assert_eq!(members(pgid), Vec::new());
+    assert_eq!(child.end(), Some(ChildEnd::Killed));
+    assert_eq!(child.wait().await.unwrap().signal(), Some(9));
+}
+
+#[tokio::test]
+async fn scoped_child_shutdown_closes_stdin_first() {
+    setup();
+    let _serial = ORPHAN_TESTS.lock().await;
+    let before = process_stats();
+    let group = TaskGroup::new();
+    let mut child = group
+        .spawn_process_with(piped("cat", &[]), policy(10_000, 10_000))
+        .unwrap();
+    let pgid = child.id().unwrap();
+    assert!(child.shutdown().await.unwrap().success());
+    assert_eq!(child.end(), Some(ChildEnd::ExitedInGrace));
+    assert_eq!(members(pgid), Vec::new());
+    assert_eq!(signals_since(before), (0, 0));
+    assert!(group.shutdown().await.is_clean());
+}
+
+/// A group's own child (`spawn_process`) does not wait for its handle: the
+/// group's cancel begins its stop (`exit_grace`, then `SIGTERM`) while the
+/// user still holds the handle and its stdin.
+#[tokio::test]
+async fn a_groups_own_child_is_stopped_while_its_handle_is_held() {
+    setup();
+    let _serial = ORPHAN_TESTS.lock().await;
+    let before = process_stats();
+    let group = TaskGroup::new();
+    let child = group
+        .spawn_process_with(piped("sleep", &["100"]), policy(100, 10_000))
+        .unwrap();
+    let pgid = child.id().unwrap();
+    let report = group.shutdown().await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.processes, 1);
+    assert!(child.stdin.is_some(), "still held");
+    assert_eq!(child.end(), Some(ChildEnd::Terminated));
+    assert_eq!(members(pgid), Vec::new());
+    assert_eq!(signals_since(before), (1, 0));
 }

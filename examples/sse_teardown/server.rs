@@ -498,7 +498,10 @@ impl AppState {
                     ),
                     #[cfg(all(unix, feature = "process"))]
                     BackendKind::Process => {
+                        // No exit grace: SIGTERM as soon as the session
+                        // ended, as before `exit_grace` existed.
                         let policy = cancel_scope::ProcessPolicy {
+                            exit_grace: std::time::Duration::ZERO,
                             term_grace: self.config.term_grace,
                         };
                         let state = self.clone();

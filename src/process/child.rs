@@ -5,26 +5,27 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::process::ExitStatus;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use rustix::process::Pid;
+use rustix::process::{Pid, Signal};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Notify, watch};
-
-use rustix::process::Signal;
+use tokio::time::Instant;
 
 use super::kill::signal_group;
 use super::orphans::adopt_orphan;
-use super::reap::{ALIVE, ChildCore, ChildFlags, End, ProcessPolicy, reap};
+use super::reap::{ALIVE, ChildCore, ChildEnd, ChildFlags, End, ProcessPolicy, reap};
 use crate::builder::TaskBuilder;
 use crate::group::TaskGroup;
 use crate::map::TaskMap;
 use crate::scope::CancelScope;
 use crate::sync::lock;
-use crate::task::Stats;
-use crate::task::{SpawnError, TaskHandle};
+use crate::task::{Linger, SpawnError, Stats, TaskHandle};
 use crate::tracker::Tracker;
 use crate::tracker::seam::{Extension, Tracks};
 
@@ -34,10 +35,13 @@ use crate::tracker::seam::{Extension, Tracks};
 /// like tokio's `Child`, with a teardown that reaches the grandchildren.
 ///
 /// From [`TaskGroup::spawn_process`], [`TaskGroup::spawn_with_process`] or
-/// [`TaskMap::spawn_with_process`]. The
-/// child is torn down (`SIGTERM` to its group, [`term_grace`], `SIGKILL`,
-/// reaped) when its scope is cancelled, when [`shutdown`](Self::shutdown) is
-/// called, or, once it is an orphan, by [`reap_orphans`](crate::reap_orphans).
+/// [`TaskMap::spawn_with_process`]. The child is stopped by its
+/// [`ProcessPolicy`] (the grace to exit by itself, [`exit_grace`], then
+/// `SIGTERM` to its group, [`term_grace`], `SIGKILL`, reaped) when its scope
+/// is cancelled (for a task's child: once that task has ended, so that the
+/// stdin it held is closed first), when [`shutdown`](Self::shutdown) is
+/// called, or, once it is an orphan, by [`reap_orphans`](crate::reap_orphans)
+/// (which skips `exit_grace`). [`end`](Self::end) says how it ended.
 ///
 /// **Zombies:** the teardown reaps the child itself; grandchildren it killed
 /// are re-parented to PID 1 and stay zombies until PID 1 reaps them, unless
@@ -51,6 +55,7 @@ use crate::tracker::seam::{Extension, Tracks};
 /// uses the child, so that the task's end, however it ends, hands the child
 /// over.
 ///
+/// [`exit_grace`]: ProcessPolicy::exit_grace
 /// [`term_grace`]: ProcessPolicy::term_grace
 #[cfg_attr(docsrs, doc(cfg(all(unix, feature = "process"))))]
 pub struct ScopedChild {
@@ -112,9 +117,12 @@ impl ScopedChild {
         }
     }
 
-    /// Tears the child down now, as a cancellation of its scope would
-    /// (`SIGTERM` to the group, `term_grace`, `SIGKILL`, reap), and waits for
-    /// it. A child that has already exited is only reaped, never signalled.
+    /// Stops the child now with its whole stop order and waits for it:
+    /// closes its stdin (drops [`stdin`](Self::stdin), if still here), gives
+    /// it [`exit_grace`](ProcessPolicy::exit_grace) to exit by itself, then
+    /// `SIGTERM` to the group, [`term_grace`](ProcessPolicy::term_grace),
+    /// `SIGKILL`, reap. A child that has already exited is only reaped,
+    /// never signalled. [`end`](Self::end) says which step ended it.
     ///
     /// # Errors
     ///
@@ -122,10 +130,20 @@ impl ScopedChild {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: the teardown, once requested, finishes in the reaper.
+    /// Cancel safe: the stop, once requested, finishes in the reaper.
     pub async fn shutdown(&mut self) -> io::Result<ExitStatus> {
-        self.inner.teardown.notify_one();
+        self.inner.update(|st| st.stop = true);
+        drop(self.stdin.take());
         self.wait().await
+    }
+
+    /// How the child ended, once it has: whether it exited by itself
+    /// ([`ChildEnd::Exited`], [`ChildEnd::ExitedInGrace`]) or needed
+    /// `SIGTERM` or `SIGKILL`; `None` while it runs (or is being stopped).
+    /// A pure read.
+    #[must_use]
+    pub fn end(&self) -> Option<ChildEnd> {
+        self.end.borrow().as_ref().map(|e| e.how)
     }
 }
 
@@ -141,19 +159,25 @@ impl Drop for ScopedChild {
         let inner = &self.inner;
         let pruned = {
             let mut st = lock(&inner.state);
-            // A cancelled scope is already tearing the child down: not an orphan.
+            // The owner is gone: a cancelled scope now begins the stop.
+            st.owner_gone = true;
+            // A cancelled scope is already stopping the child: not an orphan.
             if st.ended || st.orphaned || inner.owner.is_cancelled() {
-                return;
+                None
+            } else {
+                // Under the state lock, so the reaper cannot end the child
+                // between the check and the insertion (invariant 2; lock
+                // order: state, ORPHANS).
+                st.orphaned = true;
+                Some(adopt_orphan(inner.clone()))
             }
-            // Under the state lock, so the reaper cannot end the child between
-            // the check and the insertion (invariant 2; lock order: state,
-            // ORPHANS).
-            st.orphaned = true;
-            adopt_orphan(inner.clone())
         };
+        inner.wake.notify_one();
         // Ended orphans pruned from the set, and the log, after the lock.
-        drop(pruned);
-        tracing::debug!(pid = inner.pid, "owner of a live child ended: orphaned");
+        if let Some(pruned) = pruned {
+            drop(pruned);
+            tracing::debug!(pid = inner.pid, "owner of a live child ended: orphaned");
+        }
     }
 }
 
@@ -221,8 +245,8 @@ where
 
 // ===== the process count =====
 
-/// ExitCause many process-owning tasks of one tracker completed (a child reaped
-/// and its task done): the tracker's `Stats::processes`, and through two
+/// How many children of one tracker's process spawners were reaped (their
+/// reaper finished, not abandoned): the tracker's `Stats::processes`, and through two
 /// stats a report's `processes`. Attached through the seam, so neither the
 /// core nor the tracker counts processes.
 #[derive(Debug, Default)]
@@ -237,7 +261,7 @@ impl ProcessCount {
         tracker.extensions.get_or_attach(Self::default)
     }
 
-    /// A process-owning task completes.
+    /// A child was reaped.
     fn one_more(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
@@ -273,25 +297,25 @@ fn start(mut cmd: Command) -> io::Result<Started> {
 }
 
 impl Started {
-    /// Gives the child to `owner`: its handle, and the reaper to run.
+    /// Gives the child to `owner`: its handle, and the reaper to run (which
+    /// counts the child in `count` once it reaped it).
     fn attach(
         mut self,
         owner: CancelScope,
         policy: ProcessPolicy,
-    ) -> (
-        ScopedChild,
-        Arc<ChildCore>,
-        impl Future<Output = ()> + Send + 'static,
-    ) {
+        wait_for_owner: bool,
+        count: Arc<ProcessCount>,
+    ) -> (ScopedChild, Arc<ChildCore>, Reaper) {
         let (tx, rx) = watch::channel(None);
         let inner = Arc::new(ChildCore {
             pid: self.pid,
             pgid: self.pgid,
             policy,
             owner,
+            wait_for_owner,
             state: Mutex::new(ChildFlags::default()),
             gone: std::sync::atomic::AtomicBool::new(false),
-            teardown: Notify::new(),
+            wake: Notify::new(),
             end: tx,
         });
         ALIVE.fetch_add(1, Ordering::Relaxed);
@@ -303,10 +327,200 @@ impl Started {
             inner: inner.clone(),
             end: rx,
         };
-        let reaper = reap(child, inner.clone());
+        let core = inner.clone();
+        // Dropped before it finishes (abandoned), it counts nothing.
+        let reaper: Reaper = Box::pin(async move {
+            reap(child, core).await;
+            count.one_more();
+        });
         tracing::debug!(pid = self.pid, ?policy, "spawned scoped child");
         (handle, inner, reaper)
     }
+}
+
+// ===== the task around a child =====
+
+/// A child's reaper, boxed: it moves from the task to its linger, or to a
+/// plain tokio task when its owner ended with the child still running.
+type Reaper = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// What a process-owning task and its [`Linger`] share. Both are polled by
+/// that one task, never at once; each part is taken out for its poll and
+/// put back (nothing of the user's is polled or dropped under the lock).
+struct Parts<F> {
+    /// The user's future, until it returned or was dropped.
+    user: Option<Pin<Box<F>>>,
+    /// Until it reaped the child (or was handed off).
+    reaper: Option<Reaper>,
+    /// Set when the child is attached (inside the spawn).
+    core: Option<Arc<ChildCore>>,
+}
+
+type SharedParts<F> = Arc<Mutex<Parts<F>>>;
+
+fn empty_parts<F>() -> SharedParts<F> {
+    Arc::new(Mutex::new(Parts {
+        user: None,
+        reaper: None,
+        core: None,
+    }))
+}
+
+/// The future of a process-owning task: the user's future, then the child's
+/// stop. Polls the reaper (so the child's own exit is reaped while the task
+/// runs) and the user's future; once that returned (dropping the
+/// `ScopedChild` and stdin it held), the task ends when the child is reaped,
+/// or at once if no stop is due (the child was left running: the reaper
+/// goes on on a plain tokio task, the child an orphan if its handle was
+/// dropped).
+struct Session<F: Future> {
+    parts: SharedParts<F>,
+    core: Arc<ChildCore>,
+    out: Option<F::Output>,
+    /// The user's task owns the child (`spawn_with_process`); `false` for a
+    /// group's reaper task (`spawn_process`), whose "user future" is a
+    /// `ready(())` and which always waits for the reap.
+    task_owned: bool,
+}
+
+// Nothing is pinned in place: the user's future is boxed, the output moved.
+impl<F: Future> Unpin for Session<F> {}
+
+impl<F: Future> Future for Session<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        // The reaper first, and back in place before the user's poll: if that
+        // panics, the drop below still finds the reaper.
+        let reaper = lock(&this.parts).reaper.take();
+        if let Some(mut reaper) = reaper {
+            if reaper.as_mut().poll(cx).is_pending() {
+                lock(&this.parts).reaper = Some(reaper);
+            }
+        }
+        if this.out.is_none() {
+            let user = lock(&this.parts).user.take();
+            if let Some(mut user) = user {
+                match user.as_mut().poll(cx) {
+                    Poll::Ready(out) => {
+                        this.out = Some(out);
+                        // The owner ends first: what it held (the child's
+                        // stdin) is dropped here, once the reaper can see
+                        // that the stop began (an exit on EOF is then
+                        // `ExitedInGrace`, not `Exited`).
+                        if this.task_owned {
+                            this.core.owner_ended();
+                        }
+                        drop(user);
+                    }
+                    Poll::Pending => lock(&this.parts).user = Some(user),
+                }
+            }
+        }
+        if this.out.is_none() {
+            return Poll::Pending;
+        }
+        let reaper = lock(&this.parts).reaper.take();
+        let Some(reaper) = reaper else {
+            return Poll::Ready(this.out.take().expect("checked above"));
+        };
+        if this.task_owned && !this.core.stop_is_due() {
+            // The task ended on its own with its child running: not ours to
+            // stop (as before; `reap_orphans` or the scope's cancel will).
+            tokio::spawn(reaper);
+            return Poll::Ready(this.out.take().expect("checked above"));
+        }
+        // Stopping: the task lives until the reap (the owner-ended wake
+        // above, or the reaper's own, brings the next poll).
+        lock(&this.parts).reaper = Some(reaper);
+        Poll::Pending
+    }
+}
+
+impl<F: Future> Drop for Session<F> {
+    fn drop(&mut self) {
+        // Dropped before the end (tokio's abort, a panic, the runtime
+        // shutting down; after a linger, both parts are gone already).
+        let (user, reaper) = {
+            let mut parts = lock(&self.parts);
+            (parts.user.take(), parts.reaper.take())
+        };
+        if self.task_owned {
+            self.core.owner_ended();
+        }
+        drop(user);
+        if let Some(reaper) = reaper {
+            // Not left without a reaper: on a plain task (an aborted task's
+            // scope was cancelled as it was dropped, so the stop begins). A
+            // runtime that is shutting down drops it at once, and its guard
+            // kills the group.
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(reaper)),
+                Err(_) => drop(reaper),
+            }
+        }
+    }
+}
+
+/// The [`Linger`] of a process-owning task: once the task is escalated or
+/// aborted, drops the user's future (the owner ends first: its stdin
+/// closes), asks for the stop with `SIGKILL` due within `budget` (half the
+/// ladder's `abort_grace`, so the reap fits in the other half), and drives
+/// the reaper to the end; the task ends, as aborted, once the child is
+/// reaped.
+fn linger<F>(parts: SharedParts<F>, budget: Duration) -> Linger
+where
+    F: Future + Send + 'static,
+{
+    let mut begun = false;
+    Box::new(move |cx: &mut Context<'_>| {
+        if !begun {
+            begun = true;
+            let (user, core) = {
+                let mut p = lock(&parts);
+                (p.user.take(), p.core.clone())
+            };
+            if let Some(core) = core {
+                let kill_by = Instant::now()
+                    .checked_add(budget)
+                    .unwrap_or_else(crate::scope::far_future);
+                core.update(|st| {
+                    st.owner_gone = true;
+                    st.stop = true;
+                    st.kill_by = Some(st.kill_by.map_or(kill_by, |k| k.min(kill_by)));
+                });
+                tracing::debug!(
+                    pid = core.pid,
+                    ?budget,
+                    "the task that owns a child was escalated or aborted: stopping the child, \
+                     SIGKILL at the latest after the budget"
+                );
+            }
+            // After the flags, as in the session's own end.
+            drop(user);
+        }
+        let reaper = lock(&parts).reaper.take();
+        match reaper {
+            None => Poll::Ready(()),
+            Some(mut reaper) => {
+                if reaper.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                lock(&parts).reaper = Some(reaper);
+                Poll::Pending
+            }
+        }
+    })
+}
+
+/// Half the ladder's `abort_grace` of `tracker`: how long an escalated or
+/// aborted process-owning task's child may take to stop before `SIGKILL`.
+fn kill_budget<K>(tracker: &Tracker<K>) -> Duration
+where
+    K: Eq + std::hash::Hash + Clone + fmt::Debug + Send + Sync + 'static,
+{
+    tracker.policy.abort_grace / 2
 }
 
 #[cfg_attr(docsrs, doc(cfg(all(unix, feature = "process"))))]
@@ -385,29 +599,36 @@ impl TaskGroup {
     ) -> io::Result<ScopedChild> {
         refuse_if_closed(Tracks::tracker(self))?;
         let count = ProcessCount::of(Tracks::tracker(self));
+        let budget = kill_budget(Tracks::tracker(self));
         let started = start(cmd)?;
         let pid = started.pid;
-        let (handle, inner, reaper) = started.attach(self.scope().clone(), policy);
-        let mut reaper = Some(reaper);
-        // No escalation hook: past the ladder's grace the reaper is aborted,
-        // and dropping it kills the group (its drop guard). A hook would run
-        // on another thread, racing the reaper's own reap (invariant 1).
+        let (handle, core, reaper) = started.attach(self.scope().clone(), policy, false, count);
+        let parts = Arc::new(Mutex::new(Parts {
+            user: Some(Box::pin(std::future::ready(()))),
+            reaper: Some(reaper),
+            core: Some(core.clone()),
+        }));
+        // No escalation hook (a hook runs on another thread, and only the
+        // reaper signals: invariant 1): past the ladder's grace, the linger
+        // cuts the stop order short and drives the reaper to the reap.
+        let session = Session {
+            parts: parts.clone(),
+            core: core.clone(),
+            out: None,
+            task_owned: false,
+        };
         let spawned = self
             .build_task()
             .name(format!("process {pid}"))
+            .linger(linger(parts.clone(), budget))
             // Cooperative: the reaper must survive the cancellation it reacts to.
-            .try_spawn_with_scope(|_task_scope| {
-                let reaper = reaper.take().expect("called once");
-                async move {
-                    reaper.await;
-                    count.one_more();
-                }
-            });
+            .try_spawn_with_scope(|_task_scope| session);
         if let Err(e) = spawned {
-            // A `close` raced with this call: tear the child down on a plain
-            // tokio task, so it is neither left running nor leaked.
-            if let Some(reaper) = reaper.take() {
-                inner.teardown.notify_one();
+            // A `close` raced with this call: stop the child at once on a
+            // plain tokio task, so it is neither left running nor leaked.
+            core.update(|st| st.no_exit_grace = true);
+            let reaper = lock(&parts).reaper.take();
+            if let Some(reaper) = reaper {
                 tokio::spawn(reaper);
             }
             drop(handle);
@@ -576,29 +797,35 @@ where
     {
         refuse_if_closed(Tracks::tracker(&self))?;
         let count = ProcessCount::of(Tracks::tracker(&self));
+        let budget = kill_budget(Tracks::tracker(&self));
         let mut started = Some(start(cmd)?);
+        // Filled inside the spawn, where the task's own scope is handed out
+        // (the child's owner); the linger shares them.
+        let parts: SharedParts<Fut> = empty_parts();
+        let theirs = parts.clone();
         // `try_spawn_with_scope` calls this at once, with the task's own
         // scope: the only place that scope is handed out. If it refuses (a
         // `close` raced with this call) `started` is left here and its drop
-        // kills the group. The session task waits for the teardown, so its
-        // end counts the child.
-        let spawned = self.try_spawn_with_scope(|scope| {
-            let started = started.take().expect("called once");
-            let (child, inner, reaper) = started.attach(scope.clone(), policy);
-            tokio::spawn(reaper);
-            let session = f(scope.clone(), child);
-            async move {
-                let out = session.await;
-                if scope.is_cancelled() {
-                    // Keep the session alive until the teardown is done, so
-                    // whoever waits for the session waits for the group too.
-                    let mut end = inner.end.subscribe();
-                    let _ = end.wait_for(Option::is_some).await;
+        // kills the group.
+        let spawned = self
+            .linger(linger(parts.clone(), budget))
+            .try_spawn_with_scope(|scope| {
+                let started = started.take().expect("called once");
+                let (child, core, reaper) = started.attach(scope.clone(), policy, true, count);
+                let user = f(scope, child);
+                {
+                    let mut p = lock(&theirs);
+                    p.user = Some(Box::pin(user));
+                    p.reaper = Some(reaper);
+                    p.core = Some(core.clone());
                 }
-                count.one_more();
-                out
-            }
-        });
+                Session {
+                    parts: theirs,
+                    core,
+                    out: None,
+                    task_owned: true,
+                }
+            });
         spawned.map_err(io::Error::other)
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use super::reap::{ALIVE, ChildCore, ExitCause};
+use super::reap::{ALIVE, ChildCore, ChildEnd, SIGKILLS, SIGTERMS};
 use crate::sync::lock;
 
 // ===== the orphan set =====
@@ -96,15 +96,30 @@ pub struct ProcessStats {
     pub alive: usize,
     /// Of those, orphans: their owner ended while they were alive.
     pub orphans: usize,
+    /// `SIGTERM`s sent to a scoped child's process group since this process
+    /// started (the stop order's, one per child at most), counting only
+    /// those that reached a live group.
+    pub sigterms_sent: u64,
+    /// `SIGKILL`s sent to a scoped child's process group since this process
+    /// started, counting only those that reached a live group: the stop
+    /// order's (a child that outlived `term_grace`, or whose stop a ladder
+    /// cut short), the straggler sweep's (members left when the leader
+    /// exited, where this process is a subreaper), and those of a reaper
+    /// dropped before the reap. A server's `/stats` shows how often children
+    /// had to be killed.
+    pub sigkills_sent: u64,
 }
 
 /// A snapshot of the process-wide [`ProcessStats`].
 #[cfg_attr(docsrs, doc(cfg(all(unix, feature = "process"))))]
 #[must_use]
 pub fn process_stats() -> ProcessStats {
+    // Relaxed: statistics; nothing is ordered by them.
     ProcessStats {
         alive: ALIVE.load(Ordering::Relaxed),
         orphans: with_orphans(|set| set.len()).0,
+        sigterms_sent: SIGTERMS.load(Ordering::Relaxed),
+        sigkills_sent: SIGKILLS.load(Ordering::Relaxed),
     }
 }
 
@@ -115,9 +130,12 @@ pub fn process_stats() -> ProcessStats {
 ///
 /// Each orphan's reaper first probes it without a signal (`waitpid` with
 /// `WNOHANG`): one that has exited is only reaped ([`ReapReport::already_gone`]).
-/// The others get the teardown of their [`ProcessPolicy`](crate::ProcessPolicy) (`SIGTERM` to the
-/// group, `term_grace`, `SIGKILL`, reap), all at once; this returns when each
-/// has ended, so within the longest `term_grace` plus scheduling noise.
+/// The others get the end of their stop order, **without `exit_grace`**
+/// (their owner is long gone, their stdin long closed): `SIGTERM` to the
+/// group, their [`ProcessPolicy::term_grace`](crate::ProcessPolicy::term_grace),
+/// `SIGKILL`, reap, all at once; this returns when each has ended, so within
+/// the longest `term_grace` plus scheduling noise. An orphan already in its
+/// `exit_grace` (its scope was cancelled) skips the rest of it.
 ///
 /// The set is process-wide: orphans of every group and map, on every runtime.
 /// Orphans that appear while this runs are left for the next call. An orphan
@@ -157,7 +175,7 @@ pub async fn reap_orphans() -> ReapReport {
     let mut ends = Vec::with_capacity(found.len());
     for orphan in &found {
         // The reaper probes before it signals; asking is all we do here.
-        orphan.teardown.notify_one();
+        orphan.update(|st| st.no_exit_grace = true);
         ends.push((orphan.pid, orphan.end.subscribe()));
     }
     let mut report = ReapReport::default();
@@ -172,13 +190,13 @@ pub async fn reap_orphans() -> ReapReport {
         };
         match (end.how, end.failure) {
             (_, Some(why)) => report.failed.push((pid, why)),
-            (ExitCause::Abandoned, None) => report.failed.push((
+            (ChildEnd::Abandoned, None) => report.failed.push((
                 pid,
                 "reaper gone (runtime shut down?): group sent SIGKILL, left to tokio to reap"
                     .to_owned(),
             )),
-            (ExitCause::OnItsOwn, None) => report.already_gone.push(pid),
-            (ExitCause::Terminated | ExitCause::Killed, None) => report.reaped.push(pid),
+            (ChildEnd::Exited | ChildEnd::ExitedInGrace, None) => report.already_gone.push(pid),
+            (ChildEnd::Terminated | ChildEnd::Killed, None) => report.reaped.push(pid),
         }
     }
     if !report.reaped.is_empty() || !report.is_clean() {
