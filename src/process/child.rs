@@ -526,19 +526,25 @@ where
 #[cfg_attr(docsrs, doc(cfg(all(unix, feature = "process"))))]
 impl TaskGroup {
     /// Spawns `cmd` as a child process owned by the group's scope, in its own
-    /// process group, with the default [`ProcessPolicy`] (`term_grace` 2 s).
+    /// process group, with the default [`ProcessPolicy`] (`exit_grace` 1 s,
+    /// `term_grace` 2 s).
     ///
-    /// The child is torn down, grandchildren included, when the group is
-    /// cancelled or shut down: `SIGTERM` to its process group, up to
-    /// `term_grace` for it to exit, `SIGKILL` to the group, then reaped, so no
-    /// zombie of the leader remains and every copy of its stdio pipes is
-    /// closed. **Killed grandchildren stay zombies until reaped**: PID 1 reaps
+    /// The child is stopped, grandchildren included, when the group is
+    /// cancelled or shut down: up to `exit_grace` for it to exit by itself,
+    /// `SIGTERM` to its process group, up to `term_grace`, `SIGKILL` to the
+    /// group, then reaped, so no zombie of the leader remains and every copy
+    /// of its stdio pipes is closed. The stop does not wait for the returned
+    /// handle: its stdin stays open unless you drop it (or call
+    /// [`ScopedChild::shutdown`], which closes it first). **Killed grandchildren stay zombies until reaped**: PID 1 reaps
     /// them where it is an init; where it is not (a container running your
     /// server as PID 1), call [`become_subreaper`](crate::become_subreaper)
     /// at start-up and the teardown reaps them too. A small
     /// tracked task of the group (named `process <pid>`) does this, so
     /// [`shutdown`](Self::shutdown) waits for it within the ladder (the report
-    /// counts it in `processes`, and as one completed task). The child's own
+    /// counts it in `processes`, and as one completed task, or as aborted if
+    /// the ladder's grace ran out first: the escalation then cuts the stop
+    /// order short, `SIGKILL` within half the `abort_grace`, and the ladder
+    /// still waits for the reap). The child's own
     /// exit is reaped the same way; what is left of its group is then killed
     /// where this process is a subreaper, and left alone otherwise (its
     /// group id may be free once the child is reaped, and is never signalled).
@@ -557,7 +563,7 @@ impl TaskGroup {
     ///
     /// ```
     /// use std::os::unix::process::ExitStatusExt;
-    /// use cancel_scope::TaskGroup;
+    /// use cancel_scope::{ChildEnd, TaskGroup};
     /// use tokio::process::Command;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
@@ -567,9 +573,10 @@ impl TaskGroup {
     /// cmd.args(["-c", "sleep 100"]);
     /// let mut child = group.spawn_process(cmd)?;
     ///
-    /// let report = group.shutdown().await; // SIGTERM to the group, reaped
+    /// let report = group.shutdown().await; // exit_grace, SIGTERM, reaped
     /// assert!(report.is_clean());
     /// assert_eq!(child.wait().await?.signal(), Some(15)); // SIGTERM
+    /// assert_eq!(child.end(), Some(ChildEnd::Terminated));
     /// assert_eq!(child.id(), None); // reaped
     /// # Ok(())
     /// # }
@@ -642,12 +649,21 @@ impl TaskGroup {
     /// [`TaskMap::spawn_with_process`] without a key (this is
     /// [`TaskBuilder::spawn_with_process`] on [`build_task`](Self::build_task)).
     ///
-    /// The process follows the task: cancelling it
-    /// ([`TaskHandle::cancel`], or the group's [`cancel`](Self::cancel) /
-    /// [`shutdown`](Self::shutdown)) or aborting it ([`TaskHandle::abort`])
-    /// tears the child's process group down (`SIGTERM`, `policy.term_grace`,
-    /// `SIGKILL`, reaped). A cancelled task stays alive until the child is
-    /// reaped, so the group's ladder covers the teardown. Use
+    /// The process follows the task, in the stop order of `policy`: once the
+    /// task is cancelled ([`TaskHandle::cancel`], or the group's
+    /// [`cancel`](Self::cancel) / [`shutdown`](Self::shutdown)) **and its
+    /// future has returned** (dropping the `ScopedChild` and the stdin it
+    /// holds), the child gets `policy.exit_grace` to exit by itself, then
+    /// `SIGTERM` to its group, `policy.term_grace`, `SIGKILL`, reaped. The
+    /// task stays alive until the child is reaped, so the group's ladder (and
+    /// awaiting the handle) covers the stop. A task the ladder escalates (it
+    /// ignored its cancellation) has its hook run and its future dropped;
+    /// then the stop order runs, `SIGKILL` due within half the ladder's
+    /// `abort_grace`, and the task ends, aborted, after the reap. Aborting it
+    /// ([`TaskHandle::abort`], tokio's abort) drops it at once; the stop order
+    /// then finishes in the background. A task that returns on its own, not
+    /// cancelled, leaves its child running (an orphan once the handle is
+    /// dropped). Use
     /// [`spawn_process`](Self::spawn_process) for a child owned by the group
     /// itself, without a task of yours around it.
     ///
@@ -668,8 +684,8 @@ impl TaskGroup {
     ///         _ = child.wait() => "exited",
     ///     }
     /// })?;
-    /// job.cancel(); // this task only: its child's group gets SIGTERM
-    /// assert_eq!(job.await.unwrap(), "cancelled");
+    /// job.cancel(); // this task only: it returns, then its child is stopped
+    /// assert_eq!(job.await.unwrap(), "cancelled"); // after exit_grace and SIGTERM
     /// assert!(group.is_empty()); // the child was reaped before the task ended
     /// # Ok(())
     /// # }
@@ -705,15 +721,22 @@ where
     /// Starts `cmd` as a child process and spawns the session task `f(scope,
     /// child)` under `key`, the child owned by that task's scope: cancelling
     /// the key ([`cancel`](Self::cancel), a replacement, or the map's
-    /// [`shutdown`](Self::shutdown)) tears the child's process group down
-    /// (`SIGTERM`, `policy.term_grace`, `SIGKILL`, reaped).
+    /// [`shutdown`](Self::shutdown)) stops the child once the session's
+    /// future has returned (its stdin closed with it): `policy.exit_grace`,
+    /// `SIGTERM` to its group, `policy.term_grace`, `SIGKILL`, reaped.
     ///
-    /// A cancelled session stays alive until its child is reaped, so the
-    /// map's ladder, and the `TaskOutcome` of `cancel`, cover the teardown. A
-    /// session that ends on its own (or panics, or is aborted) while its
-    /// child runs leaves it an orphan: [`reap_orphans`](crate::reap_orphans) reaps it, and the other
-    /// sessions' children are not touched. The reaper itself is a plain tokio
-    /// task (a map tracks keyed tasks only).
+    /// A cancelled session stays alive until its child is reaped (the reaper
+    /// runs inside the session's task: no other entry is added, so `len()`,
+    /// [`keys`](Self::keys) and [`snapshot`](Self::snapshot) show the one
+    /// session), so the map's ladder, and the `TaskOutcome` of `cancel`,
+    /// cover the stop. A session that ignores its cancellation is escalated
+    /// (its hook runs, its future is dropped) and ends as
+    /// [`Aborted`](crate::TaskOutcome::Aborted) once its child, stopped with
+    /// `SIGKILL` due within half the map's `abort_grace`, is reaped. A
+    /// session that ends on its own (or panics) while its child runs leaves
+    /// it an orphan: [`reap_orphans`](crate::reap_orphans) reaps it, and the
+    /// other sessions' children are not touched; such a child's reaper goes
+    /// on on a plain tokio task, which no ladder waits for.
     ///
     /// # Examples
     ///
@@ -774,8 +797,52 @@ where
     /// In a [`TaskGroup`], the task's scope is cancelled with the group.
     ///
     /// Cancelling the task ([`TaskHandle::cancel`], its key, its group) or
-    /// aborting it ([`TaskHandle::abort`]) tears the child's process group
-    /// down: the process follows the task.
+    /// aborting it stops the child's process group once the task's future
+    /// has ended, in the stop order of `policy`: the process follows the
+    /// task, and the task ends after the reap (see
+    /// [`TaskGroup::spawn_with_process`]).
+    ///
+    /// With [`on_escalate`](Self::on_escalate), the hook runs as for any
+    /// task when the ladder escalates (close the child's stdin there, or the
+    /// transport the task is blocked on); the task's future is then dropped
+    /// and the child's stop order runs within the ladder's `abort_grace`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cancel_scope::{ChildEnd, ProcessPolicy, ShutdownPolicy, TaskMap, TaskOutcome};
+    /// use tokio::process::Command;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let sessions = TaskMap::with_policy(ShutdownPolicy {
+    ///     grace: Duration::from_millis(100),
+    ///     ..Default::default()
+    /// });
+    /// let mut cmd = Command::new("cat"); // exits when its stdin closes
+    /// cmd.stdin(std::process::Stdio::piped());
+    /// let (tx, rx) = tokio::sync::oneshot::channel();
+    /// sessions
+    ///     .build_task("upstream")
+    ///     .on_escalate(|| { /* close the upstream's transport */ })
+    ///     .spawn_with_process(cmd, ProcessPolicy::default(), |_scope, mut child| {
+    ///         let stdin = child.stdin.take();
+    ///         let _ = tx.send(child); // keep the handle, to read its end
+    ///         async move {
+    ///             let _stdin = stdin;
+    ///             std::future::pending::<()>().await // ignores its scope
+    ///         }
+    ///     })?;
+    /// let mut child = rx.await.unwrap();
+    /// // Escalated after 100 ms: the hook ran, the future (and stdin) dropped,
+    /// // `cat` saw EOF and exited within exit_grace; reaped before this returns.
+    /// assert_eq!(sessions.cancel(&"upstream").await, Some(TaskOutcome::Aborted));
+    /// assert_eq!(child.end(), Some(ChildEnd::ExitedInGrace));
+    /// assert!(child.wait().await?.success());
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///

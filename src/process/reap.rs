@@ -82,8 +82,9 @@ impl Default for ProcessPolicy {
 pub enum ChildEnd {
     /// It exited on its own before its stop began: no signal was sent.
     Exited,
-    /// It exited within `exit_grace`, after its stop began (its owner ended,
-    /// so its stdin closed) and before any signal.
+    /// It exited within `exit_grace`, after its stop began (for a task's
+    /// child: its owner ended, so the stdin it held closed) and before any
+    /// signal.
     ExitedInGrace,
     /// It exited within `term_grace` after `SIGTERM` to its group.
     Terminated,
