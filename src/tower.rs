@@ -151,15 +151,29 @@ pub const BODY_DROPPED: &str = "client went away: the response body was dropped 
 pub const BODY_FAILED: &str = "the response body failed";
 
 /// The message of a request scope whose response future or body was dropped
-/// by a panic unwinding through it (a handler or body that panicked), rather
-/// than by a disconnect.
+/// after a panic in its poll (a handler or body that panicked), or while a
+/// panic unwinds through it, rather than by a disconnect.
 pub const PANICKED: &str = "the response was dropped by a panic";
 
-/// The message for a drop before the end: a disconnect, or a panic.
-fn abandoned(disconnect: &'static str) -> &'static str {
-    if std::thread::panicking() {
+/// The message for a drop before the end: a disconnect, or a panic (one
+/// that unwound out of a poll, `panicked`, or one unwinding now).
+fn abandoned(disconnect: &'static str, panicked: bool) -> &'static str {
+    if panicked || std::thread::panicking() {
         PANICKED
     } else {
         disconnect
+    }
+}
+
+/// Notes a panic that unwinds out of a poll while it lives. Executors catch
+/// a task's panic at its poll and drop the future afterwards, no longer
+/// unwinding: the drop reads this note to say why.
+struct PanicNote<'a>(&'a mut bool);
+
+impl Drop for PanicNote<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            *self.0 = true;
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 
 use http_body::{Body, Frame, SizeHint};
 
-use super::{BODY_DROPPED, BODY_FAILED, abandoned};
+use super::{BODY_DROPPED, BODY_FAILED, PanicNote, abandoned};
 use crate::{CancelScope, WaitCancelledOwned};
 
 pin_project_lite::pin_project! {
@@ -24,7 +24,8 @@ pin_project_lite::pin_project! {
     ///   still have given are not sent.
     /// - **Dropped before its end** (the client went away mid-stream): the
     ///   scope is cancelled with [`BODY_DROPPED`](super::BODY_DROPPED), after
-    ///   the inner body is dropped.
+    ///   the inner body is dropped ([`PANICKED`](super::PANICKED) if a poll
+    ///   of the inner body panicked, or a panic unwinds through the drop).
     /// - **An error frame**: passed through unchanged; the scope is cancelled
     ///   with [`BODY_FAILED`](super::BODY_FAILED) and the next poll ends the
     ///   body.
@@ -51,6 +52,8 @@ pin_project_lite::pin_project! {
         // drop (in `PinnedDrop`, here) cancels the scope. `None` once the
         // body ended, by its end, an error or a cancel.
         wait: Option<WaitCancelledOwned>,
+        // A poll of the inner body panicked.
+        panicked: bool,
     }
 
     impl<B> PinnedDrop for ScopedBody<B> {
@@ -60,7 +63,7 @@ pin_project_lite::pin_project! {
                 // The inner body first: its drop code runs before any task
                 // of the scope is woken.
                 this.inner.set(None);
-                wait.scope().cancel_with(abandoned(BODY_DROPPED));
+                wait.scope().cancel_with(abandoned(BODY_DROPPED, *this.panicked));
             }
         }
     }
@@ -76,6 +79,7 @@ impl<B: Body> ScopedBody<B> {
         ScopedBody {
             inner: Some(body),
             wait,
+            panicked: false,
         }
     }
 }
@@ -100,7 +104,11 @@ impl<B: Body> Body for ScopedBody<B> {
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
         };
-        let frame = ready!(inner.poll_frame(cx));
+        let poll = {
+            let _note = PanicNote(this.panicked);
+            inner.poll_frame(cx)
+        };
+        let frame = ready!(poll);
         match &frame {
             Some(Ok(_)) => {
                 let at_end = this.inner.as_ref().get_ref().as_ref();

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use super::{RESPONSE_DROPPED, ScopedBody, abandoned};
+use super::{PanicNote, RESPONSE_DROPPED, ScopedBody, abandoned};
 use crate::CancelScope;
 
 pin_project_lite::pin_project! {
@@ -15,7 +15,8 @@ pin_project_lite::pin_project! {
     ///
     /// Dropped before it completes (hyper drops it when the client
     /// disconnects while the handler runs), it cancels the request scope
-    /// with [`RESPONSE_DROPPED`](super::RESPONSE_DROPPED). Once it completes,
+    /// with [`RESPONSE_DROPPED`](super::RESPONSE_DROPPED), or
+    /// [`PANICKED`](super::PANICKED) if the handler's poll panicked. Once it completes,
     /// `Ok` hands the scope to the body and `Err` passes through unchanged,
     /// leaving the scope as it is.
     ///
@@ -37,7 +38,10 @@ impl<F> ResponseFuture<F> {
     pub(super) fn new(scope: CancelScope, inner: F) -> Self {
         ResponseFuture {
             inner,
-            guard: Guard(Some(scope)),
+            guard: Guard {
+                scope: Some(scope),
+                panicked: false,
+            },
         }
     }
 }
@@ -51,11 +55,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let poll = {
+            let _note = PanicNote(&mut this.guard.panicked);
+            this.inner.poll(cx)
+        };
+        let result = ready!(poll);
         // Completed: disarmed whatever the result.
         let scope = this
             .guard
-            .0
+            .scope
             .take()
             .expect("ResponseFuture polled after completion");
         Poll::Ready(result.map(|response| response.map(|body| ScopedBody::new(body, scope))))
@@ -65,18 +73,23 @@ where
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("scope", &self.guard.0)
+            .field("scope", &self.guard.scope)
             .finish_non_exhaustive()
     }
 }
 
 /// Cancels the request scope when the future is dropped before it completed.
-struct Guard(Option<CancelScope>);
+struct Guard {
+    /// `None` once the future completed.
+    scope: Option<CancelScope>,
+    /// A poll of the inner future panicked.
+    panicked: bool,
+}
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(scope) = self.0.take() {
-            scope.cancel_with(abandoned(RESPONSE_DROPPED));
+        if let Some(scope) = self.scope.take() {
+            scope.cancel_with(abandoned(RESPONSE_DROPPED, self.panicked));
         }
     }
 }
