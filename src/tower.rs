@@ -56,15 +56,14 @@
 //! use http_body_util::BodyExt;
 //! use tower::ServiceExt;
 //!
-//! let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
-//! let seen_tx = std::sync::Mutex::new(Some(seen_tx));
+//! let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
 //! let server = CancelScope::new();
 //! let app = Router::new()
 //!     .route(
 //!         "/events",
 //!         get(move |scope: RequestScope| async move {
 //!             let work = scope.clone(); // a session task would hold this
-//!             seen_tx.lock().unwrap().take().unwrap().send(work).unwrap();
+//!             seen_tx.send(work).unwrap();
 //!             let ticks = futures::stream::repeat_with(|| {
 //!                 Ok::<_, Infallible>(Event::default().data("tick"))
 //!             });
@@ -78,7 +77,7 @@
 //! body.frame().await.unwrap().unwrap(); // one event
 //! drop(body); // what hyper does when the client disconnects
 //!
-//! let work = seen_rx.await.unwrap();
+//! let work = seen_rx.recv().await.unwrap();
 //! assert!(work.is_cancelled());
 //! assert_eq!(work.cancel_message().as_deref(), Some(BODY_DROPPED));
 //! assert!(!server.is_cancelled()); // only that request's scope
@@ -92,18 +91,26 @@
 //!
 //! ```no_run
 //! # #[cfg(feature = "axum")]
-//! # async fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
+//! # #[tokio::main]
+//! # async fn main() -> std::io::Result<()> {
 //! use cancel_scope::CancelScope;
 //! use cancel_scope::tower::ScopeLayer;
 //!
+//! # let app = axum::Router::new();
 //! let server = CancelScope::new();
 //! let app = app.layer(ScopeLayer::new(server.clone()));
-//! // On a signal: `server.cancel_with("shutting down")`. The open SSE
-//! // streams end, their connections close, and `serve` returns.
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! let signal = server.clone();
+//! tokio::spawn(async move {
+//!     let _ = tokio::signal::ctrl_c().await;
+//!     // The open SSE streams end, their connections close, `serve` returns.
+//!     signal.cancel_with("shutting down");
+//! });
 //! axum::serve(listener, app)
-//!     .with_graceful_shutdown(server.clone().cancelled_owned())
+//!     .with_graceful_shutdown(server.cancelled_owned())
 //!     .await
 //! # }
+//! # #[cfg(not(feature = "axum"))]
 //! # fn main() {}
 //! ```
 //!
