@@ -207,7 +207,10 @@ async fn an_sse_client_that_leaves_cancels_its_request_scope_with_body_dropped()
     assert_eq!(other.get("/hello").await.status(), StatusCode::OK);
     root.cancel();
     other.disconnect().await;
-    within("serve returns", served.serve).await.unwrap().unwrap();
+    within("serve returns", served.serve)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[cfg(feature = "axum")]
@@ -234,7 +237,10 @@ async fn a_client_that_leaves_before_the_response_cancels_with_response_dropped(
     assert_eq!(scope.cancel_message().as_deref(), Some(RESPONSE_DROPPED));
     assert!(!root.is_cancelled());
     root.cancel();
-    within("serve returns", served.serve).await.unwrap().unwrap();
+    within("serve returns", served.serve)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 /// hyper#2787, axum#2673: with SSE clients connected, a graceful shutdown
@@ -368,7 +374,10 @@ async fn the_extractor_without_the_layer_is_a_500_that_names_the_fix() {
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let text = response.into_body().collect().await.unwrap().to_bytes();
     let text = std::str::from_utf8(&text).unwrap();
-    assert!(text.contains("add cancel_scope::tower::ScopeLayer"), "{text}");
+    assert!(
+        text.contains("add cancel_scope::tower::ScopeLayer"),
+        "{text}"
+    );
     assert!(!called.load(Ordering::Relaxed), "the handler never ran");
 
     let response = client.get("/optional").await;
@@ -377,7 +386,10 @@ async fn the_extractor_without_the_layer_is_a_500_that_names_the_fix() {
 
     root.cancel();
     client.disconnect().await;
-    within("serve returns", served.serve).await.unwrap().unwrap();
+    within("serve returns", served.serve)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 /// A response read to its end leaves its scope as it is: not cancelled,
@@ -402,7 +414,10 @@ async fn a_complete_response_leaves_its_request_scope_uncancelled() {
     }
     assert!(!root.is_cancelled());
     root.cancel();
-    within("serve returns", served.serve).await.unwrap().unwrap();
+    within("serve returns", served.serve)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 // ===== the body and the service, without a socket =====
@@ -457,8 +472,15 @@ async fn a_cancel_ends_a_silent_body_without_polling_it_again() {
     scope.cancel_with("shutting down");
     let (ended, body) = within("the body ends", reader).await.unwrap();
     assert!(ended, "end of stream");
-    assert!(dropped.load(Ordering::Relaxed), "the inner body went at the end");
-    assert_eq!(polls.load(Ordering::Relaxed), 1, "a cancelled body is not polled");
+    assert!(
+        dropped.load(Ordering::Relaxed),
+        "the inner body went at the end"
+    );
+    assert_eq!(
+        polls.load(Ordering::Relaxed),
+        1,
+        "a cancelled body is not polled"
+    );
     assert!(body.is_end_stream());
     assert_eq!(body.size_hint().exact(), Some(0));
     drop(body);
@@ -514,7 +536,10 @@ async fn an_error_frame_passes_through_and_cancels_with_body_failed() {
     assert!(!scope.is_cancelled());
     assert_eq!(body.frame().await.unwrap().unwrap_err(), "disk on fire");
     assert_eq!(scope.cancel_message().as_deref(), Some(BODY_FAILED));
-    assert!(body.frame().await.is_none(), "the body ended with its error");
+    assert!(
+        body.frame().await.is_none(),
+        "the body ended with its error"
+    );
 }
 
 #[tokio::test]
@@ -561,13 +586,19 @@ async fn the_service_forwards_readiness_and_errors_and_scopes_each_request() {
     let err = service.ready().await.unwrap().call(request("/err")).await;
     assert_eq!(err.err(), Some("handler failed"), "errors pass through");
     let failed = seen.recv().await.unwrap();
-    assert!(!failed.is_cancelled(), "a completed future leaves its scope");
+    assert!(
+        !failed.is_cancelled(),
+        "a completed future leaves its scope"
+    );
 
     let response = service.ready().await.unwrap().call(request("/")).await;
     let ok = seen.recv().await.unwrap();
     assert_ne!(ok.id(), failed.id(), "a scope per request");
     root.cancel_with("shutting down");
-    assert!(ok.is_cancelled() && failed.is_cancelled(), "children of the root");
+    assert!(
+        ok.is_cancelled() && failed.is_cancelled(),
+        "children of the root"
+    );
     let body = response.unwrap().into_body().collect().await.unwrap();
     // Cancelled before its first poll: the body ends at once.
     assert!(body.to_bytes().is_empty());
@@ -579,18 +610,16 @@ async fn a_panic_that_drops_the_response_future_says_so() {
 
     let root = CancelScope::new();
     let (tx, mut seen) = mpsc::unbounded_channel();
-    let service = ScopeLayer::new(root.clone()).layer(tower::service_fn(
-        move |req: Request<()>| {
-            tx.send(req.extensions().get::<RequestScope>().cloned().unwrap())
-                .unwrap();
-            async move {
-                if req.uri().path() == "/panic" {
-                    panic!("handler bug");
-                }
-                Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+    let service = ScopeLayer::new(root.clone()).layer(tower::service_fn(move |req: Request<()>| {
+        tx.send(req.extensions().get::<RequestScope>().cloned().unwrap())
+            .unwrap();
+        async move {
+            if req.uri().path() == "/panic" {
+                panic!("handler bug");
             }
-        },
-    ));
+            Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+        }
+    }));
     let call = service.oneshot(Request::get("/panic").body(()).unwrap());
     let result = std::panic::AssertUnwindSafe(call).catch_unwind().await;
     assert!(result.is_err(), "the panic went through");
@@ -607,7 +636,9 @@ async fn a_panic_in_the_body_says_so_when_the_body_is_dropped() {
         panic!("body bug")
     });
     let mut body = ScopedBody::new(StreamBody::new(frames), scope.clone());
-    let result = std::panic::AssertUnwindSafe(body.frame()).catch_unwind().await;
+    let result = std::panic::AssertUnwindSafe(body.frame())
+        .catch_unwind()
+        .await;
     assert!(result.is_err(), "the panic went through");
     assert!(!scope.is_cancelled(), "not yet: the body is alive");
     drop(body);

@@ -138,7 +138,8 @@ where
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
         let scope = self.scope.child();
-        req.extensions_mut().insert(RequestScope::new(scope.clone()));
+        req.extensions_mut()
+            .insert(RequestScope::new(scope.clone()));
         ResponseFuture::new(scope, self.inner.call(req))
     }
 }
