@@ -2,17 +2,15 @@
 //! client goes, and a shutdown that ends open streams in bounded time.
 //!
 //! A session is the task that forwards the backend feed to one client. Its
-//! events reach the response body through a small channel. The router runs
-//! under [`ScopeLayer`], which gives each request a [`RequestScope`] and
-//! cancels it when hyper drops the response (the client closed the
-//! connection, or the response was never sent); a small watcher task waiting
-//! on that scope then starts the session's ladder with
-//! [`TaskMap::begin_cancel_task`] (by task id, so a late watcher never tears
-//! down a newer session under the same id): cancel, bounded re-delivery,
-//! escalation at grace (the hook closes the backend subscription, then
-//! abort). At shutdown the layer's scope is cancelled: every open stream ends
-//! at once, and the map's own ladder tears the sessions down. The session's
-//! own [`SessionEnd`] guard notes the moment its future is gone, which is the
+//! events reach the response body through a small channel. [`ScopeLayer`]
+//! cancels the request's [`RequestScope`] when hyper drops the response (the
+//! client closed the connection, or the response was never sent), and a
+//! watcher on it starts the session's ladder with [`TaskMap::begin_cancel_task`]
+//! (by task id, so a late watcher never tears down a newer session under the
+//! same id): cancel, bounded re-delivery, escalation at grace (the hook
+//! closes the backend subscription, then abort). At shutdown the layer's scope
+//! is cancelled, which ends every open stream. The session's own
+//! [`SessionEnd`] guard notes the moment its future is gone, which is the
 //! moment the map prunes its entry.
 //!
 //! With `--features process` (unix) a fourth backend, `process`, runs a child
@@ -40,6 +38,8 @@ use cancel_scope::{
 use tokio::net::TcpSocket;
 use tokio::sync::{OnceCell, mpsc};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::backend::{Backend, Closer, Subscription};
 use crate::naive::NaiveSessions;
@@ -436,11 +436,9 @@ impl AppState {
         }
     }
 
-    /// Starts the teardown of session `id` (its `task`, `None` for a naive
-    /// one) when its client goes: [`ScopeLayer`] cancels the request scope
-    /// when hyper drops the response, which wakes this watcher once. At
-    /// shutdown (the layer's own scope cancelled) the map's ladder covers
-    /// every session, so the watcher does nothing.
+    /// Starts the teardown of session `id` (its `task`; `None`: naive) once
+    /// the layer cancels `request`: its client went away. Not at shutdown,
+    /// where the map's own ladder covers every session.
     fn watch_disconnect(
         self: &Arc<Self>,
         id: SessionId,
@@ -467,10 +465,8 @@ impl AppState {
             };
             if state.config.verbose && started {
                 let why = request.cancel_message();
-                eprintln!(
-                    "session {id}: {}; teardown started",
-                    why.as_deref().unwrap_or("cancelled")
-                );
+                let why = why.as_deref().unwrap_or("cancelled");
+                eprintln!("session {id}: {why}; teardown started");
             }
         });
     }
@@ -688,11 +684,7 @@ async fn sse(
     // No await between spawning and watching: whatever happens to the
     // response from here on, dropping it tears the session down.
     state.watch_disconnect(id, task, request);
-    let mut events = rx;
-    let body = futures::stream::poll_fn(move |cx| {
-        events.poll_recv(cx).map(|e| e.map(Ok::<_, Infallible>))
-    });
-    Sse::new(body)
+    Sse::new(ReceiverStream::new(rx).map(Ok::<_, Infallible>))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
