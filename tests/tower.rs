@@ -6,6 +6,8 @@
 
 // axum and hyper are not dependencies under `--cfg loom` (no `tokio::net`).
 #![cfg(all(feature = "tower", not(loom)))]
+// Some helpers serve only the axum tests.
+#![cfg_attr(not(feature = "axum"), allow(dead_code, unused_imports))]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
