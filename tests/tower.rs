@@ -646,3 +646,90 @@ async fn a_panic_in_the_body_says_so_when_the_body_is_dropped() {
     drop(body);
     assert_eq!(scope.cancel_message().as_deref(), Some(PANICKED));
 }
+
+// ===== allocations =====
+
+/// Counts this thread's allocations, for the cost test below.
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; the counter is a const-initialized
+// thread-local `Cell` (no lazy initialization, no destructor), so counting
+// allocates nothing itself.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: the caller's contract is `System`'s.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(std::cell::Cell::get)
+}
+
+/// What the layer costs a request, measured: the request scope (one node),
+/// its extension entry, and the body's one waiter registration in the
+/// node's list (and its release); the wait itself is stored inline (no
+/// box), and the frames in between cost nothing.
+#[test]
+fn a_request_costs_a_scope_node_an_extension_and_a_waiter_slot() {
+    // A waker whose clones `will_wake` each other, as a runtime's do (the
+    // noop waker's may not, and would be registered again on every poll).
+    struct Unpark;
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark));
+    let mut cx = Context::from_waker(&waker);
+    let root = CancelScope::new();
+    let mut service = ScopeLayer::new(root.clone()).layer(tower::service_fn(|_req: Request<()>| {
+        let frames =
+            futures::stream::iter((0..3).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::new()))));
+        std::future::ready(Ok::<_, Infallible>(Response::new(StreamBody::new(frames))))
+    }));
+    let mut round = || {
+        let mut request = Request::new(());
+        // The map exists already, as under axum (its own extensions).
+        request.extensions_mut().insert(());
+        let before = allocations();
+        let mut call = std::pin::pin!(service.call(request));
+        let Poll::Ready(Ok(response)) = call.as_mut().poll(&mut cx) else {
+            panic!("ready at once")
+        };
+        let called = allocations() - before;
+        let mut body = std::pin::pin!(response.into_body());
+        let mut frame = |n: usize| {
+            let before = allocations();
+            let ended = matches!(body.as_mut().poll_frame(&mut cx), Poll::Ready(None));
+            assert_eq!(ended, n == 3, "frame {n}");
+            allocations() - before
+        };
+        let first = frame(0);
+        let middle = frame(1) + frame(2);
+        let end = frame(3);
+        (called, first, middle, end)
+    };
+    round(); // the root's child list has room from here on
+    let (called, first, middle, end) = round();
+    // The scope node, and the extension's box.
+    assert!(called <= 2, "ScopeService::call: {called}");
+    // The body's waiter slot in the new node's list.
+    assert!(first <= 1, "the first poll_frame: {first}");
+    assert_eq!(middle, 0, "the frames in between");
+    // Releasing the waiter at the end: the core drops its waker after the
+    // node's lock, through a `Vec` (`sync::AfterUnlock`).
+    assert!(end <= 1, "the end: {end}");
+}
