@@ -27,8 +27,9 @@
 //! (`poll_frame` gave `None`, or `is_end_stream` said so after a frame, or
 //! at once for an empty body). Work the handler started under the scope may
 //! outlive the response on purpose (a write-behind, a notification); it
-//! still ends with the server's scope. Work that must not outlive the
-//! response watches the response, not the scope's end.
+//! still ends with the server's scope. Work that must end with the response
+//! belongs in the handler's future or the body's stream, which the end of
+//! the response drops.
 //!
 //! The semantics are Trio's "one cancel scope per request" (a handler's work
 //! is cancelled with its request, and a server's shutdown cancels every
