@@ -17,10 +17,13 @@
 //!   the session's own scope: the session's teardown sends SIGTERM to the
 //!   child's process group, waits `term_grace`, sends SIGKILL, and reaps it.
 //!
-//! When a client disconnects, hyper drops the response body, whose guard calls
-//! `TaskMap::begin_cancel_task` (by task id): the ladder (cancel, timer-spaced re-delivery,
-//! escalation at grace, stuck report) runs in the background, and the session's
-//! entry prunes itself when its task ends. The shared backend context is built
+//! The router runs under [`ScopeLayer`](cancel_scope::tower::ScopeLayer)
+//! (feature `axum`): when a client disconnects, hyper drops the response
+//! body and the layer cancels the request's scope, which wakes a watcher that
+//! calls `TaskMap::begin_cancel_task` (by task id): the ladder (cancel,
+//! timer-spaced re-delivery, escalation at grace, stuck report) runs in the
+//! background, and the session's entry prunes itself when its task ends. At
+//! shutdown the layer's scope is cancelled, which ends every open stream. The shared backend context is built
 //! once, by whichever first connection gets there, with `tokio::sync::OnceCell`.
 //!
 //! The default mode is a load driver in the same process: waves of real HTTP
@@ -37,11 +40,11 @@
 //! one. The hook and abort end it all the same.)
 //!
 //! ```text
-//! cargo run --release --example sse_teardown                 # waves of 500, 1000, 2000 clients
-//! cargo run --release --example sse_teardown -- --compare    # beside the naive anti-pattern
-//! cargo run --release --example sse_teardown -- --naive      # the anti-pattern alone
-//! cargo run --release --example sse_teardown -- --waves 200,400 --stubborn-share 0.5
-//! cargo run --release --features process --example sse_teardown -- --process-share 0.3
+//! cargo run --release --features axum --example sse_teardown                # waves of 500, 1000, 2000 clients
+//! cargo run --release --features axum --example sse_teardown -- --compare   # beside the naive anti-pattern
+//! cargo run --release --features axum --example sse_teardown -- --naive     # the anti-pattern alone
+//! cargo run --release --features axum --example sse_teardown -- --waves 200,400 --stubborn-share 0.5
+//! cargo run --release --features axum,process --example sse_teardown -- --process-share 0.3
 //! ```
 //!
 //! `--naive` runs the same server and waves with what gateways often do
@@ -52,14 +55,14 @@
 //! To watch it by hand:
 //!
 //! ```text
-//! cargo run --release --example sse_teardown -- --server-only --port 3000
+//! cargo run --release --features axum --example sse_teardown -- --server-only --port 3000
 //! curl -N 'http://127.0.0.1:3000/sse?backend=stubborn'   # Ctrl-C it: a disconnect
 //! curl http://127.0.0.1:3000/stats                       # tracked, closing, stuck, ...
 //! curl http://127.0.0.1:3000/debug/tasks                 # each live task: key, state, age, ...
 //! ```
 //!
-//! Ctrl-C (or SIGTERM) on the server stops accepting, tears every session
-//! down (which ends the open streams, `curl -N` ones included), prints the
+//! Ctrl-C (or SIGTERM) on the server stops accepting, ends the open streams
+//! at once (`curl -N` ones included), tears every session down, prints the
 //! `ShutdownReport` and exits within `grace + abort_grace` (500 ms here).
 //!
 //! Exit code: 1 if a wave of the crate's server fails (with `--naive`: if a

@@ -207,6 +207,12 @@
 //!   processes, `TaskGroup::spawn_process` and `reap_orphans`: a child's
 //!   whole process group is torn down with its scope, orphans are reaped
 //!   without touching live owners. Adds `rustix` and tokio's `process`.
+//! - `tower`: `tower::ScopeLayer`, a cancel scope per request, cancelled
+//!   when the client goes away, and response bodies that end when it is
+//!   cancelled (so SSE streams close at shutdown). Adds `tower` (no default
+//!   features), `http` and `http-body`.
+//! - `axum`: `tower`, plus `tower::RequestScope` as an axum extractor.
+//!   Adds `axum` (no default features).
 //!
 //! # Where the semantics come from
 //!
@@ -267,6 +273,10 @@ mod process;
 mod task_set;
 #[cfg(not(loom))]
 mod tracker;
+
+#[cfg(all(feature = "tower", not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 
 pub use ladder::{Backoff, ShutdownPolicy, ShutdownReport, StuckTask};
 pub use scope::{

@@ -8,8 +8,9 @@
 //! the code a reader runs. No CPU or wall-time assertion: waits are bounded
 //! safety nets that return as soon as the condition holds.
 
-// axum and hyper are not dependencies under `--cfg loom` (no `tokio::net`).
-#![cfg(not(loom))]
+// axum and hyper are not dependencies under `--cfg loom` (no `tokio::net`);
+// the server runs under `cancel_scope::tower::ScopeLayer` (feature `axum`).
+#![cfg(all(not(loom), feature = "axum"))]
 
 // Shared with the example, which uses all of it; the test uses a part.
 #[allow(dead_code)]

@@ -2,14 +2,16 @@
 //! client goes, and a shutdown that ends open streams in bounded time.
 //!
 //! A session is the task that forwards the backend feed to one client. Its
-//! events reach the response body through a small channel; the body owns a
-//! [`Disconnect`] guard, so when hyper drops the body (the client closed the
-//! connection, or the response was never sent) the guard starts the session's
-//! ladder with [`TaskMap::begin_cancel_task`] (by task id, so a late guard
-//! never tears down a newer session under the same id): cancel, bounded
-//! re-delivery, escalation at grace (the hook closes the backend subscription, then abort).
-//! The session's own [`SessionEnd`] guard notes the moment its future is gone,
-//! which is the moment the map prunes its entry.
+//! events reach the response body through a small channel. [`ScopeLayer`]
+//! cancels the request's [`RequestScope`] when hyper drops the response (the
+//! client closed the connection, or the response was never sent), and a
+//! watcher on it starts the session's ladder with [`TaskMap::begin_cancel_task`]
+//! (by task id, so a late watcher never tears down a newer session under the
+//! same id): cancel, bounded re-delivery, escalation at grace (the hook
+//! closes the backend subscription, then abort). At shutdown the layer's scope
+//! is cancelled, which ends every open stream. The session's own
+//! [`SessionEnd`] guard notes the moment its future is gone, which is the
+//! moment the map prunes its entry.
 //!
 //! With `--features process` (unix) a fourth backend, `process`, runs a child
 //! process per session as a stdio server, owned by the session's own scope:
@@ -19,10 +21,8 @@ use std::convert::Infallible;
 use std::future::IntoFuture;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -31,13 +31,15 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use cancel_scope::tower::{RequestScope, ScopeLayer};
 use cancel_scope::{
     Backoff, CancelScope, ShutdownPolicy, ShutdownReport, TaskGroup, TaskId, TaskInfo, TaskMap,
 };
-use futures::Stream;
 use tokio::net::TcpSocket;
 use tokio::sync::{OnceCell, mpsc};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::backend::{Backend, Closer, Subscription};
 use crate::naive::NaiveSessions;
@@ -282,8 +284,11 @@ pub struct AppState {
     /// Requests that found the context not initialized yet (they raced for it).
     first_connections: AtomicU64,
     next_id: AtomicU64,
-    /// Server-wide tasks (the backend publisher), ended at shutdown.
+    /// Server-wide tasks (the backend publisher, the disconnect watchers),
+    /// ended at shutdown.
     background: TaskGroup,
+    /// The layer's scope, parent of every request's: cancelled at shutdown.
+    root: CancelScope,
     /// (session, instant its entry was pruned), drained by the load driver.
     prunes: Mutex<Vec<(SessionId, Instant)>>,
     /// Process ids (each also a process group id) of the children started
@@ -429,6 +434,41 @@ impl AppState {
         if self.config.record_prunes {
             lock(&self.prunes).push((id, at));
         }
+    }
+
+    /// Starts the teardown of session `id` (its `task`; `None`: naive) once
+    /// the layer cancels `request`: its client went away. Not at shutdown,
+    /// where the map's own ladder covers every session.
+    fn watch_disconnect(
+        self: &Arc<Self>,
+        id: SessionId,
+        task: Option<TaskId>,
+        request: RequestScope,
+    ) {
+        let state = self.clone();
+        let watch = self
+            .background
+            .build_task()
+            .name(format!("disconnect watch {id}"));
+        watch.spawn(async move {
+            request.cancelled().await;
+            if state.root.is_cancelled() {
+                return;
+            }
+            let started = match &state.sessions {
+                Sessions::Tracked(map) => task.is_some_and(|task| map.begin_cancel_task(&id, task)),
+                Sessions::Naive(naive) => {
+                    let prunes = state.clone();
+                    naive.cancel(id, move |at| prunes.record_prune(id, at));
+                    true
+                }
+            };
+            if state.config.verbose && started {
+                let why = request.cancel_message();
+                let why = why.as_deref().unwrap_or("cancelled");
+                eprintln!("session {id}: {why}; teardown started");
+            }
+        });
     }
 
     /// Spawns the session task for `id`.
@@ -619,58 +659,13 @@ impl Drop for SessionEnd {
     }
 }
 
-/// Owned by the response body: its drop is the client's disconnect (or the
-/// response being abandoned), and starts the session's teardown.
-struct Disconnect {
-    state: Arc<AppState>,
-    id: SessionId,
-    /// The session task this connection started: the guard tears down that
-    /// task only, never a newer session that took over the id (a client
-    /// that reconnected under it before this body was dropped).
-    task: Option<TaskId>,
-}
-
-impl Drop for Disconnect {
-    fn drop(&mut self) {
-        let id = self.id;
-        let started = match &self.state.sessions {
-            // Safe in any context: outside a runtime (a body dropped while
-            // the runtime goes away) the ladder runs on the map's runtime.
-            Sessions::Tracked(map) => self
-                .task
-                .is_some_and(|task| map.begin_cancel_task(&id, task)),
-            // The naive canceller is a plain `tokio::spawn`, which would
-            // panic there; nothing to spawn on, and no need to.
-            Sessions::Naive(_) if tokio::runtime::Handle::try_current().is_err() => false,
-            Sessions::Naive(naive) => {
-                let state = self.state.clone();
-                naive.cancel(id, move |at| state.record_prune(id, at));
-                true
-            }
-        };
-        if self.state.config.verbose && started {
-            eprintln!("session {id}: client gone, teardown started");
-        }
-    }
-}
-
-/// The SSE body: the session's events, and the disconnect guard.
-struct SessionStream {
-    events: mpsc::Receiver<Event>,
-    _disconnect: Disconnect,
-}
-
-impl Stream for SessionStream {
-    type Item = Result<Event, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.events.poll_recv(cx).map(|event| event.map(Ok))
-    }
-}
-
 // ===== handlers =====
 
-async fn sse(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+async fn sse(
+    State(state): State<Arc<AppState>>,
+    request: RequestScope,
+    RawQuery(query): RawQuery,
+) -> Response {
     let Some(kind) = BackendKind::from_query(query.as_deref()) else {
         return (StatusCode::BAD_REQUEST, BACKENDS_HELP).into_response();
     };
@@ -689,17 +684,10 @@ async fn sse(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> R
     let _ = tx.try_send(Event::default().event("session").data(id.to_string()));
     let (sub, closer) = backend.subscribe();
     let task = state.start_session(id, kind, sub, closer, tx);
-    // No await between spawning and arming the guard: whatever happens to the
+    // No await between spawning and watching: whatever happens to the
     // response from here on, dropping it tears the session down.
-    let body = SessionStream {
-        events: rx,
-        _disconnect: Disconnect {
-            state: state.clone(),
-            id,
-            task,
-        },
-    };
-    Sse::new(body)
+    state.watch_disconnect(id, task, request);
+    Sse::new(ReceiverStream::new(rx).map(Ok::<_, Infallible>))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
@@ -738,8 +726,9 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Its shared state (counters, prune log).
     pub state: Arc<AppState>,
-    /// Cancelled to stop accepting (axum's graceful shutdown signal).
-    accepting: CancelScope,
+    /// The layer's scope (`AppState::root`): cancelled at shutdown, it ends
+    /// every open stream and is axum's graceful shutdown signal.
+    root: CancelScope,
     serve: JoinHandle<io::Result<()>>,
 }
 
@@ -769,8 +758,10 @@ impl Server {
         } else {
             Sessions::Tracked(TaskMap::with_policy(config.policy))
         };
+        let root = CancelScope::new();
         let state = Arc::new(AppState {
             background: TaskGroup::builder().policy(config.policy).build(),
+            root: root.clone(),
             config,
             sessions,
             context: OnceCell::new(),
@@ -785,17 +776,17 @@ impl Server {
             .route("/sse", get(sse))
             .route("/stats", get(stats))
             .route("/debug/tasks", get(debug_tasks))
+            .layer(ScopeLayer::new(root.clone()))
             .with_state(state.clone());
-        let accepting = CancelScope::new();
         let serve = tokio::spawn(
             axum::serve(listener, app)
-                .with_graceful_shutdown(accepting.clone().cancelled_owned())
+                .with_graceful_shutdown(root.clone().cancelled_owned())
                 .into_future(),
         );
         Ok(Server {
             addr,
             state,
-            accepting,
+            root,
             serve,
         })
     }
@@ -806,18 +797,19 @@ impl Server {
         self.state.snapshot()
     }
 
-    /// Stops accepting, tears every session down with the ladder (which ends
-    /// their SSE streams, so their connections close), and waits for the
-    /// connections until `grace + abort_grace` after the call.
+    /// Stops accepting and ends every open SSE stream (the layer's scope is
+    /// cancelled, so each body ends and its connection closes), tears every
+    /// session down with the ladder, and waits for the connections until
+    /// `grace + abort_grace` after the call.
     ///
     /// Plain `axum::serve(..).with_graceful_shutdown(..)` waits for every
-    /// response to finish, which an SSE stream never does by itself: this is
-    /// the step that makes shutdown bounded.
+    /// response to finish, which an SSE stream never does by itself: the
+    /// layer's scope is the step that makes shutdown bounded.
     pub async fn shutdown(self) -> Teardown {
         let started = Instant::now();
         let policy = self.state.config.policy;
         let deadline = tokio::time::Instant::now() + policy.grace + policy.abort_grace;
-        self.accepting.cancel();
+        self.root.cancel_with("server shutting down");
         let report = match &self.state.sessions {
             Sessions::Tracked(map) => Some(map.shutdown().await),
             Sessions::Naive(naive) => {
