@@ -144,9 +144,9 @@ where
                 .tracker
                 .spawn(self.opts, Mode::Drop, Place::Current, |_| fut),
             Some((guard, admission)) => {
-                let spawned =
-                    self.tracker
-                        .spawn(self.opts, Mode::Drop, Place::Current, |_| guard.wrap(fut));
+                let spawned = self
+                    .tracker
+                    .spawn(self.opts, Mode::Drop, Place::Current, |_| guard.wrap(fut));
                 admission.admit(self.tracker, spawned)
             }
         }
@@ -184,7 +184,8 @@ where
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        let make = |scope: Option<CancelScope>| f(scope.expect("cooperative tasks get their own scope"));
+        let make =
+            |scope: Option<CancelScope>| f(scope.expect("cooperative tasks get their own scope"));
         match self.lease() {
             None => self
                 .tracker
@@ -238,9 +239,11 @@ where
                 .tracker
                 .spawn(self.opts, Mode::Drop, Place::On(handle), |_| fut),
             Some((guard, admission)) => {
-                let spawned =
-                    self.tracker
-                        .spawn(self.opts, Mode::Drop, Place::On(handle), |_| guard.wrap(fut));
+                let spawned = self
+                    .tracker
+                    .spawn(self.opts, Mode::Drop, Place::On(handle), |_| {
+                        guard.wrap(fut)
+                    });
                 admission.admit(self.tracker, spawned)
             }
         }
@@ -288,11 +291,11 @@ where
                 .tracker
                 .spawn_local(self.opts, Mode::Drop, LocalPlace::Current, |_| fut),
             Some((guard, admission)) => {
-                let spawned = self
-                    .tracker
-                    .spawn_local(self.opts, Mode::Drop, LocalPlace::Current, |_| {
-                        guard.wrap(fut)
-                    });
+                let spawned =
+                    self.tracker
+                        .spawn_local(self.opts, Mode::Drop, LocalPlace::Current, |_| {
+                            guard.wrap(fut)
+                        });
                 admission.admit(self.tracker, spawned)
             }
         }
@@ -308,17 +311,20 @@ where
         Fut: Future + 'static,
         Fut::Output: 'static,
     {
-        let make = |scope: Option<CancelScope>| f(scope.expect("cooperative tasks get their own scope"));
+        let make =
+            |scope: Option<CancelScope>| f(scope.expect("cooperative tasks get their own scope"));
         let spawned = match self.lease() {
-            None => self
-                .tracker
-                .spawn_local(self.opts, Mode::Cooperative, LocalPlace::Current, make),
+            None => {
+                self.tracker
+                    .spawn_local(self.opts, Mode::Cooperative, LocalPlace::Current, make)
+            }
             Some((guard, admission)) => {
-                let spawned =
-                    self.tracker
-                        .spawn_local(self.opts, Mode::Cooperative, LocalPlace::Current, |scope| {
-                            guard.wrap(make(scope))
-                        });
+                let spawned = self.tracker.spawn_local(
+                    self.opts,
+                    Mode::Cooperative,
+                    LocalPlace::Current,
+                    |scope| guard.wrap(make(scope)),
+                );
                 admission.admit(self.tracker, spawned)
             }
         };
@@ -367,11 +373,11 @@ where
                 .tracker
                 .spawn_local(self.opts, Mode::Drop, LocalPlace::On(local), |_| fut),
             Some((guard, admission)) => {
-                let spawned = self
-                    .tracker
-                    .spawn_local(self.opts, Mode::Drop, LocalPlace::On(local), |_| {
-                        guard.wrap(fut)
-                    });
+                let spawned =
+                    self.tracker
+                        .spawn_local(self.opts, Mode::Drop, LocalPlace::On(local), |_| {
+                            guard.wrap(fut)
+                        });
                 admission.admit(self.tracker, spawned)
             }
         }
@@ -412,12 +418,12 @@ where
                 .tracker
                 .spawn_blocking(self.opts, false, Place::Current, move |_| f()),
             Some((guard, admission)) => {
-                let spawned = self
-                    .tracker
-                    .spawn_blocking(self.opts, false, Place::Current, move |_| {
-                        let _lease = guard;
-                        f()
-                    });
+                let spawned =
+                    self.tracker
+                        .spawn_blocking(self.opts, false, Place::Current, move |_| {
+                            let _lease = guard;
+                            f()
+                        });
                 admission.admit(self.tracker, spawned)
             }
         }

@@ -57,8 +57,8 @@
 
 mod due;
 
-pub(crate) use due::{Expiry, Timeouts};
 use due::Verdict;
+pub(crate) use due::{Expiry, Timeouts};
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
@@ -289,18 +289,22 @@ where
     /// deadline comes before the one it sleeps until.
     fn register(
         self: &Arc<Self>,
-        lease: Arc<Lease<K>>, cell: Arc<TrackedCell>, tracker: &Arc<Tracker<K>>) {
+        lease: Arc<Lease<K>>,
+        cell: Arc<TrackedCell>,
+        tracker: &Arc<Tracker<K>>,
+    ) {
         // Set before the lease is reachable from the table.
         let _ = lease.cell.set(cell);
-        let arm_at = match self
-            .timeouts
-            .verdict(lease.spawned, lease.spawned, Duration::ZERO, false)
-        {
-            // A zero timeout: due at once, at the driver's first run.
-            Verdict::Expire(_) => Some(lease.spawned),
-            Verdict::WakeAt(at) => Some(at),
-            Verdict::Never => None,
-        };
+        let arm_at =
+            match self
+                .timeouts
+                .verdict(lease.spawned, lease.spawned, Duration::ZERO, false)
+            {
+                // A zero timeout: due at once, at the driver's first run.
+                Verdict::Expire(_) => Some(lease.spawned),
+                Verdict::WakeAt(at) => Some(at),
+                Verdict::Never => None,
+            };
         // Declared before the guard: dropped after the lock (the lock rule).
         let mut replaced: Vec<Arc<Lease<K>>> = Vec::new();
         let (start, notify) = {

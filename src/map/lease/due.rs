@@ -121,35 +121,68 @@ mod tests {
             idle: Some(10 * S),
             ready: None,
         };
-        assert_eq!(t.verdict(t0, t0, Duration::ZERO, false), Verdict::WakeAt(t0 + 10 * S));
-        assert_eq!(t.verdict(t0 + 10 * S, t0, Duration::ZERO, false), Verdict::Expire(Expiry::Idle));
+        assert_eq!(
+            t.verdict(t0, t0, Duration::ZERO, false),
+            Verdict::WakeAt(t0 + 10 * S)
+        );
+        assert_eq!(
+            t.verdict(t0 + 10 * S, t0, Duration::ZERO, false),
+            Verdict::Expire(Expiry::Idle)
+        );
         // Touched at 7 s: due at 17 s, not before.
-        assert_eq!(t.verdict(t0 + 10 * S, t0, 7 * S, false), Verdict::WakeAt(t0 + 17 * S));
-        assert_eq!(t.verdict(t0 + 17 * S, t0, 7 * S, false), Verdict::Expire(Expiry::Idle));
+        assert_eq!(
+            t.verdict(t0 + 10 * S, t0, 7 * S, false),
+            Verdict::WakeAt(t0 + 17 * S)
+        );
+        assert_eq!(
+            t.verdict(t0 + 17 * S, t0, 7 * S, false),
+            Verdict::Expire(Expiry::Idle)
+        );
     }
 
     #[test]
     fn ready_applies_until_marked_and_the_earlier_deadline_decides() {
         let t0 = Instant::now();
         let t = both(10 * S, 3 * S);
-        assert_eq!(t.verdict(t0, t0, Duration::ZERO, false), Verdict::WakeAt(t0 + 3 * S));
-        assert_eq!(t.verdict(t0 + 3 * S, t0, Duration::ZERO, false), Verdict::Expire(Expiry::Ready));
+        assert_eq!(
+            t.verdict(t0, t0, Duration::ZERO, false),
+            Verdict::WakeAt(t0 + 3 * S)
+        );
+        assert_eq!(
+            t.verdict(t0 + 3 * S, t0, Duration::ZERO, false),
+            Verdict::Expire(Expiry::Ready)
+        );
         // Marked ready: only idle is left.
-        assert_eq!(t.verdict(t0 + 3 * S, t0, Duration::ZERO, true), Verdict::WakeAt(t0 + 10 * S));
+        assert_eq!(
+            t.verdict(t0 + 3 * S, t0, Duration::ZERO, true),
+            Verdict::WakeAt(t0 + 10 * S)
+        );
         // Idle earlier than ready: idle fires first.
         let t = both(2 * S, 3 * S);
-        assert_eq!(t.verdict(t0 + 2 * S, t0, Duration::ZERO, false), Verdict::Expire(Expiry::Idle));
+        assert_eq!(
+            t.verdict(t0 + 2 * S, t0, Duration::ZERO, false),
+            Verdict::Expire(Expiry::Idle)
+        );
         // A tie: ready.
         let t = both(3 * S, 3 * S);
-        assert_eq!(t.verdict(t0 + 3 * S, t0, Duration::ZERO, false), Verdict::Expire(Expiry::Ready));
+        assert_eq!(
+            t.verdict(t0 + 3 * S, t0, Duration::ZERO, false),
+            Verdict::Expire(Expiry::Ready)
+        );
     }
 
     #[test]
     fn zero_is_due_at_once_and_max_is_never() {
         let t0 = Instant::now();
         let zero = both(Duration::ZERO, Duration::ZERO);
-        assert_eq!(zero.verdict(t0, t0, Duration::ZERO, false), Verdict::Expire(Expiry::Ready));
-        assert_eq!(zero.verdict(t0, t0, Duration::ZERO, true), Verdict::Expire(Expiry::Idle));
+        assert_eq!(
+            zero.verdict(t0, t0, Duration::ZERO, false),
+            Verdict::Expire(Expiry::Ready)
+        );
+        assert_eq!(
+            zero.verdict(t0, t0, Duration::ZERO, true),
+            Verdict::Expire(Expiry::Idle)
+        );
         let max = both(Duration::MAX, Duration::MAX);
         assert_eq!(max.verdict(t0, t0, Duration::ZERO, false), Verdict::Never);
         // An activity far out overflows too: never, no panic.
