@@ -135,10 +135,20 @@ where
             return false;
         }
         counted();
+        // `deliver` and `begin_cancel`, without a second `mark_closing`
+        // (a registry lock per expiry).
         if let Some(scope) = &cell.meta.scope {
             scope.cancel_with(message);
         }
-        drop(self.begin_cancel(cell));
+        if cell.deliver() {
+            LadderCounts::bump(&self.registry.ladder.deliveries);
+        }
+        if let Some(rt) = self.runtime() {
+            let shared = self.clone();
+            rt.spawn(async move {
+                shared.run_ladder(Some(&cell), &Stats::default()).await;
+            });
+        }
         true
     }
 
