@@ -427,6 +427,42 @@ async fn a_map_under_a_parent_scope_is_cancelled_with_it() {
     assert_eq!(map.lease_queue_len(), (0, 0));
 }
 
+/// `spawn_with_process` goes through `TaskBuilder::try_spawn_with_scope`:
+/// its session gets a lease too, and the expiry tears its child down. Real
+/// clock (a child process's exit is real).
+#[cfg(all(unix, feature = "process"))]
+#[tokio::test]
+async fn a_session_with_a_process_expires_and_takes_its_child_along() {
+    let map: TaskMap<u32> = TaskMap::builder()
+        .idle_timeout(Duration::from_millis(100))
+        .build();
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.args(["-c", "sleep 100"]);
+    let h = map
+        .spawn_with_process(
+            1,
+            cmd,
+            cancel_scope::ProcessPolicy::default(),
+            |scope, mut child| async move {
+                tokio::select! {
+                    _ = scope.cancelled() => scope.cancel_message(),
+                    _ = child.wait() => None,
+                }
+            },
+        )
+        .unwrap();
+    assert_eq!(message_of(h).await, "idle timeout");
+    assert_eq!(map.stats().idle_expired, 1);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !map.is_empty() {
+            sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the session and its reaper end");
+    assert_eq!(map.lease_queue_len(), (0, 0));
+}
+
 // ===== the model =====
 
 mod model {
