@@ -413,6 +413,18 @@ where
                 // its lease is over, its guard will find nothing.
                 Verdict::Never
             };
+            // By invariant 2 the table holds this very lease under its key;
+            // checked anyway, so that no bug of ours can let an old
+            // generation's entry change a newer lease.
+            let newest = st
+                .table
+                .get_key_value(&lease.key)
+                .is_some_and(|(newest, _)| Arc::ptr_eq(&newest.0, &lease));
+            debug_assert!(newest, "a queued lease is its key's newest (invariant 2)");
+            if !newest {
+                due.gone.push(lease);
+                continue;
+            }
             match verdict {
                 Verdict::WakeAt(at) => {
                     let entry = (at, st.next_seq);

@@ -37,6 +37,13 @@ use lease::{Leases, Timeouts};
 /// [`begin_cancel_task`](Self::begin_cancel_task), or its
 /// [`TaskHandle::cancel`], which never touch a newer task under the key.
 ///
+/// **Session leases**: a map from [`TaskMap::builder`] with an
+/// [`idle_timeout`](TaskMapBuilder::idle_timeout) or a
+/// [`ready_timeout`](TaskMapBuilder::ready_timeout) cancels a key's task
+/// whose client went quiet ([`touch`](Self::touch) it on activity) or never
+/// finished its handshake ([`mark_ready`](Self::mark_ready)), each with its
+/// own ladder; see [`TaskMapBuilder`].
+///
 /// `TaskMap` is a cheap handle (one `Arc`), `Clone`: clones share one map.
 /// Dropping the last handle [closes](Self::close) the map, cancels its scope
 /// and finishes the ladder in the background (never blocking); tasks and
