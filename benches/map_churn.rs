@@ -14,6 +14,16 @@
 //! Criterion's "time" reads as **ns per key** (see `common::per_item`).
 //! current_thread runtime.
 //!
+//! Session leases (issue 21), `map_churn/current_thread/lease/*`, 100k keys:
+//! - `spawn`: a parked task under each new key, on a map without leases
+//!   and on one with an idle timeout (1 h: nothing expires);
+//! - `touch`: one `touch` per key on the leased map (and, as a reference,
+//!   on the map without leases, where it is a registry lookup);
+//! - `expire`: a zero idle timeout expires every key; the time from the
+//!   spawns' end until every task is gone, per key, against the same
+//!   teardown started by hand (`begin_cancel` per key) on a map without
+//!   leases.
+//!
 //! `cargo bench --bench map_churn`
 
 #[allow(dead_code)] // each bench uses a subset of the helpers
@@ -185,13 +195,107 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeasePhase {
+    Spawn,
+    Touch,
+    Expire,
+}
+
+/// One lease round: 100k keys spawned on a map with (`leased`) or without
+/// leases; returns the time of `phase`.
+fn lease_round(rt: &Runtime, leased: bool, phase: LeasePhase) -> Duration {
+    rt.block_on(async {
+        let base = DROPPED.load(Ordering::Relaxed);
+        let idle = match phase {
+            LeasePhase::Expire => Duration::ZERO,
+            _ => Duration::from_secs(3600),
+        };
+        let map: TaskMap<u64> = if leased {
+            TaskMap::builder().idle_timeout(idle).build()
+        } else {
+            TaskMap::new()
+        };
+        let t = Instant::now();
+        for k in 0..KEYS {
+            drop(map.spawn(k, Parked));
+        }
+        let spawn = t.elapsed();
+        let took = match phase {
+            LeasePhase::Spawn => spawn,
+            LeasePhase::Touch => {
+                let t = Instant::now();
+                for k in 0..KEYS {
+                    assert!(map.touch(std::hint::black_box(&k)));
+                }
+                t.elapsed()
+            }
+            LeasePhase::Expire => {
+                let t = Instant::now();
+                if !leased {
+                    for k in 0..KEYS {
+                        map.begin_cancel(&k);
+                    }
+                }
+                until_dropped(base + KEYS as usize).await;
+                t.elapsed()
+            }
+        };
+        if phase != LeasePhase::Expire {
+            map.shutdown().await;
+        }
+        assert_eq!(DROPPED.load(Ordering::Relaxed), base + KEYS as usize);
+        if leased && phase == LeasePhase::Expire {
+            assert_eq!(map.stats().idle_expired, KEYS);
+        }
+        took
+    })
+}
+
+fn bench_lease(c: &mut Criterion) {
+    let rt = Flavor::CurrentThread.runtime();
+    for (phase_name, phase) in [
+        ("spawn", LeasePhase::Spawn),
+        ("touch", LeasePhase::Touch),
+        ("expire", LeasePhase::Expire),
+    ] {
+        let mut g = c.benchmark_group(format!("map_churn/current_thread/lease/{phase_name}"));
+        g.sampling_mode(SamplingMode::Flat)
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(100))
+            .measurement_time(Duration::from_secs(1));
+        for (name, leased) in [("TaskMap", false), ("TaskMap+lease", true)] {
+            g.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter_custom(|iters| {
+                    let total: Duration = (0..iters).map(|_| lease_round(&rt, leased, phase)).sum();
+                    per_item(total, KEYS as usize)
+                });
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench, bench_lease);
 
 /// `MAP_CHURN_PROFILE=<contender>` runs one round (all three phases) without
 /// criterion and prints each phase, so that `valgrind --tool=callgrind` sees
 /// only the contender's work.
 fn profile(name: &str) {
     let rt = Flavor::CurrentThread.runtime();
+    if let Some(phase) = name.strip_prefix("lease-") {
+        // `MAP_CHURN_PROFILE=lease-touch` (or `lease-expire`, `lease-spawn`):
+        // the leased map's phase alone.
+        let phase = match phase {
+            "spawn" => LeasePhase::Spawn,
+            "touch" => LeasePhase::Touch,
+            "expire" => LeasePhase::Expire,
+            other => panic!("unknown lease phase {other}"),
+        };
+        let took = lease_round(&rt, true, phase);
+        println!("{name}: {:?} per key", per_item(took, KEYS as usize));
+        return;
+    }
     let f: fn(&Runtime, Phase) -> Duration = match name {
         "TaskMap" => round::<TaskMap<u64>>,
         "HashMap+JoinHandle" => round::<HashMap<u64, JoinHandle<()>>>,

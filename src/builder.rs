@@ -5,6 +5,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 
+use crate::map::lease::{Admission, LeaseGuard, Leases};
 use crate::scope::CancelScope;
 use crate::task::{Mode, SpawnError, TaskHandle, TaskOptions};
 use crate::tracker::{LocalPlace, Place, Tracker, Tracks};
@@ -48,6 +49,10 @@ use crate::tracker::{LocalPlace, Place, Tracker, Tracks};
 pub struct TaskBuilder<'a, K: Eq + Hash + Clone = ()> {
     tracker: &'a Arc<Tracker<K>>,
     opts: TaskOptions<K>,
+    /// The map's lease layer, for a task of a leased map: its future (or
+    /// closure) carries a lease guard, and its lease is registered once the
+    /// spawn returned.
+    leases: Option<&'a Arc<Leases<K>>>,
 }
 
 impl<'a, K> TaskBuilder<'a, K>
@@ -64,7 +69,22 @@ where
                 begin_ladder: None,
                 linger: None,
             },
+            leases: None,
         }
+    }
+
+    /// Gives each task of this builder a lease of `leases` (a leased map).
+    pub(crate) fn with_leases(mut self, leases: Option<&'a Arc<Leases<K>>>) -> Self {
+        self.leases = leases;
+        self
+    }
+
+    /// The task's lease, if its map is leased: the guard for its future and
+    /// the admission that registers it after the spawn.
+    fn lease(&self) -> Option<(LeaseGuard<K>, Admission<K>)> {
+        let leases = self.leases?;
+        let key = self.opts.key.as_ref()?;
+        Some(leases.prepare(key))
     }
 
     /// Names the task, for logs and [`StuckTask`](crate::StuckTask) reports.
@@ -132,8 +152,17 @@ where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.tracker
-            .spawn(self.opts, Mode::Drop, Place::Current, |_| fut)
+        match self.lease() {
+            None => self
+                .tracker
+                .spawn(self.opts, Mode::Drop, Place::Current, |_| fut),
+            Some((guard, admission)) => {
+                let spawned = self
+                    .tracker
+                    .spawn(self.opts, Mode::Drop, Place::Current, |_| guard.wrap(fut));
+                admission.admit(self.tracker, spawned)
+            }
+        }
     }
 
     /// Spawns `f(scope)`: the task gets its own child scope and decides how to
@@ -168,10 +197,21 @@ where
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        self.tracker
-            .spawn(self.opts, Mode::Cooperative, Place::Current, |scope| {
-                f(scope.expect("cooperative tasks get their own scope"))
-            })
+        let make =
+            |scope: Option<CancelScope>| f(scope.expect("cooperative tasks get their own scope"));
+        match self.lease() {
+            None => self
+                .tracker
+                .spawn(self.opts, Mode::Cooperative, Place::Current, make),
+            Some((guard, admission)) => {
+                let spawned =
+                    self.tracker
+                        .spawn(self.opts, Mode::Cooperative, Place::Current, |scope| {
+                            guard.wrap(make(scope))
+                        });
+                admission.admit(self.tracker, spawned)
+            }
+        }
     }
     /// Spawns `fut` on the runtime of `handle` instead of the current one,
     /// from anywhere (a plain thread, another runtime), as
@@ -207,8 +247,19 @@ where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.tracker
-            .spawn(self.opts, Mode::Drop, Place::On(handle), |_| fut)
+        match self.lease() {
+            None => self
+                .tracker
+                .spawn(self.opts, Mode::Drop, Place::On(handle), |_| fut),
+            Some((guard, admission)) => {
+                let spawned = self
+                    .tracker
+                    .spawn(self.opts, Mode::Drop, Place::On(handle), |_| {
+                        guard.wrap(fut)
+                    });
+                admission.admit(self.tracker, spawned)
+            }
+        }
     }
 
     /// Spawns a `!Send` future on the current `LocalSet` or local runtime,
@@ -248,8 +299,19 @@ where
         F: Future + 'static,
         F::Output: 'static,
     {
-        self.tracker
-            .spawn_local(self.opts, Mode::Drop, LocalPlace::Current, |_| fut)
+        match self.lease() {
+            None => self
+                .tracker
+                .spawn_local(self.opts, Mode::Drop, LocalPlace::Current, |_| fut),
+            Some((guard, admission)) => {
+                let spawned =
+                    self.tracker
+                        .spawn_local(self.opts, Mode::Drop, LocalPlace::Current, |_| {
+                            guard.wrap(fut)
+                        });
+                admission.admit(self.tracker, spawned)
+            }
+        }
     }
 
     /// As [`spawn_with_scope`](Self::spawn_with_scope), for a `!Send` future
@@ -262,11 +324,23 @@ where
         Fut: Future + 'static,
         Fut::Output: 'static,
     {
-        let spawned =
-            self.tracker
-                .spawn_local(self.opts, Mode::Cooperative, LocalPlace::Current, |scope| {
-                    f(scope.expect("cooperative tasks get their own scope"))
-                });
+        let make =
+            |scope: Option<CancelScope>| f(scope.expect("cooperative tasks get their own scope"));
+        let spawned = match self.lease() {
+            None => {
+                self.tracker
+                    .spawn_local(self.opts, Mode::Cooperative, LocalPlace::Current, make)
+            }
+            Some((guard, admission)) => {
+                let spawned = self.tracker.spawn_local(
+                    self.opts,
+                    Mode::Cooperative,
+                    LocalPlace::Current,
+                    |scope| guard.wrap(make(scope)),
+                );
+                admission.admit(self.tracker, spawned)
+            }
+        };
         or_panic(spawned)
     }
 
@@ -307,8 +381,19 @@ where
         F: Future + 'static,
         F::Output: 'static,
     {
-        self.tracker
-            .spawn_local(self.opts, Mode::Drop, LocalPlace::On(local), |_| fut)
+        match self.lease() {
+            None => self
+                .tracker
+                .spawn_local(self.opts, Mode::Drop, LocalPlace::On(local), |_| fut),
+            Some((guard, admission)) => {
+                let spawned =
+                    self.tracker
+                        .spawn_local(self.opts, Mode::Drop, LocalPlace::On(local), |_| {
+                            guard.wrap(fut)
+                        });
+                admission.admit(self.tracker, spawned)
+            }
+        }
     }
 
     /// Runs the blocking closure `f` on tokio's blocking pool, as
@@ -341,8 +426,20 @@ where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.tracker
-            .spawn_blocking(self.opts, false, Place::Current, move |_| f())
+        match self.lease() {
+            None => self
+                .tracker
+                .spawn_blocking(self.opts, false, Place::Current, move |_| f()),
+            Some((guard, admission)) => {
+                let spawned =
+                    self.tracker
+                        .spawn_blocking(self.opts, false, Place::Current, move |_| {
+                            let _lease = guard;
+                            f()
+                        });
+                admission.admit(self.tracker, spawned)
+            }
+        }
     }
 
     /// Runs the blocking closure `f(scope)` on tokio's blocking pool with the
@@ -376,10 +473,18 @@ where
         F: FnOnce(CancelScope) -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.tracker
+        let lease = self.lease();
+        let (guard, admission) = lease.unzip();
+        let spawned = self
+            .tracker
             .spawn_blocking(self.opts, true, Place::Current, move |scope| {
+                let _lease = guard;
                 f(scope.expect("blocking tasks with a scope get their own"))
-            })
+            });
+        match admission {
+            None => spawned,
+            Some(admission) => admission.admit(self.tracker, spawned),
+        }
     }
 
     /// As [`spawn_blocking`](Self::spawn_blocking), on the blocking pool of
@@ -415,8 +520,17 @@ where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.tracker
-            .spawn_blocking(self.opts, false, Place::On(handle), move |_| f())
+        let (guard, admission) = self.lease().unzip();
+        let spawned = self
+            .tracker
+            .spawn_blocking(self.opts, false, Place::On(handle), move |_| {
+                let _lease = guard;
+                f()
+            });
+        match admission {
+            None => spawned,
+            Some(admission) => admission.admit(self.tracker, spawned),
+        }
     }
 }
 

@@ -291,7 +291,7 @@ pub use builder::TaskBuilder;
 #[cfg(not(loom))]
 pub use group::{Outcomes, TaskGroup, TaskGroupBuilder};
 #[cfg(not(loom))]
-pub use map::TaskMap;
+pub use map::{TaskMap, TaskMapBuilder};
 #[cfg(all(target_os = "linux", feature = "process", not(loom)))]
 pub use process::become_subreaper;
 #[cfg(all(unix, feature = "process", not(loom)))]

@@ -53,6 +53,11 @@ impl<T> TaskHandle<T> {
         self.id
     }
 
+    /// The task's cell, weakly (for the lease layer of a map).
+    pub(crate) fn cell(&self) -> &Weak<TrackedCell> {
+        &self.cell
+    }
+
     /// Aborts the task: its future is dropped at its next await (at once if it
     /// is idle), its entry pruned, and this handle resolves to
     /// [`TaskError::Aborted`] unless it finished first. Like tokio's

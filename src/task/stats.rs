@@ -33,4 +33,17 @@ pub struct Stats {
     pub processes: u64,
     /// Tasks whose future is alive now (`len()`).
     pub tracked: u64,
+    /// Tasks of a [`TaskMap`](crate::TaskMap) with an
+    /// [`idle_timeout`](crate::TaskMapBuilder::idle_timeout) that were
+    /// cancelled (with the message `"idle timeout"`) because their key saw
+    /// no [`touch`](crate::TaskMap::touch) for that long. Counted when the
+    /// teardown begins; 0 on maps without leases and on groups.
+    pub idle_expired: u64,
+    /// Tasks of a [`TaskMap`](crate::TaskMap) with a
+    /// [`ready_timeout`](crate::TaskMapBuilder::ready_timeout) that were
+    /// cancelled (with the message `"not ready in time"`) because they were
+    /// not [marked ready](crate::TaskMap::mark_ready) that long after their
+    /// spawn. Counted when the teardown begins; 0 on maps without leases and
+    /// on groups.
+    pub ready_expired: u64,
 }

@@ -119,6 +119,39 @@ where
         });
     }
 
+    /// As [`begin_cancel`](Self::begin_cancel), with `message` on the task's
+    /// own scope (its `cancel_message`, and its `TaskError::Cancelled`), but
+    /// only if no teardown of the task has begun: a task already closing or
+    /// ended is left alone and `false` returned. `counted` runs once the
+    /// task is marked closing, before anything is delivered, so a counter it
+    /// bumps is seen by whoever sees the task end. For a map's lease expiry.
+    pub(crate) fn begin_cancel_with(
+        self: &Arc<Self>,
+        cell: Arc<TrackedCell>,
+        message: &'static str,
+        counted: impl FnOnce(),
+    ) -> bool {
+        if !self.registry.mark_closing(&cell) {
+            return false;
+        }
+        counted();
+        // `deliver` and `begin_cancel`, without a second `mark_closing`
+        // (a registry lock per expiry).
+        if let Some(scope) = &cell.meta.scope {
+            scope.cancel_with(message);
+        }
+        if cell.deliver() {
+            LadderCounts::bump(&self.registry.ladder.deliveries);
+        }
+        if let Some(rt) = self.runtime() {
+            let shared = self.clone();
+            rt.spawn(async move {
+                shared.run_ladder(Some(&cell), &Stats::default()).await;
+            });
+        }
+        true
+    }
+
     /// Cancels a task and runs its ladder in the background, on the current
     /// runtime or else on the one the tracker's tasks run on (so this works
     /// from a `Drop` outside any runtime). `None` if there is no runtime to

@@ -137,6 +137,8 @@ where
             escalations: LadderCounts::get(&c.escalations),
             processes: 0,
             tracked: t.tracked,
+            idle_expired: 0,
+            ready_expired: 0,
         };
         self.extensions.add_to(&mut stats);
         stats

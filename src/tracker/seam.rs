@@ -50,10 +50,6 @@ pub(crate) struct Extensions {
 
 impl Extensions {
     /// The tracker's extension of type `E`, attached by `make` on first use.
-    #[cfg_attr(
-        not(all(unix, feature = "process")),
-        expect(dead_code, reason = "only feature layers attach extensions")
-    )]
     pub(crate) fn get_or_attach<E: Extension>(&self, make: impl FnOnce() -> E) -> Arc<E> {
         let mut all = lock(&self.all);
         let found = all.iter().find_map(|e| {

@@ -1,5 +1,11 @@
 //! [`TaskMap`]: a keyed registry of tracked tasks, one live task per key
-//! (per-session work in a server).
+//! (per-session work in a server), its builder, and its session leases
+//! (`lease.rs`: idle and ready deadlines per key, one driver per map).
+
+mod builder;
+pub(crate) mod lease;
+
+pub use builder::TaskMapBuilder;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -14,6 +20,7 @@ use crate::scope::CancelScope;
 use crate::task::TaskInfo;
 use crate::task::{SpawnError, Stats, TaskHandle};
 use crate::tracker::{Tracker, TrackerHandle, Tracks};
+use lease::{Leases, Timeouts};
 
 /// Tracked tasks by key, one live task per key: the session registry of a
 /// server, with the shutdown ladder per key.
@@ -29,6 +36,13 @@ use crate::tracker::{Tracker, TrackerHandle, Tracks};
 /// keeps its [`TaskId`] and uses [`cancel_task`](Self::cancel_task) /
 /// [`begin_cancel_task`](Self::begin_cancel_task), or its
 /// [`TaskHandle::cancel`], which never touch a newer task under the key.
+///
+/// **Session leases**: a map from [`TaskMap::builder`] with an
+/// [`idle_timeout`](TaskMapBuilder::idle_timeout) or a
+/// [`ready_timeout`](TaskMapBuilder::ready_timeout) cancels a key's task
+/// whose client went quiet ([`touch`](Self::touch) it on activity) or never
+/// finished its handshake ([`mark_ready`](Self::mark_ready)), each with its
+/// own ladder; see [`TaskMapBuilder`].
 ///
 /// `TaskMap` is a cheap handle (one `Arc`), `Clone`: clones share one map.
 /// Dropping the last handle [closes](Self::close) the map, cancels its scope
@@ -56,33 +70,61 @@ pub struct TaskMap<K>
 where
     K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
 {
-    handle: Arc<TrackerHandle<K>>,
+    handle: Arc<MapHandle<K>>,
+}
+
+/// What a map's handles share: the users' share of its tracker and, on a
+/// leased map, its lease layer (one `Arc` per handle either way).
+struct MapHandle<K>
+where
+    K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
+{
+    users: TrackerHandle<K>,
+    leases: Option<Arc<Leases<K>>>,
 }
 
 impl<K> TaskMap<K>
 where
     K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
 {
-    /// An empty map with its own root scope and the default policy.
+    /// A [`TaskMapBuilder`]: policy, parent scope, and the session leases
+    /// ([`idle_timeout`](TaskMapBuilder::idle_timeout),
+    /// [`ready_timeout`](TaskMapBuilder::ready_timeout)) that
+    /// [`new`](Self::new) and [`with_policy`](Self::with_policy) leave out.
+    pub fn builder() -> TaskMapBuilder<K> {
+        TaskMapBuilder::new()
+    }
+
+    /// An empty map with its own root scope and the default policy (no
+    /// leases).
     #[must_use]
     pub fn new() -> Self {
         Self::with_policy(ShutdownPolicy::default())
     }
 
-    /// An empty map whose ladders follow `policy`.
+    /// An empty map whose ladders follow `policy` (no leases).
     #[must_use]
     pub fn with_policy(policy: ShutdownPolicy) -> Self {
         Self::with_scope_and_policy(CancelScope::new(), policy)
     }
 
     /// An empty map running in a child of `scope` (cancelling `scope` cancels
-    /// every task of the map; dropping the map does not cancel `scope`).
+    /// every task of the map; dropping the map does not cancel `scope`; no
+    /// leases).
     #[must_use]
     pub fn with_scope_and_policy(scope: CancelScope, policy: ShutdownPolicy) -> Self {
+        Self::with_parts(&scope, policy, Timeouts::default())
+    }
+
+    /// The map of every constructor and of the builder.
+    fn with_parts(scope: &CancelScope, policy: ShutdownPolicy, timeouts: Timeouts) -> Self {
+        // A panicking session must not cancel the others.
+        let tracker = Tracker::new(scope.child(), policy, false, false);
+        let leases = timeouts.any().then(|| Leases::new(timeouts, &tracker));
         TaskMap {
-            // A panicking session must not cancel the others.
-            handle: Arc::new(TrackerHandle {
-                tracker: Tracker::new(scope.child(), policy, false, false),
+            handle: Arc::new(MapHandle {
+                users: TrackerHandle { tracker },
+                leases,
             }),
         }
     }
@@ -169,8 +211,108 @@ where
     }
 
     /// A [`TaskBuilder`] for a task under `key` (name, escalation hook).
+    /// On a leased map every spawn of the builder, blocking and local ones
+    /// included, gets a fresh lease (see [`touch`](Self::touch)).
     pub fn build_task(&self, key: K) -> TaskBuilder<'_, K> {
-        TaskBuilder::new(self.tracker(), Some(key))
+        TaskBuilder::new(self.tracker(), Some(key)).with_leases(self.handle.leases.as_ref())
+    }
+
+    /// Activity on the session under `key`: restarts its idle deadline (on a
+    /// map built with an [`idle_timeout`](TaskMapBuilder::idle_timeout)).
+    /// Call it on each request or message of the session.
+    ///
+    /// Returns whether a live task that is not [closing](Self::is_closing)
+    /// is under `key`; `false` (and nothing changes) for an unknown key, a
+    /// key whose task is being cancelled, replaced or expired, or one whose
+    /// task ended. On a map without an idle timeout it changes nothing and
+    /// returns the same answer, so code that touches needs no check of how
+    /// the map was built.
+    ///
+    /// Names the key, so it reaches the *newest* task under it: a task that
+    /// was replaced is closing and never touched again, and a reconnect's new
+    /// task starts with a fresh lease.
+    ///
+    /// Cost: one lock (the lease table's, which no other map shares), one
+    /// lookup, one clock read and one atomic; the deadline queue is not
+    /// touched (the driver re-arms lazily). On a map without leases: one
+    /// registry lookup.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cancel_scope::TaskMap;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let sessions = TaskMap::builder()
+    ///     .idle_timeout(Duration::from_secs(30))
+    ///     .build();
+    /// sessions.spawn("alice", std::future::pending::<()>());
+    /// tokio::time::sleep(Duration::from_secs(20)).await;
+    /// assert!(sessions.touch(&"alice")); // a request: 30 s again from now
+    /// tokio::time::sleep(Duration::from_secs(20)).await;
+    /// assert!(sessions.contains_key(&"alice"));
+    /// assert!(!sessions.touch(&"bob")); // unknown key
+    /// # }
+    /// ```
+    pub fn touch(&self, key: &K) -> bool {
+        match &self.handle.leases {
+            Some(leases) => leases.touch(key),
+            None => self
+                .tracker()
+                .registry
+                .get(key)
+                .is_some_and(|c| !c.is_closing()),
+        }
+    }
+
+    /// The session under `key` is established (in MCP: the client sent
+    /// `notifications/initialized` after `initialize`): its
+    /// [`ready_timeout`](TaskMapBuilder::ready_timeout) no longer applies,
+    /// only its idle timeout does. Idempotent.
+    ///
+    /// Returns whether the map has a ready timeout and a live task that is
+    /// not [closing](Self::is_closing) is under `key` (so the call took
+    /// effect, now or before); `false`, changing nothing, for an unknown key,
+    /// a key whose task is being cancelled, replaced or expired, or a map
+    /// built without a ready timeout.
+    ///
+    /// Cost: as [`touch`](Self::touch), without the clock read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cancel_scope::TaskMap;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let sessions = TaskMap::builder()
+    ///     .ready_timeout(Duration::from_secs(10))
+    ///     .build();
+    /// sessions.spawn(1u64, std::future::pending::<()>()); // initialized in time
+    /// sessions.spawn(2u64, std::future::pending::<()>()); // never initialized
+    /// assert!(sessions.mark_ready(&1));
+    /// tokio::time::sleep(Duration::from_secs(11)).await;
+    /// assert!(sessions.contains_key(&1));
+    /// assert!(!sessions.contains_key(&2));
+    /// assert_eq!(sessions.stats().ready_expired, 1);
+    /// # }
+    /// ```
+    pub fn mark_ready(&self, key: &K) -> bool {
+        self.handle
+            .leases
+            .as_ref()
+            .is_some_and(|leases| leases.mark_ready(key))
+    }
+
+    /// Leases in the table and entries in the deadline queue: `(0, 0)`
+    /// once every leased task ended. For tests; not part of the API.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn lease_queue_len(&self) -> (usize, usize) {
+        self.handle.leases.as_ref().map_or((0, 0), |l| l.lens())
     }
 
     /// Tears down the task under `key` with the ladder and returns how it
@@ -437,7 +579,7 @@ where
     K: Eq + Hash + Clone + Debug + Send + Sync + 'static,
 {
     fn tracker(&self) -> &Arc<Tracker<K>> {
-        &self.handle.tracker
+        &self.handle.users.tracker
     }
 }
 
@@ -469,6 +611,7 @@ where
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskMap")
             .field("tracker", &self.tracker())
+            .field("leases", &self.handle.leases)
             .finish()
     }
 }
