@@ -7,7 +7,9 @@ DELETE or vanish (separate Python processes killed with SIGKILL), reconnect
 with a used session id, re-initialize; plus the bad-input checks. Then a
 pause, and the checks: /stats, POST /reap, /proc (children, process groups,
 zombies) and the gateway's CPU time over the pause. One row per wave, a
-PASS/FAIL verdict; exit 1 if a wave of ours fails.
+PASS/FAIL verdict. Then a few sessions are left live (one mid-`stubborn`
+call), the gateway gets SIGINT, and once it has exited nothing may be left in
+any upstream's process group. Exit 1 if a wave of ours, or that exit, fails.
 
 Only 127.0.0.1; bounded in clients and time.
 """
@@ -29,6 +31,7 @@ from mcp.types import Implementation
 
 PROTO = "2025-11-25"
 HDRS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+HEADER_TIMEOUT_S = 1.0
 KINDS = ["polite", "cancel", "stubborn-cancel", "stubborn-delete", "fork", "vanish", "reinit"]
 
 
@@ -74,6 +77,22 @@ async def vanish_main(url, tool):
             await s.list_tools()
             print("ready", flush=True)
             await s.call_tool(tool, {"ms": 30000} if tool == "sleep" else {})
+
+
+async def open_live_sessions(gw, n):
+    """`n` initialized sessions left open, the first in a `stubborn` call."""
+    tasks = []
+    http = httpx.AsyncClient(timeout=30)
+    for i in range(n):
+        st, sid, _ = await raw(http, gw.url, init_body(1, f"live-{i}"))
+        if st == 200 and sid:
+            await raw(http, gw.url, INITIALIZED, sid)
+            await raw(http, gw.url, list_body(2), sid)
+            if i == 0:
+                call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                        "params": {"name": "stubborn", "arguments": {}}}
+                tasks.append(asyncio.ensure_future(raw(http, gw.url, call, sid)))
+    return tasks
 
 
 def sse_messages(resp):
@@ -167,8 +186,28 @@ async def stubborn_delete(url, errors):
             pass
 
 
+async def silent_connection(url, errors):
+    """Connects and sends nothing: the server's header timeout closes it."""
+    host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    t0 = time.monotonic()
+    try:
+        data = await asyncio.wait_for(reader.read(1024), HEADER_TIMEOUT_S + 3)
+        if time.monotonic() - t0 < HEADER_TIMEOUT_S / 2:
+            errors.append(f"silent connection: closed after {time.monotonic() - t0:.2f} s, before the header timeout")
+        elif data and not data.startswith(b"HTTP/1.1 408"):
+            errors.append(f"silent connection: got {data[:40]!r}")
+    except asyncio.TimeoutError:
+        errors.append(f"silent connection: still open {HEADER_TIMEOUT_S + 3:.0f} s later (no header timeout)")
+    except OSError:
+        pass  # reset by the server: closed
+    finally:
+        writer.close()
+
+
 async def bad_input(url, errors):
     """Each gets the error an MCP client expects; leaks are checked after the pause."""
+    silent = asyncio.ensure_future(silent_connection(url, errors))
     async with httpx.AsyncClient(timeout=10) as http:
         st, _, msgs = await raw(http, url, "{not json")
         if st // 100 != 4:
@@ -207,6 +246,7 @@ async def bad_input(url, errors):
                         errors.append(f"crash: {e}")
     except Exception as e:  # noqa: BLE001
         errors.append(f"crash: {type(e).__name__}: {e}")
+    await silent
 
 
 # ===== /proc =====
@@ -217,9 +257,10 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def proc_scan(gw_pid):
+def proc_scan(gw_pid, groups=None):
     """Processes carrying the gateway's tag (upstreams, their grandchildren),
-    and zombies whose parent is the gateway or one of those."""
+    and zombies whose parent is the gateway or one of those. `groups`, if
+    given, collects the process groups of the tagged processes."""
     tag = f"MCP_GATEWAY_TAG={gw_pid}".encode()
     alive, zombies, procs = [], [], {}
     for d in os.listdir("/proc"):
@@ -228,25 +269,43 @@ def proc_scan(gw_pid):
         try:
             with open(f"/proc/{d}/stat") as f:
                 rest = f.read().rsplit(")", 1)[1].split()
-            procs[int(d)] = (rest[0], int(rest[1]))
+            procs[int(d)] = (rest[0], int(rest[1]), int(rest[2]))
             with open(f"/proc/{d}/environ", "rb") as f:
                 if tag in f.read().split(b"\0"):
                     alive.append(int(d))
         except OSError:
             continue
     tagged = set(alive) | {gw_pid}
-    for pid, (state, ppid) in procs.items():
+    for pid, (state, ppid, _) in procs.items():
         if state == "Z" and ppid in tagged:
             zombies.append(pid)
     alive = [p for p in alive if procs.get(p, ("?",))[0] != "Z"]
+    if groups is not None:
+        groups.update(procs[p][2] for p in alive if p in procs and procs[p][2] != gw_pid)
     return alive, zombies
+
+
+def in_groups(groups):
+    """Live processes whatever their tag, in any of `groups`."""
+    left = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    rest = f.read().rsplit(")", 1)[1].split()
+                if int(rest[2]) in groups and rest[0] != "Z":
+                    left.append(int(d))
+            except OSError:
+                continue
+    return left
 
 
 # ===== a gateway under test =====
 
 class Gateway:
     def __init__(self, binary, upstream, naive):
-        args = [binary, "--upstream", upstream, "--port", "0"]
+        args = [binary, "--upstream", upstream, "--port", "0",
+                "--header-timeout-ms", str(int(HEADER_TIMEOUT_S * 1000))]
         if naive:
             args.append("--naive")
         self.mode = "naive" if naive else "crate"
@@ -256,6 +315,7 @@ class Gateway:
             raise RuntimeError(f"gateway did not start: {line!r}")
         self.base = line.split()[-1]
         self.url = self.base + "/mcp"
+        self.groups = set()  # process groups of the upstreams seen
 
     async def get(self, path, method="GET"):
         async with httpx.AsyncClient(timeout=10) as http:
@@ -263,7 +323,7 @@ class Gateway:
             return r.json()
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signal.SIGINT)
         try:
             out, _ = self.proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
@@ -289,6 +349,7 @@ async def wave(gw, clients, idle_s, settle_s, window_s):
     tasks += [stubborn_delete(gw.url, errors) for k in kinds if k == "stubborn-delete"]
     tasks.append(bad_input(gw.url, errors))
     await asyncio.gather(*tasks)
+    proc_scan(gw.proc.pid, gw.groups)
     # The vanishing clients: SIGKILL once their call is in flight (no DELETE).
     for p in vanishers:
         line = await asyncio.to_thread(p.stdout.readline)
@@ -348,7 +409,7 @@ async def main():
     modes = ["naive"] if a.naive else (["crate", "naive"] if a.compare else ["crate"])
     print(f"mcp-gateway waves {waves}: kinds {', '.join(KINDS)} (round-robin), "
           f"plus bad input each wave; pause {a.settle}s + CPU window {a.window}s")
-    results = {}
+    results, exits = {}, {}
     for mode in modes:
         gw = Gateway(a.gateway, a.upstream, mode == "naive")
         print(f"[{mode}] gateway pid {gw.proc.pid} on {gw.url}")
@@ -361,15 +422,29 @@ async def main():
             rows.append(r)
         s = rows[-1]["stats"]
         print(f"[{mode}] /stats after the last pause: {json.dumps(s)}")
+        # SIGINT with sessions live: one mid-`stubborn` call, two idle ones.
+        live = await open_live_sessions(gw, 3)
+        await asyncio.sleep(0.3)
+        proc_scan(gw.proc.pid, gw.groups)
+        t0 = time.monotonic()
         out = gw.stop()
+        exit_s = time.monotonic() - t0
+        for t in live:
+            t.cancel()
+        reported = None
         for line in out.splitlines():
-            if line.startswith(("ShutdownReport", "signal", "  stuck")):
+            if line.startswith(("ShutdownReport", "signal", "  stuck", "http server")):
                 print(f"[{mode}] {line}")
+            if line.startswith("ShutdownReport") and "processes" in line:
+                reported = line
         # The naive gateway leaves its upstreams behind when it exits.
-        alive, zombies = proc_scan(gw.proc.pid)
-        print(f"[{mode}] after the gateway exited: {len(alive)} of its processes still alive, "
-              f"{len(zombies)} zombies")
-        for pid in alive:
+        alive, _ = proc_scan(gw.proc.pid)
+        left = sorted(set(alive) | set(in_groups(gw.groups)))
+        print(f"[{mode}] SIGINT with 3 live sessions: exited in {exit_s:.1f} s (code "
+              f"{gw.proc.returncode}); {len(left)} processes left in its {len(gw.groups)} "
+              f"upstream process groups")
+        exits[mode] = not left and gw.proc.returncode == 0
+        for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -383,13 +458,16 @@ async def main():
     print()
     first = None
     for mode in modes:
-        ok = all(r["pass"] for r in results[mode])
+        ok = all(r["pass"] for r in results[mode]) and exits[mode]
         first = ok if first is None else first
-        print(f"{mode:<6} {'PASS' if ok else 'FAIL'}")
+        print(f"{mode:<6} {'PASS' if ok else 'FAIL'}"
+              f"{'' if exits[mode] else ' (processes left after SIGINT, or a failed exit)'}")
     print("PASS needs, after every wave's pause: sessions tracked 0 (TaskMap / the naive registry), "
           "stuck 0, requests in flight 0, rmcp sessions 0, children alive 0, no process left in "
           "their groups (grp left, /proc), no zombies, reap_orphans() never touched a live "
-          "session's child, idle CPU < 1% of a core, and every client/bad-input check as expected.")
+          "session's child, idle CPU < 1% of a core, and every client/bad-input check as expected; "
+          "then, after SIGINT with live sessions, a clean exit with nothing left in any upstream's "
+          "process group.")
     return 0 if first else 1
 
 

@@ -2,40 +2,48 @@
 //! [`SessionManager`] of ours whose sessions are tasks of a [`TaskMap`].
 //!
 //! ```text
-//! TaskMap<SessionId>                       one task per session generation
-//! └─ session task (scope S)                owns the stdio MCP server (ScopedChild,
-//!    │                                     its own process group), idle / init timers
-//!    └─ requests: TaskGroup (S.shielded_child())   drained on teardown, bounded by grace
-//!       └─ request scope (child)           `notifications/cancelled` -> cancel_with(reason)
+//! TaskMap<SessionId>, leased               one task per session generation; the map's
+//! │                                        leases end idle ones and ones never initialized
+//! └─ session task (scope S)                owns the stdio MCP server (spawn_with_process:
+//!    │                                     its own process group, the stdio stop order)
+//!    └─ requests: TaskGroup (S.shielded_child())   drained on teardown, bounded by the ladder
+//!       └─ request scope (child)           `notifications/cancelled`, or the HTTP request's
+//!                                          RequestScope (the client went away) -> cancel_with
 //! ```
 //!
 //! rmcp keeps the wire: its `LocalSessionManager` routes HTTP requests to a
 //! per-session worker, and rmcp's serve loop runs our [`GatewayHandler`]. We
 //! wrap the worker's transport ([`ScopedTransport`]): every client message
-//! passes through it, so it sees `initialize` (start a generation),
-//! `notifications/initialized` (the init timer stops), `notifications/cancelled`
-//! (cancel that request's scope with the client's reason), and stamps each
-//! request with its session generation and scope for the handler. When the
-//! session's generation ends by itself (idle, init timeout), the transport
-//! reports the end of the stream, rmcp's serve loop ends and calls
-//! [`SessionManager::close_session`], so the id answers 404 from then on.
+//! passes through it, so it sees `initialize` (start a generation), each
+//! message (`TaskMap::touch`: the idle lease restarts),
+//! `notifications/initialized` (`TaskMap::mark_ready`: the ready lease ends),
+//! `notifications/cancelled` (cancel that request's scope with the client's
+//! reason), and stamps each request with its session generation and scope for
+//! the handler. When a lease expires, the map cancels that generation ("idle
+//! timeout", "not ready in time"); its session task closes the wire, rmcp's
+//! serve loop ends and calls [`SessionManager::close_session`], so the id
+//! answers 404 from then on.
 //!
-//! Teardown of a generation (DELETE, idle, init timeout, re-initialize,
-//! shutdown): stop taking requests, drain the ones in flight (their scopes are
-//! shielded from the session's cancel, so a `sleep` finishes), close the
-//! upstream's stdin, reap it and its whole process group. A `stubborn` call
-//! never drains: at grace the ladder runs the escalation hook, which closes
-//! the upstream's stdin, and aborts the task; the child's group is torn down
-//! (SIGTERM, SIGKILL, reaped) because the task's scope is cancelled.
+//! Teardown of a generation (DELETE, a lease, re-initialize, shutdown): stop
+//! taking requests, drain the ones in flight (their scopes are shielded from
+//! the session's cancel, so a `sleep` finishes), close the upstream's stdin
+//! and end the task. The crate's process stop order does the rest: the
+//! upstream gets `exit_grace` to exit on that EOF, then SIGTERM to its group,
+//! `term_grace`, SIGKILL, reap; the ladder returns once it is reaped. A
+//! `stubborn` call never drains: at grace the ladder runs the escalation
+//! hook, which closes the upstream's stdin (the call then fails), and the
+//! drain ends.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use cancel_scope::tower::RequestScope;
 use cancel_scope::{
-    CancelScope, ProcessPolicy, ShutdownPolicy, TaskGroup, TaskId, TaskMap, TaskOutcome,
+    CancelScope, ProcessPolicy, ScopedChild, ShutdownPolicy, TaskGroup, TaskId, TaskMap,
+    TaskOutcome,
 };
 use futures::Stream;
 use rmcp::model::{
@@ -55,7 +63,6 @@ use rmcp::transport::streamable_http_server::session::{
 use rmcp::transport::worker::WorkerTransport;
 use rmcp::{RoleClient, RoleServer, ServerHandler, ServiceError, ServiceExt};
 use tokio::sync::{OnceCell, watch};
-use tokio::time::Instant;
 
 /// Timings of the gateway; small so that the waves run in seconds.
 #[derive(Debug, Clone, Copy)]
@@ -69,8 +76,14 @@ pub struct Timings {
     pub upstream_start: Duration,
     /// The session ladder.
     pub policy: ShutdownPolicy,
+    /// How long the upstream may take to exit by itself once its stdin is
+    /// closed, before SIGTERM to its process group.
+    pub exit_grace: Duration,
     /// SIGTERM -> SIGKILL for the upstream's process group.
     pub term_grace: Duration,
+    /// A connection that has not sent a whole request head within this is
+    /// closed (a client that connects and sends nothing).
+    pub header_timeout: Duration,
 }
 
 impl Default for Timings {
@@ -89,7 +102,9 @@ impl Default for Timings {
                 },
                 abort_grace: Duration::from_millis(200),
             },
+            exit_grace: Duration::from_millis(200),
             term_grace: Duration::from_millis(200),
+            header_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -102,8 +117,6 @@ pub struct Counters {
     pub generations: AtomicU64,
     pub reinitialized: AtomicU64,
     pub deleted: AtomicU64,
-    pub idle_timeouts: AtomicU64,
-    pub init_timeouts: AtomicU64,
     pub upstream_failed_start: AtomicU64,
     pub upstream_exited: AtomicU64,
     pub escalation_hooks: AtomicU64,
@@ -141,7 +154,11 @@ pub struct Shared {
 impl Shared {
     pub fn new(upstream_path: PathBuf, timings: Timings) -> Arc<Self> {
         Arc::new(Shared {
-            sessions: TaskMap::with_policy(timings.policy),
+            sessions: TaskMap::builder()
+                .policy(timings.policy)
+                .idle_timeout(timings.idle)
+                .ready_timeout(timings.init)
+                .build(),
             rmcp: LocalSessionManager::default(),
             counters: Counters::default(),
             timings,
@@ -196,7 +213,6 @@ struct Slot {
     current: Mutex<Option<Arc<Generation>>>,
     /// Cancelled when the session is over: the transport then ends the stream.
     closed: CancelScope,
-    last_activity: Mutex<Instant>,
 }
 
 impl Slot {
@@ -204,16 +220,8 @@ impl Slot {
         self.current.lock().unwrap().clone()
     }
 
-    fn touch(&self) {
-        *self.last_activity.lock().unwrap() = Instant::now();
-    }
-
-    fn idle_since(&self) -> Instant {
-        *self.last_activity.lock().unwrap()
-    }
-
-    /// A generation that ended by itself closes the wire, unless a newer
-    /// generation took the id over meanwhile (re-initialize).
+    /// A generation that ended closes the wire, unless a newer generation
+    /// took the id over meanwhile (re-initialize).
     fn end_generation(&self, ended: &Arc<Generation>) {
         let mut current = self.current.lock().unwrap();
         if current.as_ref().is_some_and(|g| Arc::ptr_eq(g, ended)) {
@@ -234,14 +242,10 @@ enum Upstream {
 pub struct Generation {
     tid: OnceLock<TaskId>,
     requests: OnceLock<TaskGroup>,
-    /// Owns the upstream process (a shielded child scope of the session).
-    upstream_group: OnceLock<TaskGroup>,
     upstream: watch::Sender<Upstream>,
     /// Closes the upstream client (and so its stdin); taken by the first user.
     close_upstream: Mutex<Option<RunningServiceCancellationToken>>,
     inflight: Mutex<HashMap<RequestId, CancelScope>>,
-    initialized: AtomicBool,
-    initialized_tx: watch::Sender<bool>,
     pid: OnceLock<u32>,
 }
 
@@ -273,30 +277,21 @@ impl Generation {
     }
 
     /// Runs `work` as a request of this generation: a task of its requests
-    /// group, in the request's own scope.
-    async fn forward<T, F, Fut>(
-        self: &Arc<Self>,
-        shared: &Arc<Shared>,
-        id: RequestId,
-        scope: CancelScope,
-        work: F,
-    ) -> Result<T, ErrorData>
+    /// group, in the request's own scope, which the HTTP request's scope
+    /// (the crate's tower layer) cancels too if the client goes away.
+    async fn forward<T, F, Fut>(self: &Arc<Self>, call: Call, work: F) -> Result<T, ErrorData>
     where
         F: FnOnce(Peer<RoleClient>, CancelScope) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, ErrorData>> + Send + 'static,
         T: Send + 'static,
     {
-        let result = self.forward_inner(shared, scope, work).await;
+        let id = call.id.clone();
+        let result = self.forward_inner(call, work).await;
         self.inflight.lock().unwrap().remove(&id);
         result
     }
 
-    async fn forward_inner<T, F, Fut>(
-        self: &Arc<Self>,
-        shared: &Arc<Shared>,
-        scope: CancelScope,
-        work: F,
-    ) -> Result<T, ErrorData>
+    async fn forward_inner<T, F, Fut>(self: &Arc<Self>, call: Call, work: F) -> Result<T, ErrorData>
     where
         F: FnOnce(Peer<RoleClient>, CancelScope) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, ErrorData>> + Send + 'static,
@@ -305,13 +300,32 @@ impl Generation {
         let Some(requests) = self.requests.get() else {
             return Err(ErrorData::internal_error("session closed", None));
         };
+        let Call {
+            shared,
+            scope,
+            http,
+            ..
+        } = call;
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
         let gen_ = self.clone();
-        let guard = InFlight::new(shared.clone());
+        let guard = InFlight::new(shared);
         let task = requests.try_spawn(async move {
             let _guard = guard;
             let peer = gen_.peer(&scope).await?;
-            let r = work(peer, scope).await;
+            let mut work = std::pin::pin!(work(peer, scope.clone()));
+            let r = match http {
+                Some(http) => tokio::select! {
+                    r = &mut work => r,
+                    () = http.cancelled() => {
+                        // The client went away: cancel the call with that
+                        // reason, and let it forward the cancellation.
+                        let why = http.cancel_message().map(|m| m.to_string());
+                        scope.cancel_with(why.unwrap_or_else(|| "client went away".to_owned()));
+                        work.await
+                    }
+                },
+                None => work.await,
+            };
             tracing::debug!(ok = r.is_ok(), err = ?r.as_ref().err().map(|e| e.message.to_string()), "request ended");
             r
         });
@@ -361,15 +375,8 @@ fn cancelled_error(scope: &CancelScope) -> ErrorData {
     ErrorData::new(ErrorCode(-32800), msg, None)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    Cancelled,
-    Idle,
-    InitTimeout,
-}
-
-/// Starts a generation of session `slot`: its upstream as a scoped child
-/// process, the session task around it under the slot's id.
+/// Starts a generation of session `slot`: the session task under the slot's
+/// id, owning its upstream as a scoped child process.
 fn start_generation(
     shared: &Arc<Shared>,
     slot: &Arc<Slot>,
@@ -377,16 +384,12 @@ fn start_generation(
     client_name: &str,
 ) -> Arc<Generation> {
     let (upstream, _) = watch::channel(Upstream::Starting);
-    let (initialized_tx, _) = watch::channel(false);
     let generation = Arc::new(Generation {
         tid: OnceLock::new(),
         requests: OnceLock::new(),
-        upstream_group: OnceLock::new(),
         upstream,
         close_upstream: Mutex::new(None),
         inflight: Mutex::new(HashMap::new()),
-        initialized: AtomicBool::new(false),
-        initialized_tx,
         pid: OnceLock::new(),
     });
     shared.counters.generations.fetch_add(1, Ordering::Relaxed);
@@ -403,20 +406,22 @@ fn start_generation(
         cmd.arg("--exit-at-start");
     }
 
+    let t = shared.timings;
     let hook_gen = generation.clone();
     let hook_shared = shared.clone();
     let task_gen = generation.clone();
     let task_shared = shared.clone();
     let task_slot = slot.clone();
     let policy = ProcessPolicy {
-        term_grace: shared.timings.term_grace,
+        exit_grace: t.exit_grace,
+        term_grace: t.term_grace,
     };
     let spawned = shared
         .sessions
         .build_task(slot.id.clone())
         .name(format!("session {}", slot.id))
         // Past grace: close the upstream's stdin (a `stubborn` call ends with
-        // it) and stop the requests; then the ladder aborts the session.
+        // it) and stop the requests.
         .on_escalate(move || {
             hook_shared
                 .counters
@@ -426,27 +431,16 @@ fn start_generation(
             if let Some(requests) = hook_gen.requests.get() {
                 requests.cancel_with("session escalated: upstream stdin closed");
             }
-            // The upstream's process group: SIGTERM, term_grace, SIGKILL, reaped.
-            if let Some(upstream) = hook_gen.upstream_group.get() {
-                upstream.cancel();
-            }
         })
-        .try_spawn_with_scope(move |scope| {
+        .spawn_with_process(cmd, policy, move |scope, child| {
             // Called at once, with the session task's own scope. The requests
-            // and the upstream live in shielded children of it: cancelling the
-            // session starts a bounded drain instead of killing them mid-call
-            // (`spawn_with_process` would SIGTERM the upstream at the cancel).
+            // live in a shielded child of it: cancelling the session starts a
+            // bounded drain instead of failing them mid-call.
             let requests = TaskGroup::builder()
                 .scope(scope.shielded_child())
-                .policy(task_shared.timings.policy)
+                .policy(t.policy)
                 .build();
             let _ = task_gen.requests.set(requests);
-            let upstream = TaskGroup::builder()
-                .scope(scope.shielded_child())
-                .policy(task_shared.timings.policy)
-                .build();
-            let child = upstream.spawn_process_with(cmd, policy);
-            let _ = task_gen.upstream_group.set(upstream);
             session(task_shared, task_slot, task_gen, scope, child)
         });
     match spawned {
@@ -457,32 +451,29 @@ fn start_generation(
                 .children_started
                 .fetch_add(1, Ordering::Relaxed);
         }
-        Err(e) => generation.fail(format!("cannot start the upstream: {e}")),
-    }
-    generation
-}
-
-/// The session task of one generation.
-async fn session(
-    shared: Arc<Shared>,
-    slot: Arc<Slot>,
-    generation: Arc<Generation>,
-    scope: CancelScope,
-    child: std::io::Result<cancel_scope::ScopedChild>,
-) {
-    let mut child = match child {
-        Ok(child) => child,
         Err(e) => {
+            // No task, so no lease would end this session: close its wire.
             shared
                 .counters
                 .upstream_failed_start
                 .fetch_add(1, Ordering::Relaxed);
             generation.fail(format!("cannot start the upstream: {e}"));
-            // Serve errors until the client leaves, like any failed upstream.
-            let _ = scope.cancelled().await;
-            return;
+            slot.closed.cancel_with("the upstream could not be started");
         }
-    };
+    }
+    generation
+}
+
+/// The session task of one generation: serves until its scope is cancelled
+/// (DELETE, a lease, a re-initialize, shutdown), then drains its requests and
+/// ends; the crate then stops and reaps the upstream.
+async fn session(
+    shared: Arc<Shared>,
+    slot: Arc<Slot>,
+    generation: Arc<Generation>,
+    scope: CancelScope,
+    mut child: ScopedChild,
+) {
     let pid = child.id();
     // Listed while this session owns it: removed however the task ends
     // (an escalation aborts it), so `/reap` can tell live children apart.
@@ -517,62 +508,36 @@ async fn session(
         () = scope.cancelled() => {}
     }
 
-    let mut initialized = generation.initialized_tx.subscribe();
-    let init_deadline = Instant::now() + t.init;
     let mut upstream_running = client.is_some();
-    let end = loop {
-        let idle_at = slot.idle_since() + t.idle;
+    loop {
         tokio::select! {
-            () = scope.cancelled() => break End::Cancelled,
-            () = tokio::time::sleep_until(idle_at) => {
-                if slot.idle_since() + t.idle <= Instant::now() {
-                    shared.counters.idle_timeouts.fetch_add(1, Ordering::Relaxed);
-                    break End::Idle;
-                }
-            }
-            () = tokio::time::sleep_until(init_deadline), if !*initialized.borrow() => {
-                shared.counters.init_timeouts.fetch_add(1, Ordering::Relaxed);
-                break End::InitTimeout;
-            }
-            _ = initialized.changed(), if !*initialized.borrow() => {}
+            () = scope.cancelled() => break,
             status = child.wait(), if upstream_running => {
                 // Mid-session exit: the session stays, answering errors,
-                // until its client leaves; the reaper killed the rest of the group.
+                // until its client leaves or its lease ends.
                 upstream_running = false;
                 shared.counters.upstream_exited.fetch_add(1, Ordering::Relaxed);
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 generation.fail(format!("upstream exited ({status})"));
             }
         }
-    };
-
-    if end != End::Cancelled {
-        // Ended by itself: close the wire (unless a newer generation took the
-        // id over), and put this session on the map's ladder, by its own task
-        // id, so that a drain that never ends is escalated like any other.
-        slot.end_generation(&generation);
-        if let Some(&tid) = generation.tid.get() {
-            shared.sessions.begin_cancel_task(&slot.id, tid);
-        }
     }
-    // Teardown: refuse new requests, drain those in flight (a stubborn one
-    // holds this until the ladder's escalation hook closes the upstream).
+    tracing::debug!(id = %slot.id, why = ?scope.cancel_message(), "session ending");
+    // A lease or a shutdown: close the wire (unless a newer generation took
+    // the id over), so the id answers 404.
+    slot.end_generation(&generation);
+    // Refuse new requests, drain those in flight (a stubborn one holds this
+    // until the ladder's escalation hook closes the upstream).
     if let Some(requests) = generation.requests.get() {
         requests.close();
-        tracing::debug!(id = %slot.id, ?end, in_flight = requests.len(), "session draining");
         let _ = requests.join().await;
-        tracing::debug!(id = %slot.id, "session drained");
     }
     generation.close_upstream();
     drop(client);
     generation.fail("session closed".to_owned());
-    // The upstream saw EOF: give it a moment, then tear its group down
-    // (a `fork` grandchild is still there) and reap it.
-    let _ = tokio::time::timeout(t.term_grace, child.wait()).await;
-    let _ = child.shutdown().await;
-    if let Some(upstream) = generation.upstream_group.get() {
-        let _ = upstream.shutdown().await;
-    }
+    // `child` ends with this task: the upstream saw EOF on its stdin and gets
+    // `exit_grace`, then its group gets SIGTERM, `term_grace`, SIGKILL, and
+    // is reaped before this session's ladder returns.
 }
 
 struct LiveChild(Arc<Shared>, u32);
@@ -599,13 +564,14 @@ pub struct ScopedTransport {
     shared: Arc<Shared>,
 }
 
-/// The request's scope, for the handler (in the request's extensions).
+/// The JSON-RPC request's scope, for the handler (in the request's extensions).
 #[derive(Clone)]
-struct RequestScope(CancelScope);
+struct CallScope(CancelScope);
 
 impl ScopedTransport {
     async fn on_message(&self, message: &mut ClientJsonRpcMessage) {
-        self.slot.touch();
+        // Any client message is activity: the idle lease restarts.
+        self.shared.sessions.touch(&self.slot.id);
         match message {
             JsonRpcMessage::Request(req) => {
                 if let ClientRequest::InitializeRequest(init) = &req.request {
@@ -625,7 +591,7 @@ impl ScopedTransport {
                     let ext = req.request.extensions_mut();
                     ext.insert(generation);
                     ext.insert(self.shared.clone());
-                    ext.insert(RequestScope(scope));
+                    ext.insert(CallScope(scope));
                 }
             }
             JsonRpcMessage::Notification(n) => match &n.notification {
@@ -640,10 +606,8 @@ impl ScopedTransport {
                     }
                 }
                 ClientNotification::InitializedNotification(_) => {
-                    if let Some(generation) = self.slot.current() {
-                        generation.initialized.store(true, Ordering::Relaxed);
-                        generation.initialized_tx.send_replace(true);
-                    }
+                    // The session is established: its ready lease ends.
+                    self.shared.sessions.mark_ready(&self.slot.id);
                 }
                 _ => {}
             },
@@ -653,8 +617,8 @@ impl ScopedTransport {
 
     /// `initialize`: the first starts the session's first generation; another
     /// one on the same id (a client that re-initializes) starts a new
-    /// generation and retires the old one by its task id, so that the old
-    /// one's teardown can never touch the new one.
+    /// generation, and the spawn under the same key retires the old one: its
+    /// teardown, and its leases, never touch the new one.
     async fn initialize(&self, client_name: &str) {
         let ctx = match self.shared.upstream_ctx().await {
             Ok(ctx) => ctx,
@@ -663,24 +627,14 @@ impl ScopedTransport {
                 return;
             }
         };
-        let old = self.slot.current();
-        if old.is_some() {
+        if self.slot.current().is_some() {
             self.shared
                 .counters
                 .reinitialized
                 .fetch_add(1, Ordering::Relaxed);
         }
-        // `TaskMap::spawn` under the same key retires the old task; the
-        // generation check is explicit here for whoever reads this.
         let new = start_generation(&self.shared, &self.slot, &ctx, client_name);
         *self.slot.current.lock().unwrap() = Some(new);
-        if let Some(old_id) = old.and_then(|g| g.tid.get().copied()) {
-            // Stale by now (the key maps to the new task): a no-op, and it
-            // never cancels the new generation.
-            self.shared
-                .sessions
-                .begin_cancel_task(&self.slot.id, old_id);
-        }
     }
 }
 
@@ -745,7 +699,6 @@ impl SessionManager for ScopedSessions {
             id: id.clone(),
             current: Mutex::new(None),
             closed: CancelScope::new(),
-            last_activity: Mutex::new(Instant::now()),
         });
         shared
             .wires
@@ -859,14 +812,35 @@ impl SessionManager for ScopedSessions {
 /// Forwards `tools/list` and `tools/call` to the session's upstream.
 pub struct GatewayHandler;
 
-fn context_of(
-    ctx: &RequestContext<RoleServer>,
-) -> Result<(Arc<Generation>, Arc<Shared>, CancelScope), ErrorData> {
+/// What a forwarded call needs: its session's state, its own scope, and the
+/// scope of the HTTP request that carried it (rmcp passes the request's
+/// `http::request::Parts` on, with the extension the tower layer put there).
+struct Call {
+    id: RequestId,
+    shared: Arc<Shared>,
+    scope: CancelScope,
+    http: Option<CancelScope>,
+}
+
+fn context_of(ctx: &RequestContext<RoleServer>) -> Result<(Arc<Generation>, Call), ErrorData> {
     let generation = ctx.extensions.get::<Arc<Generation>>().cloned();
     let shared = ctx.extensions.get::<Arc<Shared>>().cloned();
-    let scope = ctx.extensions.get::<RequestScope>().cloned();
+    let scope = ctx.extensions.get::<CallScope>().cloned();
+    let http = ctx
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<RequestScope>())
+        .map(|scope| CancelScope::clone(scope));
     match (generation, shared, scope) {
-        (Some(g), Some(s), Some(RequestScope(scope))) => Ok((g, s, scope)),
+        (Some(g), Some(shared), Some(CallScope(scope))) => Ok((
+            g,
+            Call {
+                id: ctx.id.clone(),
+                shared,
+                scope,
+                http,
+            },
+        )),
         _ => Err(ErrorData::internal_error("no live session", None)),
     }
 }
@@ -891,19 +865,14 @@ impl ServerHandler for GatewayHandler {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let (generation, shared, scope) = context_of(&context)?;
+        let (generation, call) = context_of(&context)?;
         generation
-            .forward(
-                &shared,
-                context.id.clone(),
-                scope,
-                |peer, scope| async move {
-                    tokio::select! {
-                        r = peer.list_tools(request) => r.map_err(upstream_error),
-                        () = scope.cancelled() => Err(cancelled_error(&scope)),
-                    }
-                },
-            )
+            .forward(call, |peer, scope| async move {
+                tokio::select! {
+                    r = peer.list_tools(request) => r.map_err(upstream_error),
+                    () = scope.cancelled() => Err(cancelled_error(&scope)),
+                }
+            })
             .await
     }
 
@@ -912,10 +881,10 @@ impl ServerHandler for GatewayHandler {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let (generation, shared, scope) = context_of(&context)?;
-        let counters = shared.clone();
+        let (generation, call) = context_of(&context)?;
+        let counters = call.shared.clone();
         generation
-            .forward(&shared, context.id.clone(), scope, move |peer, scope| async move {
+            .forward(call, move |peer, scope| async move {
                 let call = ClientRequest::CallToolRequest(CallToolRequest::new(request));
                 let mut handle = peer
                     .send_cancellable_request(call, PeerRequestOptions::no_options())

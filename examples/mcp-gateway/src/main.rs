@@ -6,14 +6,21 @@
 //!
 //! ```text
 //! mcp-gateway [--naive] [--port P] [--upstream PATH] [--idle-ms N] [--init-ms N]
+//!             [--header-timeout-ms N]
 //!   POST/GET/DELETE /mcp   MCP Streamable HTTP (responses stream as SSE)
 //!   GET  /stats            sessions, requests in flight, children, counters (JSON)
 //!   GET  /debug/tasks      each live session task: key, name, spawn site, age, state (JSON)
 //!   POST /reap             reap_orphans(); says whether it touched a live session's child
 //! ```
 //!
-//! SIGINT / SIGTERM: stop accepting, end every session with the ladder,
-//! print the `ShutdownReport`, exit.
+//! Every HTTP request runs in a `RequestScope` of the server's scope (the
+//! crate's tower layer): a client that goes away cancels its calls, and at
+//! shutdown every open SSE stream ends, so the HTTP server drains. A
+//! connection that sends no request head within the header timeout is closed.
+//!
+//! SIGINT / SIGTERM: stop accepting, end every session with the ladder (which
+//! returns once every upstream and its process group are reaped), end the
+//! streams, print the `ShutdownReport`, exit.
 
 mod gateway;
 mod naive;
@@ -25,6 +32,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
+use cancel_scope::tower::ScopeLayer;
 use cancel_scope::{CancelScope, TaskInfo};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -65,6 +73,9 @@ fn parse_args() -> Result<Args, String> {
             "--upstream" => args.upstream = PathBuf::from(value("--upstream")?),
             "--idle-ms" => args.timings.idle = ms(value("--idle-ms")?)?,
             "--init-ms" => args.timings.init = ms(value("--init-ms")?)?,
+            "--header-timeout-ms" => {
+                args.timings.header_timeout = ms(value("--header-timeout-ms")?)?;
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -76,7 +87,7 @@ fn main() -> std::process::ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!(
-                "error: {e}\nusage: mcp-gateway [--naive] [--port P] [--upstream PATH] [--idle-ms N] [--init-ms N]"
+                "error: {e}\nusage: mcp-gateway [--naive] [--port P] [--upstream PATH] [--idle-ms N] [--init-ms N] [--header-timeout-ms N]"
             );
             return std::process::ExitCode::from(2);
         }
@@ -159,27 +170,80 @@ async fn serve(args: Args) -> std::io::Result<bool> {
                 async move { axum::Json(reap(&s).await) }
             }),
         );
+    // The server's scope: each HTTP request runs in a child of it.
+    let server_scope = CancelScope::new();
+    let app = app.layer(ScopeLayer::new(server_scope.clone()));
     let listener = listen(args.port).await?;
     let accepting = CancelScope::new();
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(accepting.clone().cancelled_owned())
-            .into_future(),
-    );
+    let server = tokio::spawn(serve_http(
+        listener,
+        app,
+        accepting.clone(),
+        args.timings.header_timeout,
+    ));
     shutdown_signal().await;
     println!("signal: stop accepting, end every session with the ladder");
     println!("at shutdown: {}", stats(&shared));
     accepting.cancel();
+    // Returns once every session ended and every upstream was reaped.
     let report = shared.sessions.shutdown().await;
-    // The wires: rmcp's session workers and open SSE streams.
+    // The wires: rmcp's session workers, then every response stream.
     rmcp_ct.cancel();
+    server_scope.cancel_with("server shutting down");
     println!("ShutdownReport: {report}");
     for stuck in &report.stuck {
         println!("  stuck: {stuck:?}");
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    let drained = tokio::time::timeout(Duration::from_secs(2), server).await;
+    println!(
+        "http server: {}",
+        if drained.is_ok() {
+            "drained"
+        } else {
+            "did not drain in 2 s"
+        }
+    );
     println!("after shutdown: {}", stats(&shared));
-    Ok(report.is_clean())
+    Ok(report.is_clean() && drained.is_ok())
+}
+
+/// hyper-util's server: HTTP/1 with a header read timeout, each connection
+/// watched by `GracefulShutdown`, which returns once their responses (the
+/// request scopes end the streaming ones) are done.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    accepting: CancelScope,
+    header_timeout: Duration,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: back off, never spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = accepting.cancelled() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 fn stats(s: &Shared) -> Value {
@@ -211,8 +275,9 @@ fn stats(s: &Shared) -> Value {
         "generations": get(&c.generations),
         "reinitialized": get(&c.reinitialized),
         "deleted": get(&c.deleted),
-        "idle_timeouts": get(&c.idle_timeouts),
-        "init_timeouts": get(&c.init_timeouts),
+        "idle_timeouts": map.idle_expired,
+        "init_timeouts": map.ready_expired,
+        "processes_reaped": map.processes,
         "upstream_failed_start": get(&c.upstream_failed_start),
         "upstream_exited": get(&c.upstream_exited),
         "escalations": map.escalations,
