@@ -92,6 +92,30 @@
 //! # }
 //! ```
 //!
+//! A map can lease its sessions: one whose client stays silent past the idle
+//! timeout, or never says it is ready, is cancelled with a message and torn
+//! down by its ladder, with no timer task per key (rmcp#1244, #808):
+//!
+//! ```
+//! use std::time::Duration;
+//! use cancel_scope::TaskMap;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let sessions = TaskMap::builder()
+//!     .idle_timeout(Duration::from_secs(60))
+//!     .ready_timeout(Duration::from_secs(5))
+//!     .build();
+//! sessions.spawn("alice", std::future::pending::<()>());
+//! sessions.spawn("bob", std::future::pending::<()>());
+//! assert!(sessions.mark_ready(&"alice")); // MCP: `notifications/initialized`
+//! tokio::time::sleep(Duration::from_secs(6)).await;
+//! assert!(sessions.touch(&"alice")); // activity: the idle lease restarts
+//! assert!(!sessions.contains_key(&"bob")); // "not ready in time"
+//! assert_eq!(sessions.stats().ready_expired, 1);
+//! # }
+//! ```
+//!
 //! A shield keeps a scope uncancelled, not the code around it: a future
 //! dropped by a cancel is dropped whole, shielded parts included. Cleanup that
 //! must survive the code that starts it goes into its own `spawn_with_scope`
@@ -204,9 +228,12 @@
 //!   the scope; no task) and `CancelScope::linked(&token)` (a scope that
 //!   follows a token). Adds `tokio-util`.
 //! - `process` (unix only; the API does not exist elsewhere): scoped child
-//!   processes, `TaskGroup::spawn_process` and `reap_orphans`: a child's
-//!   whole process group is torn down with its scope, orphans are reaped
-//!   without touching live owners. Adds `rustix` and tokio's `process`.
+//!   processes, `TaskGroup::spawn_process`, `spawn_with_process` and
+//!   `reap_orphans`: a child's whole process group is stopped with its owner
+//!   in the stdio order (the owner ends and closes stdin, `exit_grace`,
+//!   SIGTERM, `term_grace`, SIGKILL, reap), every ladder waits for the reap,
+//!   and orphans are reaped without touching live owners. Adds `rustix` and
+//!   tokio's `process`.
 //! - `tower`: `tower::ScopeLayer`, a cancel scope per request, cancelled
 //!   when the client goes away, and response bodies that end when it is
 //!   cancelled (so SSE streams close at shutdown). Adds `tower` (no default

@@ -1,16 +1,19 @@
-//! The one seam that feature layers build on (scoped processes today; the
-//! tower layer of the lifecycle issue next), so that the core and the
-//! tracker know no feature by name.
+//! The one seam that feature layers build on (scoped processes, a map's
+//! session leases), so that the core and the tracker know no feature by
+//! name. (The tower layer needs not even this: it uses the public
+//! `CancelScope` API alone.)
 //!
 //! A layer sees a group, a map or a task builder through [`Tracks`]: the
 //! tracker behind it (its scope, whether it is closed) and nothing else it
 //! could not reach through the public API. What a layer keeps per tracker
-//! (a process count) it attaches as an [`Extension`]; the tracker adds every
-//! extension's counters to its [`Stats`], so reports (diffs of two stats)
-//! count them too. As tokio-util's `TaskTracker` is "equivalent to
-//! `tokio::spawn(tracker.track_future(task))`", a layer's tasks are ordinary
-//! tracked tasks: a scoped child's reaper is a `spawn_with_scope` task that
-//! counts itself in its layer's extension when it completes.
+//! (a process count, lease expiries) it attaches as an [`Extension`]; the
+//! tracker adds every extension's counters to its [`Stats`], so reports
+//! (diffs of two stats) count them too. As tokio-util's `TaskTracker` is
+//! "equivalent to `tokio::spawn(tracker.track_future(task))`", a layer's
+//! tasks are ordinary tracked tasks: a process-owning task drives its
+//! child's reaper and counts itself in its layer's extension once the child
+//! is reaped; its [`Linger`](crate::task::Linger), the one hook a layer sets
+//! on a task, lets it finish that reap after an escalation.
 
 use std::any::Any;
 use std::fmt::Debug;
