@@ -281,7 +281,10 @@ def proc_scan(gw_pid, groups=None):
             zombies.append(pid)
     alive = [p for p in alive if procs.get(p, ("?",))[0] != "Z"]
     if groups is not None:
-        groups.update(procs[p][2] for p in alive if p in procs and procs[p][2] != gw_pid)
+        # Not the gateway's own group, nor ours (the naive gateway's children
+        # stay in the group it inherited from this driver).
+        own = {gw_pid, os.getpgrp()}
+        groups.update(procs[p][2] for p in alive if p in procs and procs[p][2] not in own)
     return alive, zombies
 
 
@@ -468,7 +471,11 @@ async def main():
           "session's child, idle CPU < 1% of a core, and every client/bad-input check as expected; "
           "then, after SIGINT with live sessions, a clean exit with nothing left in any upstream's "
           "process group.")
-    return 0 if first else 1
+    code = 0 if first else 1
+    # Exit now: the live sessions' cancelled requests and their client are
+    # not waited for (asyncio's teardown could wait on them).
+    sys.stdout.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
